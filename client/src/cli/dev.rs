@@ -1,0 +1,278 @@
+//! `cairn bootstrap` and `cairn dev`: creating clusters and running one locally.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand};
+use serde_json::json;
+
+use cairn_client::dev::{self, DevCluster, Kind};
+use cairn_client::MonClient;
+use cairn_common::config::{Config, MonEndpoint};
+use cairn_common::health::Severity;
+
+use super::emit;
+use crate::{Cli, Format};
+
+/// How long `cairn dev up` waits for HEALTH_OK.
+const HEALTHY_TIMEOUT: Duration = Duration::from_secs(90);
+/// How long a daemon gets to exit after SIGTERM before SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+#[derive(Args)]
+pub struct BootstrapArgs {
+    /// Directory for cairn.toml and keyring.
+    #[arg(long, default_value = ".")]
+    dir: PathBuf,
+    /// Initial monitors: NAME=IP:PORT[/ADMIN_IP:ADMIN_PORT] (repeatable).
+    #[arg(long = "mon", required = true)]
+    mons: Vec<String>,
+}
+
+#[derive(Args, Clone)]
+pub struct DirArg {
+    /// The cluster's directory (default: $CAIRN_DEV_DIR, else the directory of $CAIRN_CONF or
+    /// of ./cairn.toml, else ./cairn-dev).
+    #[arg(long = "dir", env = "CAIRN_DEV_DIR")]
+    explicit: Option<PathBuf>,
+}
+
+impl DirArg {
+    fn dir(&self) -> PathBuf {
+        if let Some(d) = &self.explicit {
+            return d.clone();
+        }
+        match Config::locate(None) {
+            Some(conf) if conf.exists() => conf
+                .parent()
+                .map(|p| {
+                    if p.as_os_str().is_empty() {
+                        PathBuf::from(".")
+                    } else {
+                        p.to_path_buf()
+                    }
+                })
+                .unwrap_or_else(|| PathBuf::from(".")),
+            _ => PathBuf::from("cairn-dev"),
+        }
+    }
+}
+
+#[derive(Subcommand)]
+pub enum DevCmd {
+    /// Create (or restart) a local cluster and wait until it is healthy.
+    Up {
+        #[command(flatten)]
+        dir: DirArg,
+        /// Number of monitors.
+        #[arg(long, default_value_t = 3)]
+        mons: usize,
+    },
+    /// Stop every daemon of the cluster (SIGTERM).
+    Down {
+        #[command(flatten)]
+        dir: DirArg,
+    },
+    /// Stop one daemon cleanly (SIGTERM): `cairn dev stop mon a`.
+    Stop {
+        kind: String,
+        id: String,
+        #[command(flatten)]
+        dir: DirArg,
+    },
+    /// Start one daemon.
+    Start {
+        kind: String,
+        id: String,
+        #[command(flatten)]
+        dir: DirArg,
+    },
+    /// Kill one daemon with SIGKILL, for chaos work.
+    Kill {
+        kind: String,
+        id: String,
+        #[command(flatten)]
+        dir: DirArg,
+    },
+    /// List the cluster's daemons and their pids.
+    Ps {
+        #[command(flatten)]
+        dir: DirArg,
+    },
+}
+
+fn parse_mon(spec: &str) -> anyhow::Result<MonEndpoint> {
+    let (name, rest) = spec
+        .split_once('=')
+        .with_context(|| format!("--mon {spec:?}: expected NAME=IP:PORT[/ADMIN_IP:ADMIN_PORT]"))?;
+    let (addr, admin) = match rest.split_once('/') {
+        Some((a, b)) => (a, Some(b.to_string())),
+        None => (rest, None),
+    };
+    for a in std::iter::once(addr).chain(admin.as_deref()) {
+        a.parse::<std::net::SocketAddr>()
+            .with_context(|| format!("--mon {spec:?}: {a:?} is not IP:PORT"))?;
+    }
+    Ok(MonEndpoint {
+        name: name.to_string(),
+        addr: addr.to_string(),
+        admin_addr: admin,
+    })
+}
+
+pub fn bootstrap(args: &BootstrapArgs, format: Format) -> anyhow::Result<()> {
+    if args.dir.join(dev::CONF_FILE).exists() {
+        bail!("{} already holds a cluster config", args.dir.display());
+    }
+    let mons = args
+        .mons
+        .iter()
+        .map(|m| parse_mon(m))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let config = dev::bootstrap_files(&args.dir, mons, &[])?;
+    let fsid = config.fsid.map(|f| f.to_string()).unwrap_or_default();
+    emit(format, &json!({ "fsid": fsid, "dir": args.dir }), || {
+        format!(
+            "created cluster {fsid}: {}/{} and {}/{} (keep the keyring secret)\n\
+             next, on each mon host: cairn-mon --conf cairn.toml --name NAME mkfs, then cairn-mon --conf cairn.toml --name NAME\n",
+            args.dir.display(),
+            dev::CONF_FILE,
+            args.dir.display(),
+            dev::KEYRING_FILE
+        )
+    })
+}
+
+pub async fn run(cli: &Cli, cmd: &DevCmd) -> anyhow::Result<()> {
+    let bin_dir = dev::default_bin_dir()?;
+    match cmd {
+        DevCmd::Up { dir, mons } => up(&dir.dir(), &bin_dir, *mons, &cli.sets, cli.format).await,
+        DevCmd::Down { dir } => {
+            let cluster = DevCluster::open(&dir.dir(), &bin_dir)?;
+            cluster.stop_all(STOP_GRACE)?;
+            println!("stopped the cluster in {}", cluster.dir.display());
+            Ok(())
+        }
+        DevCmd::Stop { kind, id, dir } => one(&dir.dir(), &bin_dir, kind, id, Action::Stop),
+        DevCmd::Start { kind, id, dir } => one(&dir.dir(), &bin_dir, kind, id, Action::Start),
+        DevCmd::Kill { kind, id, dir } => one(&dir.dir(), &bin_dir, kind, id, Action::Kill),
+        DevCmd::Ps { dir } => {
+            let cluster = DevCluster::open(&dir.dir(), &bin_dir)?;
+            let rows: Vec<_> = cluster
+                .daemons()?
+                .into_iter()
+                .map(|(k, n)| {
+                    let pid = cluster.running_pid(k, &n);
+                    json!({ "type": k.as_str(), "id": n, "pid": pid, "running": pid.is_some() })
+                })
+                .collect();
+            emit(cli.format, &rows, || {
+                rows.iter()
+                    .map(|r| {
+                        let pid = r["pid"]
+                            .as_u64()
+                            .map(|p| p.to_string())
+                            .unwrap_or_else(|| "stopped".into());
+                        format!(
+                            "{}.{}\t{pid}\n",
+                            r["type"].as_str().unwrap_or(""),
+                            r["id"].as_str().unwrap_or("")
+                        )
+                    })
+                    .collect()
+            })
+        }
+    }
+}
+
+enum Action {
+    Stop,
+    Start,
+    Kill,
+}
+
+fn one(dir: &Path, bin_dir: &Path, kind: &str, id: &str, action: Action) -> anyhow::Result<()> {
+    let cluster = DevCluster::open(dir, bin_dir)?;
+    let kind = Kind::parse(kind)?;
+    if !cluster.daemons()?.contains(&(kind, id.to_string())) {
+        bail!(
+            "the cluster in {} has no {}.{id}",
+            cluster.dir.display(),
+            kind.as_str()
+        );
+    }
+    let label = format!("{}.{id}", kind.as_str());
+    match action {
+        Action::Start => {
+            let pid = cluster.start(kind, id)?;
+            println!("started {label} (pid {pid})");
+        }
+        Action::Stop => match cluster.stop(kind, id, STOP_GRACE)? {
+            true => println!("stopped {label}"),
+            false => println!("{label} was not running"),
+        },
+        Action::Kill => match cluster.kill(kind, id)? {
+            true => println!("killed {label}"),
+            false => println!("{label} was not running"),
+        },
+    }
+    Ok(())
+}
+
+async fn up(
+    dir: &Path,
+    bin_dir: &Path,
+    mons: usize,
+    sets: &[String],
+    format: Format,
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let cluster = if dir.join(dev::CONF_FILE).exists() {
+        DevCluster::open(dir, bin_dir)?
+    } else {
+        DevCluster::create(dir, bin_dir, mons, sets)?
+    };
+    cluster.start_all()?;
+    let config = cluster.config()?;
+    let client = MonClient::from_config(&config)?;
+    let status = wait_healthy(&client, &config, HEALTHY_TIMEOUT).await?;
+    let conf = cluster.config_path();
+    emit(
+        format,
+        &json!({ "dir": cluster.dir, "conf": conf, "seconds": started.elapsed().as_secs_f64(), "status": status }),
+        || {
+            format!(
+                "{}\ncluster up in {:.1} s; use it with:\n  export CAIRN_CONF={}\n",
+                status.render(),
+                started.elapsed().as_secs_f64(),
+                conf.display()
+            )
+        },
+    )
+}
+
+/// Polls until every configured mon is in quorum and health is OK.
+pub async fn wait_healthy(
+    client: &MonClient,
+    config: &Config,
+    limit: Duration,
+) -> anyhow::Result<cairn_common::status::ClusterStatus> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let last = match client.status().await {
+            Ok(s) if s.health.status == Severity::Ok && s.mons.len() == config.monitors.len() => {
+                return Ok(s)
+            }
+            Ok(s) => s.health.render(true),
+            Err(e) => e.to_string(),
+        };
+        if Instant::now() >= deadline {
+            bail!(
+                "the cluster did not become healthy within {} s: {last}",
+                limit.as_secs()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -1,0 +1,68 @@
+//! The `cairn` commands.
+
+pub mod admin;
+pub mod dev;
+
+use anyhow::Context;
+use serde::Serialize;
+
+use cairn_client::MonClient;
+use cairn_common::config::{Config, MonEndpoint};
+
+use crate::{Cli, Cmd, Format};
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match &cli.command {
+        Cmd::Bootstrap(args) => dev::bootstrap(args, cli.format),
+        Cmd::Dev(cmd) => dev::run(&cli, cmd).await,
+        Cmd::Status => admin::status(&connect(&cli)?, cli.format).await,
+        Cmd::Health { detail } => {
+            admin::health(&connect(&cli)?, detail.is_some(), cli.format).await
+        }
+        Cmd::Mon(cmd) => admin::mon(&connect(&cli)?, cmd, cli.format).await,
+        Cmd::Auth(cmd) => admin::auth(&connect(&cli)?, cmd, cli.format).await,
+        Cmd::Config(cmd) => admin::config(&connect(&cli)?, cmd, cli.format).await,
+    }
+}
+
+/// The configuration with the command line's overrides applied.
+pub fn load_config(cli: &Cli) -> anyhow::Result<Config> {
+    let mut config = Config::load(cli.conf.as_deref(), &cli.sets)?.config;
+    if let Some(entity) = &cli.entity {
+        config.client.name = entity.clone();
+    }
+    if let Some(k) = &cli.keyring {
+        config.keyring = k.clone();
+    }
+    if !cli.mon_host.is_empty() {
+        config.monitors = cli
+            .mon_host
+            .iter()
+            .enumerate()
+            .map(|(i, addr)| MonEndpoint {
+                name: format!("m{i}"),
+                addr: addr.clone(),
+                admin_addr: None,
+            })
+            .collect();
+    }
+    Ok(config)
+}
+
+fn connect(cli: &Cli) -> anyhow::Result<MonClient> {
+    let config = load_config(cli)?;
+    MonClient::from_config(&config).context("cannot set up the monitor client")
+}
+
+/// Prints `value` as JSON, or `plain` as text.
+pub fn emit<T: Serialize>(
+    format: Format,
+    value: &T,
+    plain: impl FnOnce() -> String,
+) -> anyhow::Result<()> {
+    match format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(value)?),
+        Format::Plain => print!("{}", plain()),
+    }
+    Ok(())
+}

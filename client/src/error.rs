@@ -1,0 +1,35 @@
+//! Errors a client sees, split by what the caller can do about them.
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("no monitors configured: list them in [[monitors]] of cairn.toml or pass --mon")]
+    NoMonitors,
+    #[error("cannot reach any monitor ({tried}): {last}")]
+    Unreachable { tried: String, last: String },
+    #[error("{0}")]
+    NoQuorum(String),
+    #[error("authentication failed: {0}")]
+    Auth(String),
+    #[error("permission denied: {0}")]
+    Denied(String),
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("refused: {0}")]
+    Refused(String),
+    #[error("the monitors answered something unexpected: {0}")]
+    Protocol(String),
+    #[error("{0}")]
+    Config(String),
+}
+
+impl ClientError {
+    /// Whether another attempt (maybe at another mon) may succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            ClientError::Unreachable { .. } | ClientError::NoQuorum(_)
+        )
+    }
+}

@@ -1,0 +1,133 @@
+//! Changes to the maps, as proposed to the monitors, and the requests a follower forwards to
+//! the leader. Each command is validated before it is proposed and applied deterministically
+//! by every monitor's state machine.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::auth::SecretKey;
+
+/// Largest option name and value accepted by `config set`.
+pub const CONFIG_NAME_BYTES_MAX: usize = 128;
+pub const CONFIG_VALUE_BYTES_MAX: usize = 4096;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum Command {
+    /// Seeds a new cluster: fsid and the first entities. Applied once; later copies are no-ops.
+    Bootstrap {
+        fsid: uuid::Uuid,
+        entities: BTreeMap<String, NewEntity>,
+    },
+    ConfigSet {
+        name: String,
+        value: String,
+    },
+    ConfigRm {
+        name: String,
+    },
+    /// Adds an entity. A client may leave `key` empty; the receiving mon then generates one
+    /// before proposing, so the state machine itself stays deterministic.
+    AuthAdd {
+        entity: String,
+        caps: BTreeMap<String, String>,
+        key: Option<SecretKey>,
+    },
+    AuthCaps {
+        entity: String,
+        caps: BTreeMap<String, String>,
+    },
+    AuthRm {
+        entity: String,
+    },
+}
+
+impl Command {
+    /// The command as a user types it, for logs and error messages.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Command::Bootstrap { .. } => "bootstrap",
+            Command::ConfigSet { .. } => "config set",
+            Command::ConfigRm { .. } => "config rm",
+            Command::AuthAdd { .. } => "auth add",
+            Command::AuthCaps { .. } => "auth caps",
+            Command::AuthRm { .. } => "auth rm",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct NewEntity {
+    pub key: SecretKey,
+    pub caps: BTreeMap<String, String>,
+}
+
+/// The result of a command, as applied by the state machine.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum CommandOutcome {
+    /// Applied; `epoch` is the new epoch of the map it changed (unchanged when a no-op).
+    Done { epoch: u64, message: String },
+    /// Refused by the state machine; nothing changed.
+    Refused { reason: String },
+}
+
+/// Requests a mon may forward to the leader on behalf of an authenticated entity.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum Forwarded {
+    Command(Command),
+    Status,
+    GetMaps,
+    MonAdd {
+        name: String,
+        addr: String,
+    },
+    MonRm {
+        name: String,
+    },
+    /// An entity's key, for `cairn auth get` (secrets are read on the leader only).
+    AuthGetKey {
+        entity: String,
+    },
+}
+
+/// Checks a config option name: dotted lowercase words, e.g. `mon.down_grace_ms`.
+pub fn validate_config_name(name: &str) -> Result<(), String> {
+    let word_ok = |w: &str| {
+        !w.is_empty()
+            && w.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    };
+    if name.len() <= CONFIG_NAME_BYTES_MAX && name.split('.').all(word_ok) {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid option name {name:?}: use dotted words of a-z, 0-9 and '_' (at most {CONFIG_NAME_BYTES_MAX} bytes), e.g. mon.down_grace_ms"
+        ))
+    }
+}
+
+pub fn validate_config_value(value: &str) -> Result<(), String> {
+    if value.len() <= CONFIG_VALUE_BYTES_MAX {
+        Ok(())
+    } else {
+        Err(format!(
+            "option value is {} bytes; the limit is {CONFIG_VALUE_BYTES_MAX}",
+            value.len()
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_names() {
+        assert!(validate_config_name("mon.down_grace_ms").is_ok());
+        assert!(validate_config_name("x").is_ok());
+        for bad in ["", "a..b", "A.b", "a b", ".a", &"a".repeat(129)] {
+            assert!(validate_config_name(bad).is_err(), "{bad:?}");
+        }
+        assert!(validate_config_value(&"v".repeat(4097)).is_err());
+    }
+}

@@ -1,0 +1,317 @@
+//! `cairn.toml`, the one configuration format of every daemon and of the `cairn` tool.
+//!
+//! Precedence, lowest first: built-in defaults, the file, environment variables
+//! `CAIRN__SECTION__OPTION=value` (e.g. `CAIRN__MON__DOWN_GRACE_MS=3000`), then
+//! `--set section.option=value` flags. Relative paths in the file are relative to the file.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// Environment variable naming the config file.
+pub const CONF_ENV: &str = "CAIRN_CONF";
+const ENV_OVERRIDE_PREFIX: &str = "CAIRN__";
+const DEFAULT_CONF: &str = "/etc/cairn/cairn.toml";
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub fsid: Option<Uuid>,
+    pub keyring: PathBuf,
+    /// The monitors clients and daemons contact first (the initial mon set).
+    pub monitors: Vec<MonEndpoint>,
+    pub mon: MonSettings,
+    pub client: ClientSettings,
+    pub log: LogSettings,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MonEndpoint {
+    pub name: String,
+    /// gRPC address for clients and peers.
+    pub addr: String,
+    /// Admin HTTP address (`/metrics`, `/healthz`, `/readyz`).
+    #[serde(default)]
+    pub admin_addr: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MonSettings {
+    /// Where a mon keeps its RocksDB store; `{name}` is replaced by the mon's name.
+    pub data_dir: String,
+    pub heartbeat_interval_ms: u64,
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    /// A snapshot is taken after this many log entries; older entries are then purged.
+    pub snapshot_logs_since_last: u64,
+    /// Entries kept behind a snapshot so lagging mons catch up without a snapshot transfer.
+    pub logs_kept_after_snapshot: u64,
+    /// A mon not heard from for this long is reported out of quorum (MON_DOWN).
+    pub down_grace_ms: u64,
+    pub ticket_ttl_secs: u64,
+    pub challenge_max_age_ms: u64,
+    /// Largest gRPC request a mon accepts.
+    pub request_bytes_max: usize,
+    /// How long a write or current read waits for a leader and a quorum before failing.
+    pub commit_timeout_ms: u64,
+    pub rocksdb_block_cache_bytes: usize,
+    pub rocksdb_write_buffer_bytes: usize,
+    /// Map subscriptions served at once by one mon.
+    pub subscribers_max: usize,
+}
+
+impl Default for MonSettings {
+    fn default() -> Self {
+        MonSettings {
+            data_dir: "/var/lib/cairn/mon.{name}".into(),
+            heartbeat_interval_ms: 100,
+            election_timeout_min_ms: 400,
+            election_timeout_max_ms: 800,
+            snapshot_logs_since_last: 5000,
+            logs_kept_after_snapshot: 1000,
+            down_grace_ms: 2000,
+            ticket_ttl_secs: 3600,
+            challenge_max_age_ms: 30_000,
+            request_bytes_max: 1 << 20,
+            commit_timeout_ms: 5000,
+            rocksdb_block_cache_bytes: 32 << 20,
+            rocksdb_write_buffer_bytes: 16 << 20,
+            subscribers_max: 1024,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClientSettings {
+    /// The entity the `cairn` tool authenticates as.
+    pub name: String,
+    /// Total time one operation may take, retries included.
+    pub op_timeout_ms: u64,
+    pub connect_timeout_ms: u64,
+    /// Attempts per operation (each against the next mon) before giving up.
+    pub attempts_max: u32,
+    pub retry_backoff_ms: u64,
+    /// Largest reply the client accepts.
+    pub reply_bytes_max: usize,
+}
+
+impl Default for ClientSettings {
+    fn default() -> Self {
+        ClientSettings {
+            name: "client.admin".into(),
+            op_timeout_ms: 15_000,
+            connect_timeout_ms: 1000,
+            attempts_max: 50,
+            retry_backoff_ms: 100,
+            reply_bytes_max: 16 << 20,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogSettings {
+    /// A tracing filter (`info`, `cairn_mon=debug,info`); `RUST_LOG` overrides it.
+    pub level: String,
+    pub json: bool,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        LogSettings {
+            // openraft narrates every election at info; its warnings and errors are enough.
+            level: "info,openraft=warn".into(),
+            json: false,
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            fsid: None,
+            keyring: PathBuf::from("/etc/cairn/keyring"),
+            monitors: Vec::new(),
+            mon: MonSettings::default(),
+            client: ClientSettings::default(),
+            log: LogSettings::default(),
+        }
+    }
+}
+
+/// A loaded configuration and the file it came from (if any).
+#[derive(Clone, Debug)]
+pub struct Loaded {
+    pub config: Config,
+    pub path: Option<PathBuf>,
+}
+
+impl Config {
+    /// Finds the config file: `explicit`, else `$CAIRN_CONF`, else `./cairn.toml`, else
+    /// `/etc/cairn/cairn.toml`. With none of them present, the defaults (plus overrides) apply.
+    pub fn locate(explicit: Option<&Path>) -> Option<PathBuf> {
+        if let Some(p) = explicit {
+            return Some(p.to_path_buf());
+        }
+        if let Ok(p) = std::env::var(CONF_ENV) {
+            if !p.is_empty() {
+                return Some(PathBuf::from(p));
+            }
+        }
+        ["cairn.toml", DEFAULT_CONF]
+            .iter()
+            .map(PathBuf::from)
+            .find(|p| p.exists())
+    }
+
+    /// Loads the file (if any), then applies environment and `--set` overrides.
+    pub fn load(explicit: Option<&Path>, sets: &[String]) -> anyhow::Result<Loaded> {
+        let path = Config::locate(explicit);
+        let mut table = match &path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .with_context(|| format!("cannot read config {}", p.display()))?;
+                toml::from_str::<toml::Table>(&text)
+                    .with_context(|| format!("config {} is not valid TOML", p.display()))?
+            }
+            None => toml::Table::new(),
+        };
+        for (k, v) in std::env::vars() {
+            if let Some(rest) = k.strip_prefix(ENV_OVERRIDE_PREFIX) {
+                let key = rest.to_ascii_lowercase().replace("__", ".");
+                set_path(&mut table, &key, &v)
+                    .with_context(|| format!("environment variable {k}"))?;
+            }
+        }
+        for s in sets {
+            let (key, value) = s
+                .split_once('=')
+                .with_context(|| format!("--set {s:?}: expected section.option=value"))?;
+            set_path(&mut table, key.trim(), value.trim()).with_context(|| format!("--set {s}"))?;
+        }
+        let mut config: Config =
+            toml::Value::Table(table)
+                .try_into()
+                .map_err(|e: toml::de::Error| {
+                    anyhow::anyhow!("invalid configuration: {}", e.message())
+                })?;
+        if let Some(dir) = path.as_ref().and_then(|p| p.parent()) {
+            config.resolve_relative_to(dir);
+        }
+        config.validate()?;
+        Ok(Loaded { config, path })
+    }
+
+    fn resolve_relative_to(&mut self, dir: &Path) {
+        if self.keyring.is_relative() {
+            self.keyring = dir.join(&self.keyring);
+        }
+        if Path::new(&self.mon.data_dir).is_relative() {
+            self.mon.data_dir = dir.join(&self.mon.data_dir).to_string_lossy().into_owned();
+        }
+    }
+
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let m = &self.mon;
+        if m.election_timeout_min_ms <= m.heartbeat_interval_ms * 2 {
+            bail!("mon.election_timeout_min_ms must exceed twice mon.heartbeat_interval_ms");
+        }
+        if m.election_timeout_max_ms <= m.election_timeout_min_ms {
+            bail!("mon.election_timeout_max_ms must exceed mon.election_timeout_min_ms");
+        }
+        if m.ticket_ttl_secs == 0 || m.request_bytes_max < 1024 || m.subscribers_max == 0 {
+            bail!("mon.ticket_ttl_secs, mon.request_bytes_max (>= 1024) and mon.subscribers_max must be positive");
+        }
+        if self.client.attempts_max == 0 || self.client.op_timeout_ms == 0 {
+            bail!("client.attempts_max and client.op_timeout_ms must be positive");
+        }
+        for mon in &self.monitors {
+            crate::maps::validate_daemon_name(&mon.name)
+                .map_err(|e| anyhow::anyhow!("in [[monitors]]: {e}"))?;
+        }
+        Ok(())
+    }
+
+    pub fn mon_data_dir(&self, name: &str) -> PathBuf {
+        PathBuf::from(self.mon.data_dir.replace("{name}", name))
+    }
+
+    pub fn monitor(&self, name: &str) -> Option<&MonEndpoint> {
+        self.monitors.iter().find(|m| m.name == name)
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("the config always serializes")
+    }
+}
+
+/// Sets `a.b.c = value` in a TOML table; the value is read as TOML (number, bool, array) when
+/// it parses as one, otherwise as a string.
+fn set_path(table: &mut toml::Table, key: &str, value: &str) -> anyhow::Result<()> {
+    let parts: Vec<&str> = key.split('.').collect();
+    if parts.iter().any(|p| p.is_empty()) {
+        bail!("invalid option name {key:?}");
+    }
+    let parsed = toml::from_str::<toml::Table>(&format!("v = {value}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(value.to_string()));
+    let (last, sections) = parts.split_last().expect("split yields at least one part");
+    let mut cur = table;
+    for s in sections {
+        cur = cur
+            .entry(s.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+            .as_table_mut()
+            .with_context(|| format!("{s} is not a section"))?;
+    }
+    cur.insert(last.to_string(), parsed);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_then_sets_and_relative_paths() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cairn.toml");
+        std::fs::write(
+            &path,
+            "keyring = \"keyring\"\n[[monitors]]\nname = \"a\"\naddr = \"127.0.0.1:1\"\n[mon]\ndown_grace_ms = 10\n",
+        )
+        .unwrap();
+        let loaded = Config::load(
+            Some(&path),
+            &["mon.down_grace_ms=20".into(), "log.level=debug".into()],
+        )
+        .unwrap();
+        let c = loaded.config;
+        assert_eq!(c.mon.down_grace_ms, 20);
+        assert_eq!(c.log.level, "debug");
+        assert_eq!(c.keyring, dir.path().join("keyring"));
+        assert_eq!(c.monitors[0].name, "a");
+        assert_eq!(
+            c.mon.heartbeat_interval_ms,
+            MonSettings::default().heartbeat_interval_ms
+        );
+    }
+
+    #[test]
+    fn unknown_options_and_bad_values_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cairn.toml");
+        std::fs::write(&path, "[mon]\nno_such_option = 1\n").unwrap();
+        assert!(Config::load(Some(&path), &[]).is_err());
+        std::fs::write(&path, "").unwrap();
+        assert!(Config::load(Some(&path), &["mon.down_grace_ms=soon".into()]).is_err());
+        assert!(Config::load(Some(&path), &["nonsense".into()]).is_err());
+        assert!(Config::load(Some(&path), &["mon.election_timeout_min_ms=1".into()]).is_err());
+    }
+}

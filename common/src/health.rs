@@ -1,0 +1,141 @@
+//! Cluster health from the maps and the quorum: a pure function, so every rule has a unit test
+//! and the mon only gathers its inputs.
+
+use std::collections::BTreeSet;
+
+use serde::{Deserialize, Serialize};
+
+use crate::maps::ClusterMaps;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Severity {
+    #[serde(rename = "HEALTH_OK")]
+    Ok,
+    #[serde(rename = "HEALTH_WARN")]
+    Warn,
+    #[serde(rename = "HEALTH_ERR")]
+    Err,
+}
+
+impl Severity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Ok => "HEALTH_OK",
+            Severity::Warn => "HEALTH_WARN",
+            Severity::Err => "HEALTH_ERR",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HealthCheck {
+    /// A stable name scripts can match, e.g. `MON_DOWN`.
+    pub code: String,
+    pub severity: Severity,
+    pub summary: String,
+    pub detail: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Health {
+    pub status: Severity,
+    pub checks: Vec<HealthCheck>,
+}
+
+/// What health is computed from, gathered by the leader mon.
+pub struct HealthInput<'a> {
+    pub maps: &'a ClusterMaps,
+    /// Node ids of the mons in quorum (heard from within the grace, the leader included).
+    pub quorum: &'a BTreeSet<u64>,
+}
+
+pub fn compute(input: &HealthInput) -> Health {
+    let checks: Vec<HealthCheck> = [mon_down(input)].into_iter().flatten().collect();
+    let status = checks
+        .iter()
+        .map(|c| c.severity)
+        .max()
+        .unwrap_or(Severity::Ok);
+    Health { status, checks }
+}
+
+fn mon_down(input: &HealthInput) -> Option<HealthCheck> {
+    let mons = &input.maps.monmap.mons;
+    let mut down: Vec<_> = mons
+        .iter()
+        .filter(|(id, _)| !input.quorum.contains(id))
+        .collect();
+    down.sort_by(|a, b| a.1.name.cmp(&b.1.name));
+    if down.is_empty() {
+        return None;
+    }
+    let mut quorum_names: Vec<&str> = mons
+        .iter()
+        .filter(|(id, _)| input.quorum.contains(id))
+        .map(|(_, m)| m.name.as_str())
+        .collect();
+    quorum_names.sort();
+    Some(HealthCheck {
+        code: "MON_DOWN".into(),
+        severity: Severity::Warn,
+        summary: format!(
+            "{}/{} mons down, quorum {}",
+            down.len(),
+            mons.len(),
+            quorum_names.join(",")
+        ),
+        detail: down
+            .iter()
+            .map(|(_, m)| format!("mon.{} ({}) is down (out of quorum)", m.name, m.addr))
+            .collect(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::maps::MonInfo;
+
+    fn maps(n: u64) -> ClusterMaps {
+        let mut m = ClusterMaps::default();
+        for id in 1..=n {
+            m.monmap.mons.insert(
+                id,
+                MonInfo {
+                    name: ((b'a' + id as u8 - 1) as char).to_string(),
+                    addr: format!("127.0.0.1:{id}"),
+                },
+            );
+        }
+        m
+    }
+
+    #[test]
+    fn all_mons_in_quorum_is_ok() {
+        let m = maps(3);
+        let q = BTreeSet::from([1, 2, 3]);
+        let h = compute(&HealthInput {
+            maps: &m,
+            quorum: &q,
+        });
+        assert_eq!(h.status, Severity::Ok);
+        assert!(h.checks.is_empty());
+    }
+
+    #[test]
+    fn a_missing_mon_warns_with_names() {
+        let m = maps(3);
+        let q = BTreeSet::from([1, 2]);
+        let h = compute(&HealthInput {
+            maps: &m,
+            quorum: &q,
+        });
+        assert_eq!(h.status, Severity::Warn);
+        assert_eq!(h.checks[0].code, "MON_DOWN");
+        assert_eq!(h.checks[0].summary, "1/3 mons down, quorum a,b");
+        assert_eq!(
+            h.checks[0].detail,
+            vec!["mon.c (127.0.0.1:3) is down (out of quorum)"]
+        );
+    }
+}

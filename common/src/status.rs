@@ -1,0 +1,215 @@
+//! `cairn status`: what the leader mon reports and how it reads, laid out like `ceph status`.
+
+use std::fmt::Write;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::health::{Health, Severity};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    pub fsid: Option<Uuid>,
+    pub health: Health,
+    pub mons: Vec<MonStatus>,
+    pub leader: Option<String>,
+    /// How long the current quorum has held, in seconds.
+    pub quorum_age_secs: u64,
+    pub epochs: Epochs,
+    pub osds: OsdSummary,
+    pub pools: u32,
+    pub pgs: u64,
+    pub raft: RaftSummary,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MonStatus {
+    pub name: String,
+    pub addr: String,
+    pub in_quorum: bool,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Epochs {
+    pub monmap: u64,
+    pub osdmap: u64,
+    pub auth: u64,
+    pub config: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct OsdSummary {
+    pub total: u32,
+    pub up: u32,
+    pub in_cluster: u32,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RaftSummary {
+    pub term: u64,
+    pub last_log_index: u64,
+    pub last_applied_index: u64,
+}
+
+impl ClusterStatus {
+    pub fn quorum_names(&self) -> Vec<&str> {
+        self.mons
+            .iter()
+            .filter(|m| m.in_quorum)
+            .map(|m| m.name.as_str())
+            .collect()
+    }
+
+    /// The text of `cairn status`.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let fsid = self.fsid.map(|f| f.to_string()).unwrap_or_default();
+        let _ = writeln!(out, "  cluster:");
+        let _ = writeln!(out, "    id:     {fsid}");
+        let _ = writeln!(out, "    health: {}", self.health.status.as_str());
+        for c in &self.health.checks {
+            let _ = writeln!(out, "            {}", c.summary);
+        }
+        let _ = writeln!(out);
+        let _ = writeln!(out, "  services:");
+        let mut mon_line = format!(
+            "    mon: {} daemons, quorum {}",
+            self.mons.len(),
+            self.quorum_names().join(",")
+        );
+        if let Some(leader) = &self.leader {
+            let _ = write!(mon_line, " (leader {leader})");
+        }
+        let _ = write!(mon_line, " (age {})", human_duration(self.quorum_age_secs));
+        let out_of_quorum: Vec<&str> = self
+            .mons
+            .iter()
+            .filter(|m| !m.in_quorum)
+            .map(|m| m.name.as_str())
+            .collect();
+        if !out_of_quorum.is_empty() {
+            let _ = write!(mon_line, ", out of quorum: {}", out_of_quorum.join(", "));
+        }
+        let _ = writeln!(out, "{mon_line}");
+        let o = &self.osds;
+        let _ = writeln!(
+            out,
+            "    osd: {} osds: {} up, {} in",
+            o.total, o.up, o.in_cluster
+        );
+        let _ = writeln!(out);
+        let _ = writeln!(out, "  data:");
+        let _ = writeln!(out, "    pools:   {} pools, {} pgs", self.pools, self.pgs);
+        let _ = writeln!(out, "    objects: 0 objects, 0 B");
+        let _ = writeln!(out, "    usage:   0 B used, 0 B / 0 B avail");
+        out
+    }
+}
+
+impl Health {
+    /// The text of `cairn health` (and with `detail`, of `cairn health detail`).
+    pub fn render(&self, detail: bool) -> String {
+        let mut out = String::from(self.status.as_str());
+        let summaries: Vec<&str> = self.checks.iter().map(|c| c.summary.as_str()).collect();
+        if !summaries.is_empty() {
+            let _ = write!(out, " {}", summaries.join("; "));
+        }
+        out.push('\n');
+        if detail {
+            for c in &self.checks {
+                let tag = match c.severity {
+                    Severity::Ok => "OK",
+                    Severity::Warn => "WRN",
+                    Severity::Err => "ERR",
+                };
+                let _ = writeln!(out, "[{tag}] {}: {}", c.code, c.summary);
+                for d in &c.detail {
+                    let _ = writeln!(out, "    {d}");
+                }
+            }
+        }
+        out
+    }
+}
+
+/// `42s`, `5m`, `3h`, `2d`: the coarse ages `ceph status` prints.
+pub fn human_duration(secs: u64) -> String {
+    match secs {
+        s if s < 120 => format!("{s}s"),
+        s if s < 2 * 3600 => format!("{}m", s / 60),
+        s if s < 2 * 86_400 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86_400),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::health::HealthCheck;
+
+    fn status(in_quorum: [bool; 3]) -> ClusterStatus {
+        ClusterStatus {
+            fsid: None,
+            health: Health {
+                status: Severity::Ok,
+                checks: vec![],
+            },
+            mons: ["a", "b", "c"]
+                .iter()
+                .zip(in_quorum)
+                .map(|(n, q)| MonStatus {
+                    name: n.to_string(),
+                    addr: String::new(),
+                    in_quorum: q,
+                })
+                .collect(),
+            leader: Some("a".into()),
+            quorum_age_secs: 75,
+            epochs: Epochs::default(),
+            osds: OsdSummary::default(),
+            pools: 0,
+            pgs: 0,
+            raft: RaftSummary::default(),
+        }
+    }
+
+    #[test]
+    fn renders_like_ceph() {
+        let text = status([true; 3]).render();
+        assert!(
+            text.contains("    mon: 3 daemons, quorum a,b,c (leader a) (age 75s)\n"),
+            "{text}"
+        );
+        assert!(text.contains("    health: HEALTH_OK\n"));
+        let text = status([true, true, false]).render();
+        assert!(
+            text.contains("quorum a,b (leader a) (age 75s), out of quorum: c"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn health_detail_lists_checks() {
+        let h = Health {
+            status: Severity::Warn,
+            checks: vec![HealthCheck {
+                code: "MON_DOWN".into(),
+                severity: Severity::Warn,
+                summary: "1/3 mons down, quorum a,b".into(),
+                detail: vec!["mon.c is down".into()],
+            }],
+        };
+        assert_eq!(h.render(false), "HEALTH_WARN 1/3 mons down, quorum a,b\n");
+        assert!(h
+            .render(true)
+            .contains("[WRN] MON_DOWN: 1/3 mons down, quorum a,b\n    mon.c is down\n"));
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(human_duration(5), "5s");
+        assert_eq!(human_duration(600), "10m");
+        assert_eq!(human_duration(3 * 3600), "3h");
+        assert_eq!(human_duration(3 * 86_400), "3d");
+    }
+}

@@ -1,0 +1,470 @@
+//! One monitor's request handling: runs a request here when this mon leads, forwards it to the
+//! leader otherwise, and retries across leader changes until `commit_timeout_ms` runs out.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use openraft::ChangeMembers;
+use serde_json::{json, Value};
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+
+use cairn_common::auth::{SecretKey, TicketAuthority};
+use cairn_common::command::{Command, CommandOutcome, Forwarded};
+use cairn_common::config::MonSettings;
+use cairn_common::health::{self, HealthInput};
+use cairn_common::maps::{mon_node_id, validate_daemon_name, MonInfo};
+use cairn_common::proto::mon_client::MonClient as MonRpcClient;
+use cairn_common::proto::mon_peer_client::MonPeerClient;
+use cairn_common::proto::{ForwardRequest, PingRequest};
+use cairn_common::status::{ClusterStatus, Epochs, MonStatus, OsdSummary, RaftSummary};
+
+use crate::network::peer_channel;
+use crate::quorum::{Liveness, QuorumAge};
+use crate::raft_types::{NodeId, Raft};
+use crate::state_machine::SharedState;
+use crate::ticket_check::MonCredentials;
+
+/// How long to wait between attempts while there is no leader or it is changing.
+const RETRY_PAUSE: Duration = Duration::from_millis(50);
+
+/// Why one attempt did not complete.
+enum Attempt {
+    /// Leadership moved or there is no quorum yet: try again until the deadline.
+    Retry(String),
+    /// A definite answer to return to the caller.
+    Fail(Status),
+}
+
+pub struct MonNode {
+    pub id: NodeId,
+    pub name: String,
+    pub fsid: uuid::Uuid,
+    pub raft: Raft,
+    pub shared: SharedState,
+    pub settings: MonSettings,
+    pub authority: Arc<TicketAuthority>,
+    pub credentials: Arc<MonCredentials>,
+    pub liveness: Arc<Liveness>,
+    quorum_age: QuorumAge,
+    peers: Mutex<HashMap<String, MonPeerClient<Channel>>>,
+}
+
+impl MonNode {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        id: NodeId,
+        name: String,
+        fsid: uuid::Uuid,
+        raft: Raft,
+        shared: SharedState,
+        settings: MonSettings,
+        authority: Arc<TicketAuthority>,
+        credentials: Arc<MonCredentials>,
+        liveness: Arc<Liveness>,
+    ) -> MonNode {
+        MonNode {
+            id,
+            name,
+            fsid,
+            raft,
+            shared,
+            settings,
+            authority,
+            credentials,
+            liveness,
+            quorum_age: QuorumAge::default(),
+            peers: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn commit_timeout(&self) -> Duration {
+        Duration::from_millis(self.settings.commit_timeout_ms)
+    }
+
+    /// Runs `req` on the leader (here or by forwarding), retrying while leadership settles.
+    pub async fn execute(&self, entity: &str, req: &Forwarded) -> Result<Value, Status> {
+        let deadline = Instant::now() + self.commit_timeout();
+        loop {
+            let attempt = match self.raft.current_leader().await {
+                Some(leader) if leader == self.id => self.execute_on_leader(entity, req).await,
+                Some(leader) => self.forward(leader, entity, req).await,
+                None => Err(Attempt::Retry("no leader elected".into())),
+            };
+            match attempt {
+                Ok(v) => return Ok(v),
+                Err(Attempt::Fail(status)) => return Err(status),
+                Err(Attempt::Retry(why)) if Instant::now() >= deadline => {
+                    return Err(Status::unavailable(format!(
+                        "no quorum: {why}; gave up after {} ms (are a majority of the mons up?)",
+                        self.settings.commit_timeout_ms
+                    )))
+                }
+                Err(Attempt::Retry(why)) => {
+                    tracing::debug!(%why, "retrying request");
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                }
+            }
+        }
+    }
+
+    /// Runs a request here, as the leader; called for local and forwarded requests.
+    pub async fn execute_on_leader_once(
+        &self,
+        entity: &str,
+        req: &Forwarded,
+    ) -> Result<Value, Status> {
+        self.execute_on_leader(entity, req)
+            .await
+            .map_err(|a| match a {
+                Attempt::Fail(s) => s,
+                Attempt::Retry(why) => Status::unavailable(format!("retry: {why}")),
+            })
+    }
+
+    async fn execute_on_leader(&self, entity: &str, req: &Forwarded) -> Result<Value, Attempt> {
+        match req {
+            Forwarded::Command(cmd) => {
+                let outcome = self.propose(entity, cmd.clone()).await?;
+                Ok(json!(outcome))
+            }
+            Forwarded::Status => {
+                self.read_barrier().await?;
+                Ok(json!(self.status().await))
+            }
+            Forwarded::GetMaps => {
+                self.read_barrier().await?;
+                Ok(json!(*self.shared.maps()))
+            }
+            Forwarded::AuthGetKey { entity: target } => {
+                self.read_barrier().await?;
+                let found = self.shared.read(|a| {
+                    let key = a.state.secrets.get(target).cloned();
+                    let caps = a
+                        .state
+                        .maps
+                        .auth
+                        .entities
+                        .get(target)
+                        .map(|e| e.caps.clone());
+                    key.zip(caps)
+                });
+                match found {
+                    Some((key, caps)) => Ok(json!({ "entity": target, "key": key, "caps": caps })),
+                    None => Err(Attempt::Fail(Status::not_found(format!(
+                        "entity {target} does not exist"
+                    )))),
+                }
+            }
+            Forwarded::MonAdd { name, addr } => self.mon_add(name, addr).await,
+            Forwarded::MonRm { name } => self.mon_rm(name).await,
+        }
+    }
+
+    /// Proposes a command through Raft and waits for it to be applied.
+    async fn propose(&self, entity: &str, mut cmd: Command) -> Result<CommandOutcome, Attempt> {
+        if let Command::AuthAdd { key, .. } = &mut cmd {
+            key.get_or_insert_with(SecretKey::generate);
+        }
+        if let Err(reason) = self.shared.read(|a| a.state.check(&cmd)) {
+            return Ok(CommandOutcome::Refused { reason });
+        }
+        tracing::info!(%entity, command = cmd.label(), "proposing");
+        let write = tokio::time::timeout(self.commit_timeout(), self.raft.client_write(cmd)).await;
+        match write {
+            Ok(Ok(resp)) => Ok(resp.data),
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {
+                Err(Attempt::Retry("leadership moved".into()))
+            }
+            Ok(Err(e)) => Err(Attempt::Fail(Status::internal(format!("raft: {e}")))),
+            Err(_) => Err(Attempt::Retry("the write was not committed in time".into())),
+        }
+    }
+
+    /// Waits until this mon is confirmed leader by a quorum and has applied everything
+    /// committed before the call (read index), so reads after it are linearizable.
+    async fn read_barrier(&self) -> Result<(), Attempt> {
+        match tokio::time::timeout(self.commit_timeout(), self.raft.ensure_linearizable()).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_)))) => {
+                Err(Attempt::Retry("leadership moved".into()))
+            }
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e)))) => {
+                Err(Attempt::Retry(format!("quorum not reached: {e}")))
+            }
+            Ok(Err(e)) => Err(Attempt::Fail(Status::internal(format!("raft: {e}")))),
+            Err(_) => Err(Attempt::Retry("leadership not confirmed in time".into())),
+        }
+    }
+
+    async fn forward(
+        &self,
+        leader: NodeId,
+        entity: &str,
+        req: &Forwarded,
+    ) -> Result<Value, Attempt> {
+        let addr = self.shared.read(|a| {
+            a.last_membership
+                .membership()
+                .get_node(&leader)
+                .map(|n| n.addr.clone())
+        });
+        let Some(addr) = addr else {
+            return Err(Attempt::Retry(format!(
+                "leader {leader} has no known address"
+            )));
+        };
+        let mut client = self.peer(&addr).map_err(Attempt::Retry)?;
+        let mut request = tonic::Request::new(ForwardRequest {
+            entity: entity.to_string(),
+            request_json: serde_json::to_vec(req)
+                .map_err(|e| Attempt::Fail(Status::internal(e.to_string())))?,
+        });
+        request.set_timeout(self.commit_timeout());
+        self.credentials.authorize(&mut request);
+        match client.forward(request).await {
+            Ok(reply) => serde_json::from_slice(&reply.into_inner().reply_json).map_err(|e| {
+                Attempt::Fail(Status::internal(format!(
+                    "leader sent a malformed reply: {e}"
+                )))
+            }),
+            Err(s)
+                if matches!(
+                    s.code(),
+                    Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown
+                ) =>
+            {
+                Err(Attempt::Retry(format!(
+                    "leader mon {addr}: {}",
+                    s.message()
+                )))
+            }
+            Err(s) => Err(Attempt::Fail(s)),
+        }
+    }
+
+    fn peer(&self, addr: &str) -> Result<MonPeerClient<Channel>, String> {
+        let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = peers.get(addr) {
+            return Ok(c.clone());
+        }
+        let c = peer_channel(addr, self.commit_timeout(), self.settings.request_bytes_max)?;
+        peers.insert(addr.to_string(), c.clone());
+        Ok(c)
+    }
+
+    /// Mons in quorum as this (leader) mon sees them: itself plus peers heard within the grace.
+    pub fn quorum(&self) -> BTreeSet<NodeId> {
+        let grace = Duration::from_millis(self.settings.down_grace_ms);
+        let mut q = self.liveness.alive(grace);
+        q.insert(self.id);
+        let members = self.shared.read(|a| {
+            a.state
+                .maps
+                .monmap
+                .mons
+                .keys()
+                .copied()
+                .collect::<BTreeSet<_>>()
+        });
+        q.intersection(&members).copied().collect()
+    }
+
+    async fn status(&self) -> ClusterStatus {
+        let maps = self.shared.maps();
+        let quorum = self.quorum();
+        let age = self.quorum_age.observe(&quorum);
+        let health = health::compute(&HealthInput {
+            maps: &maps,
+            quorum: &quorum,
+        });
+        let metrics = self.raft.metrics().borrow().clone();
+        let osdmap = &maps.osdmap;
+        let mut mons: Vec<MonStatus> = maps
+            .monmap
+            .mons
+            .iter()
+            .map(|(id, m)| MonStatus {
+                name: m.name.clone(),
+                addr: m.addr.clone(),
+                in_quorum: quorum.contains(id),
+            })
+            .collect();
+        mons.sort_by(|a, b| a.name.cmp(&b.name));
+        ClusterStatus {
+            fsid: maps.fsid,
+            health,
+            mons,
+            leader: Some(self.name.clone()),
+            quorum_age_secs: age.as_secs(),
+            epochs: Epochs {
+                monmap: maps.monmap.epoch,
+                osdmap: osdmap.epoch,
+                auth: maps.auth.epoch,
+                config: maps.config.epoch,
+            },
+            osds: OsdSummary {
+                total: osdmap.osds.len() as u32,
+                up: osdmap.osds.values().filter(|o| o.up).count() as u32,
+                in_cluster: osdmap.osds.values().filter(|o| o.in_cluster).count() as u32,
+            },
+            pools: osdmap.pools.len() as u32,
+            pgs: osdmap.pools.values().map(|p| p.pg_num as u64).sum(),
+            raft: RaftSummary {
+                term: metrics.current_term,
+                last_log_index: metrics.last_log_index.unwrap_or(0),
+                last_applied_index: metrics.last_applied.map(|l| l.index).unwrap_or(0),
+            },
+        }
+    }
+
+    async fn mon_add(&self, name: &str, addr: &str) -> Result<Value, Attempt> {
+        let fail = |s: String| Attempt::Fail(Status::failed_precondition(s));
+        validate_daemon_name(name).map_err(|e| Attempt::Fail(Status::invalid_argument(e)))?;
+        let id = mon_node_id(name);
+        let monmap = self.shared.read(|a| a.state.maps.monmap.clone());
+        if monmap.by_name(name).is_some() {
+            return Err(fail(format!("mon.{name} is already a member")));
+        }
+        if monmap.mons.contains_key(&id) {
+            return Err(fail(format!(
+                "mon.{name}'s id collides with mon.{}: pick another name",
+                monmap.name_of(id)
+            )));
+        }
+        self.check_joining_mon(name, id, addr).await.map_err(fail)?;
+        let info = MonInfo {
+            name: name.to_string(),
+            addr: addr.to_string(),
+        };
+        tracing::info!(mon = %name, %addr, "adding a monitor: catching it up as a learner");
+        let catch_up = self.commit_timeout() * 6;
+        match tokio::time::timeout(catch_up, self.raft.add_learner(id, info, true)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(membership_error(e)),
+            Err(_) => {
+                return Err(fail(format!(
+                    "mon.{name} did not catch up within {} ms",
+                    catch_up.as_millis()
+                )))
+            }
+        }
+        let change = ChangeMembers::AddVoterIds(BTreeSet::from([id]));
+        self.change_membership(change).await?;
+        Ok(self.membership_outcome(format!("added mon.{name} at {addr}")))
+    }
+
+    async fn mon_rm(&self, name: &str) -> Result<Value, Attempt> {
+        let monmap = self.shared.read(|a| a.state.maps.monmap.clone());
+        let Some((id, _)) = monmap.by_name(name) else {
+            return Err(Attempt::Fail(Status::not_found(format!(
+                "mon.{name} is not a member"
+            ))));
+        };
+        if monmap.mons.len() == 1 {
+            return Err(Attempt::Fail(Status::failed_precondition(
+                "cannot remove the last monitor",
+            )));
+        }
+        tracing::info!(mon = %name, "removing a monitor");
+        self.change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])))
+            .await?;
+        Ok(self.membership_outcome(format!("removed mon.{name}")))
+    }
+
+    async fn change_membership(
+        &self,
+        change: ChangeMembers<NodeId, MonInfo>,
+    ) -> Result<(), Attempt> {
+        match tokio::time::timeout(
+            self.commit_timeout() * 2,
+            self.raft.change_membership(change, false),
+        )
+        .await
+        {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(membership_error(e)),
+            Err(_) => Err(Attempt::Retry(
+                "the membership change was not committed in time".into(),
+            )),
+        }
+    }
+
+    fn membership_outcome(&self, message: String) -> Value {
+        let epoch = self.shared.read(|a| a.state.maps.monmap.epoch);
+        json!(CommandOutcome::Done { epoch, message })
+    }
+
+    /// Asks the new mon who it is before letting it into the group.
+    async fn check_joining_mon(&self, name: &str, id: NodeId, addr: &str) -> Result<(), String> {
+        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| format!("invalid address {addr:?}: {e}"))?
+            .connect_timeout(self.commit_timeout());
+        let mut client = MonRpcClient::new(endpoint.connect_lazy());
+        let mut request = tonic::Request::new(PingRequest {});
+        request.set_timeout(self.commit_timeout());
+        self.credentials.authorize(&mut request);
+        let reply = client
+            .ping(request)
+            .await
+            .map_err(|s| format!("cannot reach mon.{name} at {addr}: {} (create it with `cairn-mon mkfs --join` and start it first)", s.message()))?
+            .into_inner();
+        if reply.fsid != self.fsid.to_string() {
+            return Err(format!(
+                "the mon at {addr} belongs to cluster {}, not {}",
+                reply.fsid, self.fsid
+            ));
+        }
+        if reply.name != name || reply.node_id != id {
+            return Err(format!(
+                "the mon at {addr} is mon.{}, not mon.{name}",
+                reply.name
+            ));
+        }
+        Ok(())
+    }
+
+    /// A gauge snapshot for `/metrics`.
+    pub fn export_metrics(&self) {
+        let m = self.raft.metrics().borrow().clone();
+        let is_leader = m.current_leader == Some(self.id);
+        metrics::gauge!("cairn_mon_is_leader").set(if is_leader { 1.0 } else { 0.0 });
+        metrics::gauge!("cairn_mon_term").set(m.current_term as f64);
+        metrics::gauge!("cairn_mon_last_log_index").set(m.last_log_index.unwrap_or(0) as f64);
+        metrics::gauge!("cairn_mon_last_applied_index")
+            .set(m.last_applied.map(|l| l.index).unwrap_or(0) as f64);
+        let (members, epochs) = self.shared.read(|a| {
+            let maps = &a.state.maps;
+            (
+                maps.monmap.mons.len(),
+                [
+                    maps.monmap.epoch,
+                    maps.osdmap.epoch,
+                    maps.auth.epoch,
+                    maps.config.epoch,
+                ],
+            )
+        });
+        metrics::gauge!("cairn_mon_members").set(members as f64);
+        if is_leader {
+            metrics::gauge!("cairn_mon_quorum_size").set(self.quorum().len() as f64);
+        }
+        for (map, epoch) in ["monmap", "osdmap", "auth", "config"].iter().zip(epochs) {
+            metrics::gauge!("cairn_mon_map_epoch", "map" => *map).set(epoch as f64);
+        }
+    }
+}
+
+fn membership_error(e: RaftError<NodeId, ClientWriteError<NodeId, MonInfo>>) -> Attempt {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => {
+            Attempt::Retry("leadership moved".into())
+        }
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => Attempt::Fail(
+            Status::failed_precondition(format!("membership change refused: {c}")),
+        ),
+        other => Attempt::Fail(Status::internal(format!("raft: {other}"))),
+    }
+}

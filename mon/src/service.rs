@@ -1,0 +1,312 @@
+//! The mon's gRPC services: `Auth` (no ticket needed), `Mon` (clients and daemons) and
+//! `MonPeer` (Raft and forwarding between mons). Handlers check capabilities, decode, and hand
+//! the work to `MonNode`.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::Stream;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::sync::Semaphore;
+use tokio_stream::wrappers::WatchStream;
+use tokio_stream::StreamExt;
+use tonic::{Request, Response, Status};
+
+use cairn_common::auth::{self, AuthError, Need, Ticket};
+use cairn_common::command::{Command, Forwarded};
+use cairn_common::maps::validate_daemon_name;
+use cairn_common::proto::auth_server::Auth;
+use cairn_common::proto::mon_membership_request::Op;
+use cairn_common::proto::mon_peer_server::MonPeer;
+use cairn_common::proto::mon_server::Mon;
+use cairn_common::proto::*;
+
+use crate::node::MonNode;
+use crate::ticket_check::{auth_status, require, require_mon_peer};
+
+fn to_json<T: Serialize>(v: &T) -> Result<Vec<u8>, Status> {
+    serde_json::to_vec(v).map_err(|e| Status::internal(format!("cannot encode reply: {e}")))
+}
+
+fn from_json<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, Status> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| Status::invalid_argument(format!("malformed {what}: {e}")))
+}
+
+#[derive(Clone)]
+pub struct AuthService {
+    pub node: Arc<MonNode>,
+}
+
+#[tonic::async_trait]
+impl Auth for AuthService {
+    async fn challenge(
+        &self,
+        req: Request<ChallengeRequest>,
+    ) -> Result<Response<ChallengeReply>, Status> {
+        let entity = req.into_inner().entity;
+        auth::validate_entity(&entity).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let challenge = self
+            .node
+            .authority
+            .challenge(&entity, cairn_common::now_ms());
+        Ok(Response::new(ChallengeReply { challenge }))
+    }
+
+    async fn authenticate(
+        &self,
+        req: Request<AuthenticateRequest>,
+    ) -> Result<Response<AuthenticateReply>, Status> {
+        let req = req.into_inner();
+        let node = &self.node;
+        let now = cairn_common::now_ms();
+        auth::validate_entity(&req.entity).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        node.authority
+            .check_challenge(
+                &req.entity,
+                &req.challenge,
+                now,
+                node.settings.challenge_max_age_ms,
+            )
+            .map_err(auth_status)?;
+        let bad_proof = || {
+            metrics::counter!("cairn_mon_auth_failures_total").increment(1);
+            auth_status(AuthError::BadProof {
+                entity: req.entity.clone(),
+            })
+        };
+        // The key is read on the leader, so a removed entity cannot authenticate anywhere.
+        let lookup = node
+            .execute(
+                &format!("mon.{}", node.name),
+                &Forwarded::AuthGetKey {
+                    entity: req.entity.clone(),
+                },
+            )
+            .await;
+        let record = match lookup {
+            Ok(v) => v,
+            Err(s) if s.code() == tonic::Code::NotFound => return Err(bad_proof()),
+            Err(s) => return Err(s),
+        };
+        let key: auth::SecretKey = serde_json::from_value(record["key"].clone())
+            .map_err(|e| Status::internal(format!("stored key unreadable: {e}")))?;
+        let caps = serde_json::from_value(record["caps"].clone())
+            .map_err(|e| Status::internal(format!("stored caps unreadable: {e}")))?;
+        let expected = auth::client_proof(&key, &req.challenge, &req.client_nonce);
+        if !auth::proof_matches(&expected, &req.proof) {
+            tracing::warn!(entity = %req.entity, "authentication failed: wrong key");
+            return Err(bad_proof());
+        }
+        let ticket = Ticket {
+            entity: req.entity.clone(),
+            caps,
+            issued_at_ms: now,
+            expires_at_ms: now + node.settings.ticket_ttl_secs * 1000,
+        };
+        tracing::debug!(entity = %req.entity, "issued a ticket");
+        Ok(Response::new(AuthenticateReply {
+            ticket: node.authority.issue(&ticket),
+            expires_at_ms: ticket.expires_at_ms,
+            server_proof: auth::server_proof(&key, &req.challenge, &req.client_nonce).to_vec(),
+        }))
+    }
+}
+
+#[derive(Clone)]
+pub struct MonService {
+    pub node: Arc<MonNode>,
+    pub subscribers: Arc<Semaphore>,
+}
+
+type MapsStream = Pin<Box<dyn Stream<Item = Result<MapsReply, Status>> + Send + 'static>>;
+
+/// The capability a command needs: keys and caps need everything, config needs write.
+fn command_need(cmd: &Command) -> Result<Need, Status> {
+    match cmd {
+        Command::Bootstrap { .. } => Err(Status::permission_denied(
+            "bootstrap is issued by the monitors themselves",
+        )),
+        Command::ConfigSet { .. } | Command::ConfigRm { .. } => Ok(Need::Write),
+        Command::AuthAdd { .. } | Command::AuthCaps { .. } | Command::AuthRm { .. } => {
+            Ok(Need::All)
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Mon for MonService {
+    async fn status(&self, req: Request<StatusRequest>) -> Result<Response<JsonReply>, Status> {
+        let ticket = require(&req, Need::Read, "read the cluster status")?;
+        let v = self
+            .node
+            .execute(&ticket.entity, &Forwarded::Status)
+            .await?;
+        Ok(Response::new(JsonReply { json: to_json(&v)? }))
+    }
+
+    async fn get_maps(&self, req: Request<GetMapsRequest>) -> Result<Response<MapsReply>, Status> {
+        let ticket = require(&req, Need::Read, "read the cluster maps")?;
+        let v = self
+            .node
+            .execute(&ticket.entity, &Forwarded::GetMaps)
+            .await?;
+        let maps: cairn_common::maps::ClusterMaps =
+            serde_json::from_value(v).map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(MapsReply {
+            epoch_sum: maps.epoch_sum(),
+            maps_json: to_json(&maps)?,
+        }))
+    }
+
+    type SubscribeStream = MapsStream;
+
+    async fn subscribe(
+        &self,
+        req: Request<SubscribeRequest>,
+    ) -> Result<Response<MapsStream>, Status> {
+        require(&req, Need::Read, "subscribe to the cluster maps")?;
+        let permit = self.subscribers.clone().try_acquire_owned().map_err(|_| {
+            Status::resource_exhausted(format!(
+                "this mon serves at most {} subscriptions",
+                self.node.settings.subscribers_max
+            ))
+        })?;
+        let have = req.into_inner().have_epoch_sum;
+        let stream = WatchStream::new(self.node.shared.subscribe())
+            .filter(move |maps| maps.fsid.is_some() && maps.epoch_sum() > have)
+            .map(move |maps| {
+                let _held = &permit;
+                Ok(MapsReply {
+                    epoch_sum: maps.epoch_sum(),
+                    maps_json: to_json(&*maps)?,
+                })
+            });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn command(
+        &self,
+        req: Request<CommandRequest>,
+    ) -> Result<Response<CommandReply>, Status> {
+        let ticket = require(&req, Need::Read, "send commands")?;
+        let cmd: Command = from_json(&req.get_ref().command_json, "command")?;
+        let need = command_need(&cmd)?;
+        ticket
+            .require("mon", need, &format!("run {}", cmd.label()))
+            .map_err(auth_status)?;
+        let v = self
+            .node
+            .execute(&ticket.entity, &Forwarded::Command(cmd))
+            .await?;
+        Ok(Response::new(CommandReply {
+            outcome_json: to_json(&v)?,
+        }))
+    }
+
+    async fn mon_membership(
+        &self,
+        req: Request<MonMembershipRequest>,
+    ) -> Result<Response<CommandReply>, Status> {
+        let ticket = require(&req, Need::All, "change the monitor membership")?;
+        let req = req.into_inner();
+        validate_daemon_name(&req.name).map_err(Status::invalid_argument)?;
+        let fwd = match Op::try_from(req.op) {
+            Ok(Op::Add) => {
+                if req.addr.parse::<std::net::SocketAddr>().is_err() {
+                    return Err(Status::invalid_argument(format!(
+                        "invalid mon address {:?}: expected IP:PORT",
+                        req.addr
+                    )));
+                }
+                Forwarded::MonAdd {
+                    name: req.name,
+                    addr: req.addr,
+                }
+            }
+            Ok(Op::Remove) => Forwarded::MonRm { name: req.name },
+            Err(_) => return Err(Status::invalid_argument("unknown membership operation")),
+        };
+        let v = self.node.execute(&ticket.entity, &fwd).await?;
+        Ok(Response::new(CommandReply {
+            outcome_json: to_json(&v)?,
+        }))
+    }
+
+    async fn auth_get(&self, req: Request<AuthGetRequest>) -> Result<Response<JsonReply>, Status> {
+        let ticket = require(&req, Need::All, "read keys")?;
+        let entity = req.into_inner().entity;
+        auth::validate_entity(&entity).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let v = self
+            .node
+            .execute(&ticket.entity, &Forwarded::AuthGetKey { entity })
+            .await?;
+        Ok(Response::new(JsonReply { json: to_json(&v)? }))
+    }
+
+    async fn ping(&self, req: Request<PingRequest>) -> Result<Response<PingReply>, Status> {
+        require(&req, Need::Read, "ping a monitor")?;
+        let leader = self.node.raft.current_leader().await;
+        Ok(Response::new(PingReply {
+            fsid: self.node.fsid.to_string(),
+            name: self.node.name.clone(),
+            node_id: self.node.id,
+            leader_id: leader.unwrap_or(0),
+            has_leader: leader.is_some(),
+        }))
+    }
+}
+
+#[derive(Clone)]
+pub struct PeerService {
+    pub node: Arc<MonNode>,
+}
+
+impl PeerService {
+    fn reply<T: Serialize>(result: &T) -> Result<Response<RaftMessage>, Status> {
+        Ok(Response::new(RaftMessage {
+            json: to_json(result)?,
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl MonPeer for PeerService {
+    async fn append_entries(
+        &self,
+        req: Request<RaftMessage>,
+    ) -> Result<Response<RaftMessage>, Status> {
+        require_mon_peer(&req)?;
+        let rpc = from_json(&req.get_ref().json, "append-entries request")?;
+        Self::reply(&self.node.raft.append_entries(rpc).await)
+    }
+
+    async fn vote(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        require_mon_peer(&req)?;
+        let rpc = from_json(&req.get_ref().json, "vote request")?;
+        Self::reply(&self.node.raft.vote(rpc).await)
+    }
+
+    async fn install_snapshot(
+        &self,
+        req: Request<RaftMessage>,
+    ) -> Result<Response<RaftMessage>, Status> {
+        require_mon_peer(&req)?;
+        let rpc = from_json(&req.get_ref().json, "install-snapshot request")?;
+        Self::reply(&self.node.raft.install_snapshot(rpc).await)
+    }
+
+    async fn forward(
+        &self,
+        req: Request<ForwardRequest>,
+    ) -> Result<Response<ForwardReply>, Status> {
+        require_mon_peer(&req)?;
+        let req = req.into_inner();
+        let fwd: Forwarded = from_json(&req.request_json, "forwarded request")?;
+        let v = self.node.execute_on_leader_once(&req.entity, &fwd).await?;
+        Ok(Response::new(ForwardReply {
+            reply_json: to_json(&v)?,
+        }))
+    }
+}

@@ -1,0 +1,141 @@
+//! The `cairn` tool as people use it: `dev up`, status, health, config, auth, mon, and clear
+//! errors for the usual mistakes.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use cairn_tests::bin_dir;
+
+fn cairn(dir: &Path, args: &[&str]) -> Output {
+    Command::new(bin_dir().join("cairn"))
+        .args(args)
+        .current_dir(dir)
+        .env_remove("CAIRN_CONF")
+        .env_remove("CAIRN_DEV_DIR")
+        .output()
+        .expect("run cairn")
+}
+
+fn ok(dir: &Path, args: &[&str]) -> String {
+    let out = cairn(dir, args);
+    assert!(
+        out.status.success(),
+        "cairn {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn fails(dir: &Path, args: &[&str]) -> String {
+    let out = cairn(dir, args);
+    assert!(!out.status.success(), "cairn {args:?} should fail");
+    String::from_utf8(out.stderr).unwrap()
+}
+
+#[test]
+fn dev_cluster_and_admin_commands_work_from_the_command_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let top = tmp.path();
+    let up = ok(top, &["dev", "up", "--mons", "3", "--dir", "c1"]);
+    assert!(up.contains("health: HEALTH_OK"), "{up}");
+    assert!(up.contains("mon: 3 daemons, quorum a,b,c (leader "), "{up}");
+    let dir = top.join("c1");
+    for mon in ["a", "b", "c"] {
+        assert!(dir.join(format!("run/mon.{mon}.pid")).exists());
+    }
+    // Inside the directory, cairn finds cairn.toml by itself.
+    let status = ok(&dir, &["status"]);
+    assert!(status.contains("  cluster:\n    id:     "), "{status}");
+    assert!(
+        status.contains("  services:\n    mon: 3 daemons"),
+        "{status}"
+    );
+    assert!(
+        status.contains("  data:\n    pools:   0 pools, 0 pgs"),
+        "{status}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&ok(&dir, &["status", "--format", "json"])).unwrap();
+    assert_eq!(json["health"]["status"], "HEALTH_OK");
+    assert_eq!(json["mons"].as_array().unwrap().len(), 3);
+    assert_eq!(ok(&dir, &["health"]), "HEALTH_OK\n");
+
+    ok(&dir, &["config", "set", "mon.example_option", "42"]);
+    assert_eq!(ok(&dir, &["config", "get", "mon.example_option"]), "42\n");
+    assert!(ok(&dir, &["config", "dump"]).contains("mon.example_option = 42"));
+    assert!(fails(&dir, &["config", "get", "mon.unset"]).contains("option mon.unset is not set"));
+    assert!(fails(&dir, &["config", "set", "BAD", "1"]).contains("invalid option name"));
+
+    ok(&dir, &["auth", "add", "client.bob", "mon", "allow r"]);
+    assert!(ok(&dir, &["auth", "ls"]).contains("client.bob\n\tcaps: [mon] allow r"));
+    let bob = ok(&dir, &["auth", "get", "client.bob"]);
+    assert!(
+        bob.contains("[\"client.bob\"]") && bob.contains("key = "),
+        "{bob}"
+    );
+    std::fs::write(dir.join("bob.keyring"), &bob).unwrap();
+    let as_bob = ["--name", "client.bob", "--keyring", "bob.keyring"];
+    ok(&dir, &[&as_bob[..], &["status"]].concat());
+    let denied = fails(
+        &dir,
+        &[&as_bob[..], &["config", "set", "a.b", "1"]].concat(),
+    );
+    assert!(
+        denied.contains("permission denied: client.bob is not allowed"),
+        "{denied}"
+    );
+    ok(&dir, &["auth", "caps", "client.bob", "mon", "allow rw"]);
+    ok(
+        &dir,
+        &[&as_bob[..], &["config", "set", "a.b", "1"]].concat(),
+    );
+    ok(&dir, &["auth", "rm", "client.bob"]);
+    assert!(fails(&dir, &[&as_bob[..], &["status"]].concat()).contains("authentication failed"));
+    assert!(fails(&dir, &["auth", "caps", "client.bob", "mon"]).contains("caps come in pairs"));
+
+    let stat = ok(&dir, &["mon", "stat"]);
+    assert!(stat.contains("3 mons at {a=127.0.0.1:"), "{stat}");
+
+    // A dead mon shows in health detail; dev start brings it back.
+    ok(&dir, &["dev", "kill", "mon", "c"]);
+    let detail = loop {
+        let d = ok(&dir, &["health", "detail"]);
+        if d.starts_with("HEALTH_WARN") {
+            break d;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    assert!(
+        detail.contains("[WRN] MON_DOWN: 1/3 mons down, quorum a,b"),
+        "{detail}"
+    );
+    assert!(detail.contains("mon.c (127.0.0.1:"), "{detail}");
+    ok(&dir, &["dev", "start", "mon", "c"]);
+    ok(&dir, &["dev", "up", "--dir", "c1"]);
+
+    // Clear errors: wrong keyring, bad arguments, unknown daemons.
+    std::fs::write(
+        dir.join("wrong.keyring"),
+        "[\"client.admin\"]\nkey = \"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\"\n",
+    )
+    .unwrap();
+    let e = fails(&dir, &["--keyring", "wrong.keyring", "status"]);
+    assert!(e.contains("authentication failed for client.admin"), "{e}");
+    assert!(
+        fails(&dir, &["--keyring", "missing.keyring", "status"]).contains("cannot read keyring")
+    );
+    assert!(fails(&dir, &["dev", "kill", "mon", "zz", "--dir", "."]).contains("has no mon.zz"));
+    assert_eq!(cairn(&dir, &["no-such-command"]).status.code(), Some(2));
+
+    ok(&dir, &["dev", "down"]);
+    for mon in ["a", "b", "c"] {
+        assert!(
+            !dir.join(format!("run/mon.{mon}.pid")).exists(),
+            "mon.{mon} still running"
+        );
+    }
+    // The cluster is stopped: a clear, bounded error.
+    let e = fails(&dir, &["--set", "client.op_timeout_ms=2000", "status"]);
+    assert!(e.contains("cannot reach any monitor"), "{e}");
+}
