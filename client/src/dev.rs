@@ -295,7 +295,7 @@ impl DevCluster {
     pub fn running_pid(&self, kind: Kind, name: &str) -> Option<u32> {
         self.reap(kind, name);
         let text = std::fs::read_to_string(self.pid_file(kind, name)).ok()?;
-        let pid: i32 = text.trim().parse().ok()?;
+        let pid: i32 = text.trim().parse().ok().filter(|p| *p > 1)?;
         // SAFETY: kill with signal 0 only checks that the process exists.
         let alive = unsafe { libc::kill(pid, 0) } == 0;
         alive.then_some(pid as u32)

@@ -42,6 +42,9 @@ struct Inner {
 }
 
 pub struct MonClient {
+    /// Identifies this client instance in request ids (entity and a random nonce).
+    client_id: String,
+    next_seq: std::sync::atomic::AtomicU64,
     addrs: Vec<String>,
     entity: String,
     key: SecretKey,
@@ -70,7 +73,9 @@ fn classify(status: &Status, addr: &str) -> Next {
             tried: addr.to_string(),
             last: msg,
         }),
-        Code::Unauthenticated if msg.contains("expired") => Next::Reauthenticate,
+        Code::Unauthenticated if msg.contains("expired") || msg.contains("revoked") => {
+            Next::Reauthenticate
+        }
         Code::Unauthenticated => Next::Fail(ClientError::Auth(msg)),
         Code::PermissionDenied => Next::Fail(ClientError::Denied(msg)),
         Code::InvalidArgument | Code::OutOfRange | Code::ResourceExhausted => {
@@ -94,6 +99,8 @@ impl MonClient {
         }
         auth::validate_entity(entity).map_err(|e| ClientError::Config(e.to_string()))?;
         Ok(MonClient {
+            client_id: format!("{entity}/{:016x}", rand::random::<u64>()),
+            next_seq: std::sync::atomic::AtomicU64::new(1),
             addrs,
             entity: entity.to_string(),
             key,
@@ -280,14 +287,22 @@ impl MonClient {
         decode(&reply.into_inner().maps_json)
     }
 
-    /// Commits a command; a command the monitors refuse is `ClientError::Refused`.
+    /// Commits a command; a command the monitors refuse is `ClientError::Refused`. Retries
+    /// carry the same request id, so the command applies once.
     pub async fn command(&self, cmd: Command) -> Result<(u64, String), ClientError> {
         let command_json =
             serde_json::to_vec(&cmd).map_err(|e| ClientError::Invalid(e.to_string()))?;
+        let req = CommandRequest {
+            command_json,
+            client_id: self.client_id.clone(),
+            seq: self
+                .next_seq
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        };
         let reply = self
             .call(|mut c, r| {
-                let command_json = command_json.clone();
-                async move { c.command(with(r, CommandRequest { command_json })).await }
+                let req = req.clone();
+                async move { c.command(with(r, req)).await }
             })
             .await?;
         outcome(&reply.into_inner().outcome_json)

@@ -339,9 +339,18 @@ impl CapLevel {
     }
 }
 
+/// Longest capability string accepted.
+pub const CAP_BYTES_MAX: usize = 256;
+
 /// Validates a caps map (`service` → cap string) before it is stored.
 pub fn validate_caps(caps: &BTreeMap<String, String>) -> Result<(), AuthError> {
     for (service, cap) in caps {
+        if cap.len() > CAP_BYTES_MAX {
+            return Err(AuthError::BadCap {
+                cap: cap.chars().take(32).collect(),
+                why: format!("longer than {CAP_BYTES_MAX} bytes"),
+            });
+        }
         if !matches!(service.as_str(), "mon" | "osd" | "mds") {
             return Err(AuthError::BadCap {
                 cap: format!("{service} {cap}"),

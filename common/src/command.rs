@@ -11,6 +11,27 @@ use crate::auth::SecretKey;
 /// Largest option name and value accepted by `config set`.
 pub const CONFIG_NAME_BYTES_MAX: usize = 128;
 pub const CONFIG_VALUE_BYTES_MAX: usize = 4096;
+/// Most options the config map holds, and most entities the auth map holds: the maps travel
+/// whole to every subscriber, so they stay small.
+pub const CONFIG_OPTIONS_MAX: usize = 4096;
+pub const ENTITIES_MAX: usize = 65_536;
+
+/// Identifies one client request so a retried write applies once: the monitors remember the
+/// outcome of each client's recent requests and answer a repeat with it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct RequestId {
+    /// Unique per client instance (entity plus a random nonce).
+    pub client: String,
+    /// Grows with each request of that client.
+    pub seq: u64,
+}
+
+/// A command as it travels through the Raft log.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Proposal {
+    pub request: Option<RequestId>,
+    pub command: Command,
+}
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum Command {
@@ -74,7 +95,14 @@ pub enum CommandOutcome {
 /// Requests a mon may forward to the leader on behalf of an authenticated entity.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum Forwarded {
-    Command(Command),
+    Command(Proposal),
+    /// Checks a client's proof on the leader (where the key is), without the key leaving it.
+    Authenticate {
+        entity: String,
+        challenge: Vec<u8>,
+        client_nonce: Vec<u8>,
+        proof: Vec<u8>,
+    },
     Status,
     GetMaps,
     MonAdd {

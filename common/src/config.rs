@@ -62,15 +62,19 @@ pub struct MonSettings {
     pub rocksdb_write_buffer_bytes: usize,
     /// Map subscriptions served at once by one mon.
     pub subscribers_max: usize,
+    /// Requests one connection may have in flight; more wait.
+    pub requests_in_flight_per_connection_max: usize,
 }
 
 impl Default for MonSettings {
     fn default() -> Self {
         MonSettings {
             data_dir: "/var/lib/cairn/mon.{name}".into(),
-            heartbeat_interval_ms: 100,
-            election_timeout_min_ms: 400,
-            election_timeout_max_ms: 800,
+            // openraft waits a lease (election_timeout_max) plus a random election timeout
+            // before a follower campaigns: 600-800 ms here, so failover stays near 1 s.
+            heartbeat_interval_ms: 50,
+            election_timeout_min_ms: 200,
+            election_timeout_max_ms: 400,
             snapshot_logs_since_last: 5000,
             logs_kept_after_snapshot: 1000,
             down_grace_ms: 2000,
@@ -81,6 +85,7 @@ impl Default for MonSettings {
             rocksdb_block_cache_bytes: 32 << 20,
             rocksdb_write_buffer_bytes: 16 << 20,
             subscribers_max: 1024,
+            requests_in_flight_per_connection_max: 256,
         }
     }
 }

@@ -12,7 +12,7 @@ use tokio::sync::{watch, Semaphore};
 use tonic::service::interceptor::InterceptedService;
 
 use cairn_common::auth::TicketAuthority;
-use cairn_common::command::{Command, NewEntity};
+use cairn_common::command::{Command, NewEntity, Proposal};
 use cairn_common::config::Config;
 use cairn_common::keyring::{Keyring, MON_SECRET_ENTITY};
 use cairn_common::maps::{mon_node_id, validate_daemon_name, MonInfo};
@@ -229,12 +229,25 @@ pub async fn run(config: Config, name: String, listen: Listen) -> anyhow::Result
         &listen.addr,
         stopped(stop_rx.clone()),
     );
+    tokio::pin!(served);
     tracing::info!(mon = %name, addr = %listen.addr, fsid = %identity.fsid, "monitor starting");
+    let mut failed = None;
     tokio::select! {
-        r = served => r?,
+        r = &mut served => r?,
         _ = shutdown_signal() => tracing::info!("shutdown requested"),
+        e = raft_failure(&raft) => failed = Some(e),
     }
+    // Stop taking requests, let those in flight finish (bounded), then stop Raft.
     let _ = stop_tx.send(true);
+    if tokio::time::timeout(SHUTDOWN_GRACE, &mut served)
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "requests still in flight after {} ms; stopping anyway",
+            SHUTDOWN_GRACE.as_millis()
+        );
+    }
     if let Err(e) = raft.shutdown().await {
         tracing::warn!(error = %e, "raft did not shut down cleanly");
     }
@@ -242,7 +255,28 @@ pub async fn run(config: Config, name: String, listen: Listen) -> anyhow::Result
         let _ = tokio::time::timeout(Duration::from_secs(2), a).await;
     }
     tracing::info!(mon = %name, "monitor stopped");
-    Ok(())
+    match failed {
+        Some(e) => bail!("raft stopped: {e}"),
+        None => Ok(()),
+    }
+}
+
+/// How long requests in flight may take to finish after SIGTERM.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Resolves when Raft stops on its own (a storage error): the mon must exit rather than
+/// answer every request with an error.
+async fn raft_failure(raft: &Raft) -> String {
+    let mut metrics = raft.metrics();
+    loop {
+        if let Err(e) = &metrics.borrow().running_state {
+            tracing::error!(error = %e, "raft stopped; the monitor exits");
+            return e.to_string();
+        }
+        if metrics.changed().await.is_err() {
+            return "raft metrics closed".into();
+        }
+    }
 }
 
 async fn serve_grpc(
@@ -256,6 +290,7 @@ async fn serve_grpc(
         .with_context(|| format!("invalid mon address {addr:?}"))?;
     let check = TicketCheck {
         authority: node.authority.clone(),
+        shared: node.shared.clone(),
     };
     let max = config.mon.request_bytes_max;
     // Raft messages (snapshots, batches of entries) may exceed a client request's bound.
@@ -271,6 +306,7 @@ async fn serve_grpc(
     let auth = AuthServer::new(AuthService { node }).max_decoding_message_size(max);
     tonic::transport::Server::builder()
         .tcp_nodelay(true)
+        .concurrency_limit_per_connection(config.mon.requests_in_flight_per_connection_max)
         .add_service(auth)
         .add_service(InterceptedService::new(mon, check.clone()))
         .add_service(InterceptedService::new(peer, check))
@@ -293,9 +329,12 @@ async fn seed_cluster(
         }
         let leader = metrics.borrow().current_leader;
         if leader == Some(node.id) {
-            let cmd = Command::Bootstrap {
-                fsid,
-                entities: b.entities.clone(),
+            let cmd = Proposal {
+                request: None,
+                command: Command::Bootstrap {
+                    fsid,
+                    entities: b.entities.clone(),
+                },
             };
             match node.raft.client_write(cmd).await {
                 Ok(_) => {

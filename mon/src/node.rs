@@ -11,8 +11,10 @@ use serde_json::{json, Value};
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
+use crate::ticket_check::auth_status;
+use cairn_common::auth::{self, AuthError};
 use cairn_common::auth::{SecretKey, TicketAuthority};
-use cairn_common::command::{Command, CommandOutcome, Forwarded};
+use cairn_common::command::{Command, CommandOutcome, Forwarded, Proposal};
 use cairn_common::config::MonSettings;
 use cairn_common::health::{self, HealthInput};
 use cairn_common::maps::{mon_node_id, validate_daemon_name, MonInfo};
@@ -126,9 +128,19 @@ impl MonNode {
 
     async fn execute_on_leader(&self, entity: &str, req: &Forwarded) -> Result<Value, Attempt> {
         match req {
-            Forwarded::Command(cmd) => {
-                let outcome = self.propose(entity, cmd.clone()).await?;
+            Forwarded::Command(p) => {
+                let outcome = self.propose(entity, p.clone()).await?;
                 Ok(json!(outcome))
+            }
+            Forwarded::Authenticate {
+                entity: who,
+                challenge,
+                client_nonce,
+                proof,
+            } => {
+                self.read_barrier().await?;
+                self.check_proof(who, challenge, client_nonce, proof)
+                    .map_err(Attempt::Fail)
             }
             Forwarded::Status => {
                 self.read_barrier().await?;
@@ -163,24 +175,67 @@ impl MonNode {
         }
     }
 
-    /// Proposes a command through Raft and waits for it to be applied.
-    async fn propose(&self, entity: &str, mut cmd: Command) -> Result<CommandOutcome, Attempt> {
-        if let Command::AuthAdd { key, .. } = &mut cmd {
+    /// Proposes a command through Raft and waits for it to be applied. The checks read the
+    /// state after a read barrier, so they see every write committed before this one.
+    async fn propose(&self, entity: &str, mut p: Proposal) -> Result<CommandOutcome, Attempt> {
+        self.read_barrier().await?;
+        if let Some(id) = &p.request {
+            if let Some(out) = self.shared.read(|a| a.state.cached_outcome(id).cloned()) {
+                return Ok(out);
+            }
+        }
+        if let Command::AuthAdd { key, .. } = &mut p.command {
             key.get_or_insert_with(SecretKey::generate);
         }
-        if let Err(reason) = self.shared.read(|a| a.state.check(&cmd)) {
+        if let Err(reason) = self.shared.read(|a| a.state.check(&p.command)) {
             return Ok(CommandOutcome::Refused { reason });
         }
-        tracing::info!(%entity, command = cmd.label(), "proposing");
-        let write = tokio::time::timeout(self.commit_timeout(), self.raft.client_write(cmd)).await;
+        tracing::info!(%entity, command = p.command.label(), "proposing");
+        let write = tokio::time::timeout(self.commit_timeout(), self.raft.client_write(p)).await;
         match write {
             Ok(Ok(resp)) => Ok(resp.data),
             Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {
                 Err(Attempt::Retry("leadership moved".into()))
             }
-            Ok(Err(e)) => Err(Attempt::Fail(Status::internal(format!("raft: {e}")))),
+            Ok(Err(e)) => Err(Attempt::Retry(format!("raft: {e}"))),
+            // Retrying is safe: requests carry ids and apply once.
             Err(_) => Err(Attempt::Retry("the write was not committed in time".into())),
         }
+    }
+
+    /// Verifies a client's proof against its key, here on the leader, and returns its caps and
+    /// the mon's own proof; the key never leaves this process.
+    fn check_proof(
+        &self,
+        entity: &str,
+        challenge: &[u8],
+        client_nonce: &[u8],
+        proof: &[u8],
+    ) -> Result<Value, Status> {
+        let found = self.shared.read(|a| {
+            let key = a.state.secrets.get(entity).cloned();
+            let caps = a
+                .state
+                .maps
+                .auth
+                .entities
+                .get(entity)
+                .map(|e| e.caps.clone());
+            key.zip(caps)
+        });
+        let bad = || {
+            metrics::counter!("cairn_mon_auth_failures_total").increment(1);
+            tracing::warn!(%entity, "authentication failed: unknown entity or wrong key");
+            auth_status(AuthError::BadProof {
+                entity: entity.to_string(),
+            })
+        };
+        let (key, caps) = found.ok_or_else(bad)?;
+        if !auth::proof_matches(&auth::client_proof(&key, challenge, client_nonce), proof) {
+            return Err(bad());
+        }
+        let server_proof = auth::server_proof(&key, challenge, client_nonce).to_vec();
+        Ok(json!({ "caps": caps, "server_proof": server_proof }))
     }
 
     /// Waits until this mon is confirmed leader by a quorum and has applied everything
@@ -194,7 +249,7 @@ impl MonNode {
             Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e)))) => {
                 Err(Attempt::Retry(format!("quorum not reached: {e}")))
             }
-            Ok(Err(e)) => Err(Attempt::Fail(Status::internal(format!("raft: {e}")))),
+            Ok(Err(e)) => Err(Attempt::Retry(format!("raft: {e}"))),
             Err(_) => Err(Attempt::Retry("leadership not confirmed in time".into())),
         }
     }
@@ -222,7 +277,12 @@ impl MonNode {
             request_json: serde_json::to_vec(req)
                 .map_err(|e| Attempt::Fail(Status::internal(e.to_string())))?,
         });
-        request.set_timeout(self.commit_timeout());
+        // Adding a mon waits for it to catch up; every other request is one commit.
+        let timeout = match req {
+            Forwarded::MonAdd { .. } | Forwarded::MonRm { .. } => self.commit_timeout() * 4,
+            _ => self.commit_timeout(),
+        };
+        request.set_timeout(timeout);
         self.credentials.authorize(&mut request);
         match client.forward(request).await {
             Ok(reply) => serde_json::from_slice(&reply.into_inner().reply_json).map_err(|e| {
@@ -340,7 +400,7 @@ impl MonNode {
             addr: addr.to_string(),
         };
         tracing::info!(mon = %name, %addr, "adding a monitor: catching it up as a learner");
-        let catch_up = self.commit_timeout() * 6;
+        let catch_up = self.commit_timeout() * 2;
         match tokio::time::timeout(catch_up, self.raft.add_learner(id, info, true)).await {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => return Err(membership_error(e)),
@@ -465,6 +525,6 @@ fn membership_error(e: RaftError<NodeId, ClientWriteError<NodeId, MonInfo>>) -> 
         RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => Attempt::Fail(
             Status::failed_precondition(format!("membership change refused: {c}")),
         ),
-        other => Attempt::Fail(Status::internal(format!("raft: {other}"))),
+        other => Attempt::Retry(format!("raft: {other}")),
     }
 }

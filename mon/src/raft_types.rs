@@ -2,13 +2,13 @@
 
 use std::io::Cursor;
 
-use cairn_common::command::{Command, CommandOutcome};
+use cairn_common::command::{CommandOutcome, Proposal};
 use cairn_common::maps::MonInfo;
 
 openraft::declare_raft_types!(
     /// Raft types of the monitor group: commands in, outcomes out, mons as nodes.
     pub TypeConfig:
-        D = Command,
+        D = Proposal,
         R = CommandOutcome,
         NodeId = u64,
         Node = MonInfo,

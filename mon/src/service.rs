@@ -13,8 +13,8 @@ use tokio_stream::wrappers::WatchStream;
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status};
 
-use cairn_common::auth::{self, AuthError, Need, Ticket};
-use cairn_common::command::{Command, Forwarded};
+use cairn_common::auth::{self, Need, Ticket};
+use cairn_common::command::{Command, Forwarded, Proposal, RequestId};
 use cairn_common::maps::validate_daemon_name;
 use cairn_common::proto::auth_server::Auth;
 use cairn_common::proto::mon_membership_request::Op;
@@ -70,35 +70,23 @@ impl Auth for AuthService {
                 node.settings.challenge_max_age_ms,
             )
             .map_err(auth_status)?;
-        let bad_proof = || {
-            metrics::counter!("cairn_mon_auth_failures_total").increment(1);
-            auth_status(AuthError::BadProof {
-                entity: req.entity.clone(),
-            })
-        };
-        // The key is read on the leader, so a removed entity cannot authenticate anywhere.
-        let lookup = node
+        // The proof is checked on the leader, against the current key: a removed entity cannot
+        // authenticate on a lagging mon, and the key never crosses the network.
+        let verified = node
             .execute(
                 &format!("mon.{}", node.name),
-                &Forwarded::AuthGetKey {
+                &Forwarded::Authenticate {
                     entity: req.entity.clone(),
+                    challenge: req.challenge.clone(),
+                    client_nonce: req.client_nonce.clone(),
+                    proof: req.proof.clone(),
                 },
             )
-            .await;
-        let record = match lookup {
-            Ok(v) => v,
-            Err(s) if s.code() == tonic::Code::NotFound => return Err(bad_proof()),
-            Err(s) => return Err(s),
-        };
-        let key: auth::SecretKey = serde_json::from_value(record["key"].clone())
-            .map_err(|e| Status::internal(format!("stored key unreadable: {e}")))?;
-        let caps = serde_json::from_value(record["caps"].clone())
-            .map_err(|e| Status::internal(format!("stored caps unreadable: {e}")))?;
-        let expected = auth::client_proof(&key, &req.challenge, &req.client_nonce);
-        if !auth::proof_matches(&expected, &req.proof) {
-            tracing::warn!(entity = %req.entity, "authentication failed: wrong key");
-            return Err(bad_proof());
-        }
+            .await?;
+        let caps = serde_json::from_value(verified["caps"].clone())
+            .map_err(|e| Status::internal(format!("leader sent unreadable caps: {e}")))?;
+        let server_proof: Vec<u8> = serde_json::from_value(verified["server_proof"].clone())
+            .map_err(|e| Status::internal(format!("leader sent an unreadable proof: {e}")))?;
         let ticket = Ticket {
             entity: req.entity.clone(),
             caps,
@@ -109,7 +97,7 @@ impl Auth for AuthService {
         Ok(Response::new(AuthenticateReply {
             ticket: node.authority.issue(&ticket),
             expires_at_ms: ticket.expires_at_ms,
-            server_proof: auth::server_proof(&key, &req.challenge, &req.client_nonce).to_vec(),
+            server_proof,
         }))
     }
 }
@@ -191,14 +179,23 @@ impl Mon for MonService {
         req: Request<CommandRequest>,
     ) -> Result<Response<CommandReply>, Status> {
         let ticket = require(&req, Need::Read, "send commands")?;
-        let cmd: Command = from_json(&req.get_ref().command_json, "command")?;
+        let body = req.get_ref();
+        let cmd: Command = from_json(&body.command_json, "command")?;
+        let request = (!body.client_id.is_empty()).then(|| RequestId {
+            client: body.client_id.clone(),
+            seq: body.seq,
+        });
         let need = command_need(&cmd)?;
         ticket
             .require("mon", need, &format!("run {}", cmd.label()))
             .map_err(auth_status)?;
+        let proposal = Proposal {
+            request,
+            command: cmd,
+        };
         let v = self
             .node
-            .execute(&ticket.entity, &Forwarded::Command(cmd))
+            .execute(&ticket.entity, &Forwarded::Command(proposal))
             .await?;
         Ok(Response::new(CommandReply {
             outcome_json: to_json(&v)?,

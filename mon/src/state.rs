@@ -4,20 +4,71 @@
 use std::collections::BTreeMap;
 
 use cairn_common::auth::{validate_caps, validate_entity, SecretKey};
-use cairn_common::command::{validate_config_name, validate_config_value, Command, CommandOutcome};
+use cairn_common::command::{
+    validate_config_name, validate_config_value, Command, CommandOutcome, Proposal, RequestId,
+    CONFIG_OPTIONS_MAX, ENTITIES_MAX,
+};
 use cairn_common::maps::{ClusterMaps, EntityInfo, MonInfo};
 use serde::{Deserialize, Serialize};
+
+/// Outcomes remembered per client, and clients remembered: enough for retries, bounded.
+pub const SESSION_OUTCOMES_MAX: usize = 64;
+pub const SESSIONS_MAX: usize = 1024;
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct ClusterState {
     pub maps: ClusterMaps,
     /// Entity name → secret key.
     pub secrets: BTreeMap<String, SecretKey>,
+    /// Recent request outcomes by client, so a retried write applies once.
+    #[serde(default)]
+    pub sessions: BTreeMap<String, ClientSession>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ClientSession {
+    /// Log index of the session's last request (the least recent session is evicted first).
+    pub last_index: u64,
+    pub outcomes: BTreeMap<u64, CommandOutcome>,
 }
 
 impl ClusterState {
     pub fn is_bootstrapped(&self) -> bool {
         self.maps.fsid.is_some()
+    }
+
+    /// The outcome of a request already applied, if it is still remembered.
+    pub fn cached_outcome(&self, id: &RequestId) -> Option<&CommandOutcome> {
+        self.sessions.get(&id.client)?.outcomes.get(&id.seq)
+    }
+
+    /// Applies a committed proposal at log `index`; a repeat of a remembered request returns
+    /// the first outcome and changes nothing.
+    pub fn apply_proposal(&mut self, p: Proposal, index: u64) -> CommandOutcome {
+        let Some(id) = p.request else {
+            return self.apply(p.command);
+        };
+        if let Some(out) = self.cached_outcome(&id) {
+            return out.clone();
+        }
+        let outcome = self.apply(p.command);
+        let session = self.sessions.entry(id.client).or_default();
+        session.last_index = index;
+        session.outcomes.insert(id.seq, outcome.clone());
+        while session.outcomes.len() > SESSION_OUTCOMES_MAX {
+            session.outcomes.pop_first();
+        }
+        if self.sessions.len() > SESSIONS_MAX {
+            let oldest = self
+                .sessions
+                .iter()
+                .min_by_key(|(_, s)| s.last_index)
+                .map(|(c, _)| c.clone());
+            if let Some(c) = oldest {
+                self.sessions.remove(&c);
+            }
+        }
+        outcome
     }
 
     /// Checks a command against the current state without changing anything. The same checks
@@ -33,7 +84,14 @@ impl ClusterState {
             }
             Command::ConfigSet { name, value } => {
                 validate_config_name(name)?;
-                validate_config_value(value)
+                validate_config_value(value)?;
+                let options = &self.maps.config.options;
+                if options.len() >= CONFIG_OPTIONS_MAX && !options.contains_key(name) {
+                    return Err(format!(
+                        "the config map holds its maximum of {CONFIG_OPTIONS_MAX} options"
+                    ));
+                }
+                Ok(())
             }
             Command::ConfigRm { name } => {
                 validate_config_name(name)?;
@@ -49,8 +107,16 @@ impl ClusterState {
                 if key.is_none() {
                     return Err("internal: AuthAdd reached the state machine without a key".into());
                 }
+                if entity.starts_with("mon.") {
+                    return Err("monitors authenticate with the shared mon. key; mon entities cannot be added".into());
+                }
                 if self.maps.auth.entities.contains_key(entity) {
                     return Err(format!("entity {entity} exists"));
+                }
+                if self.maps.auth.entities.len() >= ENTITIES_MAX {
+                    return Err(format!(
+                        "the auth map holds its maximum of {ENTITIES_MAX} entities"
+                    ));
                 }
                 Ok(())
             }
@@ -238,6 +304,54 @@ mod tests {
     }
 
     #[test]
+    fn retried_requests_apply_once() {
+        let mut s = bootstrapped();
+        let id = RequestId {
+            client: "client.admin/1".into(),
+            seq: 7,
+        };
+        let rm = |id: &RequestId| Proposal {
+            request: Some(id.clone()),
+            command: Command::AuthRm {
+                entity: "client.admin".into(),
+            },
+        };
+        let first = s.apply_proposal(rm(&id), 10);
+        assert!(matches!(first, CommandOutcome::Done { .. }));
+        let epoch = s.maps.auth.epoch;
+        // The retry gets the first outcome, not "does not exist", and changes nothing.
+        assert_eq!(s.apply_proposal(rm(&id), 11), first);
+        assert_eq!(s.maps.auth.epoch, epoch);
+        for seq in 0..(SESSION_OUTCOMES_MAX as u64 + 10) {
+            s.apply_proposal(
+                Proposal {
+                    request: Some(RequestId {
+                        client: "c".into(),
+                        seq,
+                    }),
+                    command: Command::ConfigSet {
+                        name: "a.b".into(),
+                        value: seq.to_string(),
+                    },
+                },
+                100 + seq,
+            );
+        }
+        assert_eq!(s.sessions["c"].outcomes.len(), SESSION_OUTCOMES_MAX);
+    }
+
+    #[test]
+    fn mon_entities_cannot_be_added() {
+        let mut s = bootstrapped();
+        let out = s.apply(Command::AuthAdd {
+            entity: "mon.x".into(),
+            caps: BTreeMap::new(),
+            key: Some(SecretKey::generate()),
+        });
+        assert!(matches!(out, CommandOutcome::Refused { .. }));
+    }
+
+    #[test]
     fn monmap_follows_membership() {
         let mut s = ClusterState::default();
         let voters = BTreeMap::from([(
@@ -250,5 +364,63 @@ mod tests {
         s.apply_membership(voters.clone());
         s.apply_membership(voters);
         assert_eq!(s.maps.monmap.epoch, 1);
+    }
+
+    mod model {
+        //! Property test: random command sequences against a plain model of the config map,
+        //! checking the epoch rules on every step.
+        use super::*;
+        use proptest::prelude::*;
+
+        fn command() -> impl Strategy<Value = Command> {
+            let name = prop::sample::select(vec!["a.x", "a.y", "b.z", "BAD NAME"]);
+            prop_oneof![
+                (name.clone(), "[a-z0-9]{0,8}").prop_map(|(n, v)| Command::ConfigSet {
+                    name: n.to_string(),
+                    value: v
+                }),
+                name.prop_map(|n| Command::ConfigRm {
+                    name: n.to_string()
+                }),
+                prop::sample::select(vec!["client.p", "client.q", "mon.m"]).prop_map(|e| {
+                    Command::AuthAdd {
+                        entity: e.to_string(),
+                        caps: BTreeMap::from([("mon".to_string(), "allow r".to_string())]),
+                        key: Some(SecretKey::generate()),
+                    }
+                }),
+                prop::sample::select(vec!["client.p", "client.q"]).prop_map(|e| Command::AuthRm {
+                    entity: e.to_string()
+                }),
+            ]
+        }
+
+        proptest! {
+            #[test]
+            fn epochs_and_config_follow_the_model(cmds in prop::collection::vec(command(), 1..60)) {
+                let mut s = bootstrapped();
+                let mut model: BTreeMap<String, String> = BTreeMap::new();
+                for cmd in cmds {
+                    let before = s.maps.clone();
+                    let out = s.apply(cmd.clone());
+                    let refused = matches!(out, CommandOutcome::Refused { .. });
+                    if refused {
+                        prop_assert_eq!(&s.maps, &before);
+                    }
+                    match (&cmd, refused) {
+                        (Command::ConfigSet { name, value }, false) => { model.insert(name.clone(), value.clone()); }
+                        (Command::ConfigRm { name }, false) => { model.remove(name); }
+                        (Command::ConfigSet { name, .. }, true) => prop_assert!(validate_config_name(name).is_err()),
+                        (Command::ConfigRm { name }, true) => prop_assert!(!before.config.options.contains_key(name)),
+                        _ => {}
+                    }
+                    prop_assert_eq!(s.maps.config.epoch - before.config.epoch, u64::from(s.maps.config != before.config));
+                    prop_assert_eq!(s.maps.auth.epoch - before.auth.epoch, u64::from(s.maps.auth != before.auth));
+                    prop_assert_eq!(&s.maps.config.options, &model);
+                    prop_assert!(!s.maps.auth.entities.contains_key("mon.m"));
+                    prop_assert_eq!(s.secrets.len(), s.maps.auth.entities.len());
+                }
+            }
+        }
     }
 }

@@ -77,6 +77,9 @@ struct StoredSnapshot {
 pub struct StateMachineStore {
     store: Store,
     shared: SharedState,
+    /// Serializes snapshot writes: a snapshot built from older state must not overwrite a
+    /// newer one installed meanwhile (the log behind the newer one may be purged already).
+    persist: Arc<std::sync::Mutex<()>>,
 }
 
 fn sm_err(e: impl std::fmt::Display) -> StorageError {
@@ -103,6 +106,7 @@ impl StateMachineStore {
                 applied: Arc::new(RwLock::new(applied)),
                 maps_tx: Arc::new(maps_tx),
             },
+            persist: Arc::new(std::sync::Mutex::new(())),
         })
     }
 
@@ -110,10 +114,19 @@ impl StateMachineStore {
         self.shared.clone()
     }
 
+    /// Writes a snapshot unless the stored one is at least as new.
     fn persist_snapshot(&self, snap: &StoredSnapshot) -> Result<(), StorageError> {
-        self.store.put_meta(KEY_SNAPSHOT, snap).map_err(|e| {
+        let _serial = self.persist.lock().unwrap_or_else(|p| p.into_inner());
+        let err = |e: anyhow::Error| -> StorageError {
             StorageIOError::write_snapshot(None, AnyError::error(format!("{e:#}"))).into()
-        })
+        };
+        let stored: Option<StoredSnapshot> = self.store.get_meta(KEY_SNAPSHOT).map_err(err)?;
+        if let Some(stored) = stored {
+            if stored.meta.last_log_id >= snap.meta.last_log_id {
+                return Ok(());
+            }
+        }
+        self.store.put_meta(KEY_SNAPSHOT, snap).map_err(err)
     }
 }
 
@@ -186,7 +199,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                             epoch: 0,
                             message: "no-op".into(),
                         },
-                        EntryPayload::Normal(cmd) => a.state.apply(cmd),
+                        EntryPayload::Normal(p) => a.state.apply_proposal(p, entry.log_id.index),
                         EntryPayload::Membership(m) => {
                             a.state.apply_membership(voters(&m));
                             a.last_membership = StoredMembership::new(Some(entry.log_id), m);

@@ -7,6 +7,8 @@ use std::sync::{Arc, Mutex};
 use cairn_common::auth::{AuthError, Need, Ticket, TicketAuthority};
 use tonic::{Request, Status};
 
+use crate::state_machine::SharedState;
+
 /// Metadata key carrying `Bearer <ticket>`.
 pub const AUTHORIZATION: &str = "authorization";
 
@@ -17,10 +19,13 @@ pub fn auth_status(e: AuthError) -> Status {
     }
 }
 
-/// A tonic interceptor: verifies the ticket and stores it in the request's extensions.
+/// A tonic interceptor: verifies the ticket and stores it in the request's extensions. A
+/// ticket of an entity since removed, or whose caps changed, is refused as revoked (the
+/// client authenticates again and gets the current caps).
 #[derive(Clone)]
 pub struct TicketCheck {
     pub authority: Arc<TicketAuthority>,
+    pub shared: SharedState,
 }
 
 impl tonic::service::Interceptor for TicketCheck {
@@ -35,6 +40,25 @@ impl tonic::service::Interceptor for TicketCheck {
             .authority
             .verify(token, cairn_common::now_ms())
             .map_err(auth_status)?;
+        // Mons hold no entry in the auth map: their tickets are minted from the mon. secret.
+        // A mon that has not joined yet has no auth map to judge by.
+        if !ticket.entity.starts_with("mon.") {
+            let current = self.shared.read(|a| {
+                let auth = &a.state.maps.auth;
+                !a.state.is_bootstrapped()
+                    || auth
+                        .entities
+                        .get(&ticket.entity)
+                        .map(|e| e.caps == ticket.caps)
+                        == Some(true)
+            });
+            if !current {
+                return Err(Status::unauthenticated(format!(
+                    "ticket revoked: {} was removed or its caps changed; authenticate again",
+                    ticket.entity
+                )));
+            }
+        }
         req.extensions_mut().insert(ticket);
         Ok(req)
     }

@@ -125,6 +125,7 @@ async fn wrong_keys_missing_forged_and_expired_tickets_are_refused() {
                     value: "1".into(),
                 })
                 .unwrap(),
+                ..Default::default()
             },
             &good,
         ))
@@ -193,13 +194,30 @@ async fn capabilities_limit_what_an_entity_may_do() {
     assert!(matches!(err, ClientError::Denied(_)), "{err}");
     assert_eq!(admin.maps().await.unwrap(), before);
 
-    // A removed entity cannot authenticate any more, even with its former key.
+    // New caps take effect for a client holding a ticket with the old ones.
+    admin
+        .command(Command::AuthCaps {
+            entity: "client.ro".into(),
+            caps: BTreeMap::from([("mon".to_string(), "allow rw".to_string())]),
+        })
+        .await
+        .unwrap();
+    ro.command(Command::ConfigSet {
+        name: "ro.x".into(),
+        value: "1".into(),
+    })
+    .await
+    .expect("write after the caps were raised");
+
+    // A removed entity's tickets are revoked, and its key no longer authenticates.
     admin
         .command(Command::AuthRm {
             entity: "client.ro".into(),
         })
         .await
         .unwrap();
+    let err = ro.status().await.expect_err("ticket of a removed entity");
+    assert!(matches!(err, ClientError::Auth(_)), "{err}");
     let err = client_with(&c, "client.ro", key)
         .status()
         .await
@@ -222,7 +240,13 @@ async fn malformed_and_oversized_requests_get_errors_and_no_mon_falls_over() {
         vec![0xff; 64],
     ] {
         let s = mon
-            .command(bearer(CommandRequest { command_json: junk }, &admin_ticket))
+            .command(bearer(
+                CommandRequest {
+                    command_json: junk,
+                    ..Default::default()
+                },
+                &admin_ticket,
+            ))
             .await
             .expect_err("malformed command");
         assert_eq!(s.code(), Code::InvalidArgument, "{}", s.message());
@@ -256,6 +280,7 @@ async fn malformed_and_oversized_requests_get_errors_and_no_mon_falls_over() {
         .command(bearer(
             CommandRequest {
                 command_json: vec![b' '; 4 << 20],
+                ..Default::default()
             },
             &admin_ticket,
         ))
