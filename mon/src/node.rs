@@ -175,10 +175,11 @@ impl MonNode {
         }
     }
 
-    /// Proposes a command through Raft and waits for it to be applied. The checks read the
-    /// state after a read barrier, so they see every write committed before this one.
+    /// Proposes a command through Raft and waits for it to be applied. The state machine
+    /// checks the command again when it applies it, and that outcome is the answer; the check
+    /// here only spares the log commands bound to be refused. It reads local state, which may
+    /// lag just after an election, so a refusal is confirmed after a read barrier.
     async fn propose(&self, entity: &str, mut p: Proposal) -> Result<CommandOutcome, Attempt> {
-        self.read_barrier().await?;
         if let Some(id) = &p.request {
             if let Some(out) = self.shared.read(|a| a.state.cached_outcome(id).cloned()) {
                 return Ok(out);
@@ -187,10 +188,13 @@ impl MonNode {
         if let Command::AuthAdd { key, .. } = &mut p.command {
             key.get_or_insert_with(SecretKey::generate);
         }
-        if let Err(reason) = self.shared.read(|a| a.state.check(&p.command)) {
-            return Ok(CommandOutcome::Refused { reason });
+        if self.shared.read(|a| a.state.check(&p.command)).is_err() {
+            self.read_barrier().await?;
+            if let Err(reason) = self.shared.read(|a| a.state.check(&p.command)) {
+                return Ok(CommandOutcome::Refused { reason });
+            }
         }
-        tracing::info!(%entity, command = p.command.label(), "proposing");
+        tracing::debug!(%entity, command = p.command.label(), "proposing");
         let write = tokio::time::timeout(self.commit_timeout(), self.raft.client_write(p)).await;
         match write {
             Ok(Ok(resp)) => Ok(resp.data),
