@@ -7,3 +7,4 @@ mod linearizable;
 mod membership;
 mod persistence;
 mod quorum;
+mod store_crash;

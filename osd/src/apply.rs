@@ -1,0 +1,486 @@
+//! Planning a transaction: its ops applied in order to an in-memory overlay of the objects,
+//! omaps and collections it touches. New data goes to freshly allocated blocks (copy-on-write;
+//! partial blocks are read, merged and rewritten whole), so nothing on disk that committed
+//! metadata references is overwritten. The plan yields the data writes and one RocksDB batch;
+//! the store commits them.
+
+use std::collections::{BTreeMap, HashMap};
+
+use rocksdb::WriteBatch;
+
+use crate::aligned::AlignedBuf;
+use crate::allocator::Run;
+use crate::error::{Result, StoreError};
+use crate::extents::{Extent, Piece};
+use crate::onode::*;
+use crate::store::ObjectStore;
+use crate::txn::Op;
+use crate::BLOCK_BYTES;
+
+const B: u64 = BLOCK_BYTES as u64;
+/// Largest object size and offset: keeps block arithmetic far from overflow.
+pub const OBJECT_BYTES_MAX: u64 = 1 << 50;
+
+type ObjKey = (String, String);
+
+/// Changes to one object's omap within the transaction.
+#[derive(Default, Clone)]
+struct OmapOverlay {
+    /// The committed entries are gone (cleared, removed, or replaced by a clone or rename).
+    cleared: bool,
+    entries: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+}
+
+pub struct Plan<'a> {
+    store: &'a ObjectStore,
+    /// Objects touched: `None` once removed.
+    onodes: BTreeMap<ObjKey, Option<Onode>>,
+    omaps: BTreeMap<ObjKey, OmapOverlay>,
+    collections: BTreeMap<String, bool>,
+    /// Data to write before commit: first physical block → whole blocks.
+    pub pending: HashMap<u64, AlignedBuf>,
+    /// Blocks taken by this transaction (released if it fails).
+    pub allocated: Vec<Run>,
+    /// Blocks no longer referenced once it commits (released after the commit).
+    pub freed: Vec<Run>,
+}
+
+impl<'a> Plan<'a> {
+    pub fn new(store: &'a ObjectStore) -> Plan<'a> {
+        Plan {
+            store,
+            onodes: BTreeMap::new(),
+            omaps: BTreeMap::new(),
+            collections: BTreeMap::new(),
+            pending: HashMap::new(),
+            allocated: Vec::new(),
+            freed: Vec::new(),
+        }
+    }
+
+    pub fn apply(&mut self, op: &Op) -> Result<()> {
+        match op {
+            Op::CreateCollection { coll } => {
+                validate_name("collection", coll)?;
+                if self.collection_exists(coll)? {
+                    return Err(StoreError::CollectionExists(coll.clone()));
+                }
+                self.collections.insert(coll.clone(), true);
+            }
+            Op::RemoveCollection { coll } => {
+                if !self.collection_exists(coll)? {
+                    return Err(StoreError::NoCollection(coll.clone()));
+                }
+                if !self.collection_empty(coll)? {
+                    return Err(StoreError::CollectionNotEmpty(coll.clone()));
+                }
+                self.collections.insert(coll.clone(), false);
+            }
+            Op::Touch { coll, oid } => {
+                self.object_or_create(coll, oid)?;
+            }
+            Op::Write {
+                coll,
+                oid,
+                offset,
+                data,
+            } => self.write(coll, oid, *offset, data)?,
+            Op::Zero {
+                coll,
+                oid,
+                offset,
+                len,
+            } => self.zero(coll, oid, *offset, *len)?,
+            Op::Truncate { coll, oid, size } => self.truncate(coll, oid, *size)?,
+            Op::Remove { coll, oid } => {
+                let onode = self.existing(coll, oid)?.clone();
+                self.release_blocks(onode.extents.used_runs().collect());
+                self.onodes.insert(key(coll, oid), None);
+                self.omaps.insert(
+                    key(coll, oid),
+                    OmapOverlay {
+                        cleared: true,
+                        entries: BTreeMap::new(),
+                    },
+                );
+            }
+            Op::SetAttrs { coll, oid, attrs } => {
+                let o = self.object_or_create(coll, oid)?;
+                o.attrs
+                    .extend(attrs.iter().map(|(k, v)| (k.clone(), v.clone())));
+            }
+            Op::RmAttr { coll, oid, name } => {
+                self.existing(coll, oid)?.attrs.remove(name);
+            }
+            Op::OmapSet { coll, oid, entries } => {
+                self.object_or_create(coll, oid)?;
+                let overlay = self.omaps.entry(key(coll, oid)).or_default();
+                for (k, v) in entries {
+                    overlay.entries.insert(k.clone(), Some(v.clone()));
+                }
+            }
+            Op::OmapRm { coll, oid, keys } => {
+                self.existing(coll, oid)?;
+                let overlay = self.omaps.entry(key(coll, oid)).or_default();
+                for k in keys {
+                    overlay.entries.insert(k.clone(), None);
+                }
+            }
+            Op::OmapClear { coll, oid } => {
+                self.object_or_create(coll, oid)?;
+                self.omaps.insert(
+                    key(coll, oid),
+                    OmapOverlay {
+                        cleared: true,
+                        entries: BTreeMap::new(),
+                    },
+                );
+            }
+            Op::Clone { coll, src, dst } => self.clone_object(coll, src, dst)?,
+            Op::Rename { coll, src, dst } => self.rename(coll, src, dst)?,
+        }
+        Ok(())
+    }
+
+    fn collection_exists(&self, coll: &str) -> Result<bool> {
+        match self.collections.get(coll) {
+            Some(exists) => Ok(*exists),
+            None => self.store.collection_exists(coll),
+        }
+    }
+
+    /// Whether the collection holds no object once this plan commits.
+    fn collection_empty(&self, coll: &str) -> Result<bool> {
+        let live_here = self
+            .onodes
+            .iter()
+            .any(|((c, _), o)| c == coll && o.is_some());
+        if live_here {
+            return Ok(false);
+        }
+        let prefix = onode_prefix(coll);
+        for item in self.store.db.prefix_iterator(&prefix) {
+            let (k, _) = item?;
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            let oid = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
+            if !matches!(self.onodes.get(&key(coll, &oid)), Some(None)) {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Loads an object into the overlay (if not there yet); `None` when it does not exist.
+    fn load(&mut self, coll: &str, oid: &str) -> Result<Option<&mut Onode>> {
+        validate_name("object", oid)?;
+        if !self.collection_exists(coll)? {
+            return Err(StoreError::NoCollection(coll.to_string()));
+        }
+        let k = key(coll, oid);
+        if !self.onodes.contains_key(&k) {
+            let onode = self.store.get_onode(coll, oid)?;
+            self.onodes.insert(k.clone(), onode);
+        }
+        Ok(self.onodes.get_mut(&k).and_then(|o| o.as_mut()))
+    }
+
+    fn existing(&mut self, coll: &str, oid: &str) -> Result<&mut Onode> {
+        self.load(coll, oid)?
+            .ok_or_else(|| StoreError::no_object(coll, oid))
+    }
+
+    fn object_or_create(&mut self, coll: &str, oid: &str) -> Result<&mut Onode> {
+        if self.load(coll, oid)?.is_none() {
+            self.onodes.insert(key(coll, oid), Some(Onode::default()));
+            // A new object starts with no omap, whatever a removed namesake left.
+            self.omaps.entry(key(coll, oid)).or_default().cleared = true;
+        }
+        self.existing(coll, oid)
+    }
+
+    /// Marks physical runs unreferenced; data not yet written for them is dropped.
+    fn release_blocks(&mut self, runs: Vec<Run>) {
+        for r in &runs {
+            if let Some(buf) = self.pending.get(&r.start) {
+                if buf.len() as u64 == r.len * B {
+                    self.pending.remove(&r.start);
+                }
+            }
+        }
+        self.freed.extend(runs);
+    }
+
+    /// One logical block of an object as it stands in this plan (holes are zeros).
+    fn read_block(&mut self, coll: &str, oid: &str, lblock: u64) -> Result<Vec<u8>> {
+        let onode = self.existing(coll, oid)?;
+        let piece = onode.extents.pieces(lblock, lblock + 1).pop();
+        let Some(Piece::Data(e)) = piece else {
+            return Ok(vec![0u8; BLOCK_BYTES]);
+        };
+        for (start, buf) in &self.pending {
+            let len = buf.len() as u64 / B;
+            if e.pblock >= *start && e.pblock < start + len {
+                let at = ((e.pblock - start) * B) as usize;
+                return Ok(buf[at..at + BLOCK_BYTES].to_vec());
+            }
+        }
+        self.store.read_blocks(coll, oid, &[Piece::Data(e)])
+    }
+
+    /// Puts whole blocks at logical block `lblock`: fresh space, checksums, new extents; the
+    /// blocks they replace are released.
+    fn place(&mut self, coll: &str, oid: &str, lblock: u64, data: AlignedBuf) -> Result<()> {
+        let n = (data.len() / BLOCK_BYTES) as u64;
+        let runs = {
+            let mut alloc = self.store.allocator();
+            let available = alloc.free_blocks() * B;
+            alloc.allocate(n).ok_or(StoreError::NoSpace {
+                needed: n * B,
+                available,
+            })?
+        };
+        self.allocated.extend(runs.iter().copied());
+        let old = self.existing(coll, oid)?.extents.punch(lblock, lblock + n);
+        self.release_blocks(old);
+        let mut at = 0usize;
+        let mut lb = lblock;
+        let single = runs.len() == 1;
+        let mut whole = Some(data);
+        for run in runs {
+            let bytes = run.len as usize * BLOCK_BYTES;
+            let buf = if single {
+                whole.take().expect("one run takes the whole buffer")
+            } else {
+                let src = whole.as_ref().expect("buffer kept for several runs");
+                let mut b = AlignedBuf::zeroed(bytes);
+                b.copy_from_slice(&src[at..at + bytes]);
+                b
+            };
+            let csums = buf.chunks(BLOCK_BYTES).map(crc32c::crc32c).collect();
+            self.existing(coll, oid)?.extents.insert(Extent {
+                lblock: lb,
+                pblock: run.start,
+                csums,
+            });
+            self.pending.insert(run.start, buf);
+            at += bytes;
+            lb += run.len;
+        }
+        Ok(())
+    }
+
+    fn write(&mut self, coll: &str, oid: &str, offset: u64, data: &[u8]) -> Result<()> {
+        let end = checked_end(offset, data.len() as u64)?;
+        self.object_or_create(coll, oid)?;
+        if data.is_empty() {
+            return Ok(());
+        }
+        let b0 = offset / B;
+        let b1 = end.div_ceil(B);
+        let n = (b1 - b0) as usize;
+        let mut buf = AlignedBuf::zeroed(n * BLOCK_BYTES);
+        if !offset.is_multiple_of(B) {
+            let head = self.read_block(coll, oid, b0)?;
+            buf[..BLOCK_BYTES].copy_from_slice(&head);
+        }
+        if !end.is_multiple_of(B) && (n > 1 || offset.is_multiple_of(B)) {
+            let tail = self.read_block(coll, oid, b1 - 1)?;
+            buf[(n - 1) * BLOCK_BYTES..].copy_from_slice(&tail);
+        }
+        let at = (offset - b0 * B) as usize;
+        buf[at..at + data.len()].copy_from_slice(data);
+        self.place(coll, oid, b0, buf)?;
+        let o = self.existing(coll, oid)?;
+        o.size = o.size.max(end);
+        Ok(())
+    }
+
+    /// Zeroes bytes `[from, to)` that lie inside one block, rewriting the block if it holds data.
+    fn zero_within_block(&mut self, coll: &str, oid: &str, from: u64, to: u64) -> Result<()> {
+        let lblock = from / B;
+        let mapped = matches!(
+            self.existing(coll, oid)?
+                .extents
+                .pieces(lblock, lblock + 1)
+                .first(),
+            Some(Piece::Data(_))
+        );
+        if !mapped || from >= to {
+            return Ok(());
+        }
+        let mut block = self.read_block(coll, oid, lblock)?;
+        block[(from - lblock * B) as usize..(to - lblock * B) as usize].fill(0);
+        let mut buf = AlignedBuf::zeroed(BLOCK_BYTES);
+        buf.copy_from_slice(&block);
+        self.place(coll, oid, lblock, buf)
+    }
+
+    fn zero(&mut self, coll: &str, oid: &str, offset: u64, len: u64) -> Result<()> {
+        let end = checked_end(offset, len)?;
+        self.object_or_create(coll, oid)?;
+        if len == 0 {
+            return Ok(());
+        }
+        let full0 = offset.div_ceil(B);
+        let full1 = end / B;
+        if full0 < full1 {
+            let freed = self.existing(coll, oid)?.extents.punch(full0, full1);
+            self.release_blocks(freed);
+        }
+        let head_end = end.min(full0 * B);
+        if !offset.is_multiple_of(B) {
+            self.zero_within_block(coll, oid, offset, head_end)?;
+        }
+        if !end.is_multiple_of(B) && end / B >= full0 {
+            self.zero_within_block(coll, oid, (end / B) * B, end)?;
+        }
+        let o = self.existing(coll, oid)?;
+        o.size = o.size.max(end);
+        Ok(())
+    }
+
+    fn truncate(&mut self, coll: &str, oid: &str, size: u64) -> Result<()> {
+        checked_end(size, 0)?;
+        let o = self.object_or_create(coll, oid)?;
+        if size < o.size {
+            let keep = size.div_ceil(B);
+            let end = o.extents.end().max(keep);
+            let freed = o.extents.punch(keep, end);
+            self.release_blocks(freed);
+            // Bytes past the new size inside its last block must read as zeros if it grows again.
+            if !size.is_multiple_of(B) {
+                self.zero_within_block(coll, oid, size, (size / B + 1) * B)?;
+            }
+        }
+        self.existing(coll, oid)?.size = size;
+        Ok(())
+    }
+
+    /// The object's omap as it stands in this plan.
+    fn effective_omap(&self, coll: &str, oid: &str) -> Result<BTreeMap<Vec<u8>, Vec<u8>>> {
+        let overlay = self.omaps.get(&key(coll, oid)).cloned().unwrap_or_default();
+        let mut out = BTreeMap::new();
+        if !overlay.cleared {
+            let prefix = omap_prefix(coll, oid);
+            for item in self.store.db.prefix_iterator(&prefix) {
+                let (k, v) = item?;
+                if !k.starts_with(&prefix) {
+                    break;
+                }
+                out.insert(k[prefix.len()..].to_vec(), v.to_vec());
+            }
+        }
+        for (k, v) in overlay.entries {
+            match v {
+                Some(v) => out.insert(k, v),
+                None => out.remove(&k),
+            };
+        }
+        Ok(out)
+    }
+
+    fn replace_omap(&mut self, coll: &str, oid: &str, entries: BTreeMap<Vec<u8>, Vec<u8>>) {
+        self.omaps.insert(
+            key(coll, oid),
+            OmapOverlay {
+                cleared: true,
+                entries: entries.into_iter().map(|(k, v)| (k, Some(v))).collect(),
+            },
+        );
+    }
+
+    fn clone_object(&mut self, coll: &str, src: &str, dst: &str) -> Result<()> {
+        if src == dst {
+            self.existing(coll, src)?;
+            return Ok(());
+        }
+        let source = self.existing(coll, src)?.clone();
+        let omap = self.effective_omap(coll, src)?;
+        let target = self.object_or_create(coll, dst)?;
+        let old = target.extents.punch(0, target.extents.end());
+        *target = Onode {
+            size: source.size,
+            extents: Default::default(),
+            attrs: source.attrs.clone(),
+        };
+        self.release_blocks(old);
+        // Copy data extent by extent, keeping holes as holes.
+        for e in source.extents.iter() {
+            let mut buf = AlignedBuf::zeroed(e.len() as usize * BLOCK_BYTES);
+            for i in 0..e.len() {
+                let block = self.read_block(coll, src, e.lblock + i)?;
+                buf[i as usize * BLOCK_BYTES..(i as usize + 1) * BLOCK_BYTES]
+                    .copy_from_slice(&block);
+            }
+            self.place(coll, dst, e.lblock, buf)?;
+        }
+        self.replace_omap(coll, dst, omap);
+        Ok(())
+    }
+
+    fn rename(&mut self, coll: &str, src: &str, dst: &str) -> Result<()> {
+        if src == dst {
+            self.existing(coll, src)?;
+            return Ok(());
+        }
+        let source = self.existing(coll, src)?.clone();
+        let omap = self.effective_omap(coll, src)?;
+        if let Some(old) = self.load(coll, dst)? {
+            let runs = old.extents.used_runs().collect();
+            self.release_blocks(runs);
+        }
+        self.onodes.insert(key(coll, dst), Some(source));
+        self.replace_omap(coll, dst, omap);
+        self.onodes.insert(key(coll, src), None);
+        self.replace_omap(coll, src, BTreeMap::new());
+        Ok(())
+    }
+
+    /// The metadata changes as one RocksDB batch.
+    pub fn batch(&self) -> Result<WriteBatch> {
+        let mut batch = WriteBatch::default();
+        for (coll, exists) in &self.collections {
+            if *exists {
+                batch.put(collection_key(coll), b"");
+            } else {
+                batch.delete(collection_key(coll));
+            }
+        }
+        for ((coll, oid), onode) in &self.onodes {
+            match onode {
+                Some(o) => batch.put(onode_key(coll, oid), o.encode()),
+                None => batch.delete(onode_key(coll, oid)),
+            }
+        }
+        for ((coll, oid), overlay) in &self.omaps {
+            if overlay.cleared {
+                let prefix = omap_prefix(coll, oid);
+                batch.delete_range(&prefix, &prefix_end(&prefix));
+            }
+            for (k, v) in &overlay.entries {
+                match v {
+                    Some(v) => batch.put(omap_key(coll, oid, k), v),
+                    None => batch.delete(omap_key(coll, oid, k)),
+                }
+            }
+        }
+        Ok(batch)
+    }
+}
+
+fn key(coll: &str, oid: &str) -> ObjKey {
+    (coll.to_string(), oid.to_string())
+}
+
+fn checked_end(offset: u64, len: u64) -> Result<u64> {
+    offset
+        .checked_add(len)
+        .filter(|end| *end <= OBJECT_BYTES_MAX)
+        .ok_or_else(|| {
+            StoreError::Invalid(format!(
+                "range {offset}+{len} exceeds the object size limit of {OBJECT_BYTES_MAX} bytes"
+            ))
+        })
+}

@@ -1,0 +1,167 @@
+//! Consistency check of a mounted store: metadata (onodes decode, belong to a collection,
+//! extents fit the object and the device, no block referenced twice, no orphan omap), the
+//! allocator against the extents (nothing leaked, nothing double-booked), and with `deep` every
+//! block's checksum.
+
+use std::collections::BTreeSet;
+
+use serde::Serialize;
+
+use crate::aligned::AlignedBuf;
+use crate::allocator::{Allocator, Run};
+use crate::error::{Result, StoreError};
+use crate::extents::Extent;
+use crate::io::IoOp;
+use crate::onode::Onode;
+use crate::store::{verify, ObjectStore};
+use crate::BLOCK_BYTES;
+
+/// A damaged range of an object found by a deep check.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct Damage {
+    pub collection: String,
+    pub object: String,
+    pub offset: u64,
+    pub length: u64,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct FsckReport {
+    pub collections: u64,
+    pub objects: u64,
+    pub omap_entries: u64,
+    pub used_blocks: u64,
+    pub free_blocks: u64,
+    pub errors: Vec<String>,
+    pub damaged: Vec<Damage>,
+}
+
+impl FsckReport {
+    pub fn is_clean(&self) -> bool {
+        self.errors.is_empty() && self.damaged.is_empty()
+    }
+}
+
+/// Splits `O<coll>\0<oid>` / `M<coll>\0<oid>\0<key>` keys.
+fn split_key(k: &[u8]) -> (String, String) {
+    let mut parts = k[1..].splitn(3, |b| *b == 0);
+    let coll = String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
+    let oid = String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
+    (coll, oid)
+}
+
+impl ObjectStore {
+    pub fn fsck(&self, deep: bool) -> Result<FsckReport> {
+        let mut report = FsckReport::default();
+        let collections: BTreeSet<String> = self.list_collections()?.into_iter().collect();
+        report.collections = collections.len() as u64;
+        let mut objects = BTreeSet::new();
+        let mut used: Vec<Run> = Vec::new();
+        let mut to_verify: Vec<(String, String, Extent)> = Vec::new();
+        for item in self.db.prefix_iterator(b"O") {
+            let (k, v) = item?;
+            if !k.starts_with(b"O") {
+                break;
+            }
+            let (coll, oid) = split_key(&k);
+            report.objects += 1;
+            if !collections.contains(&coll) {
+                report
+                    .errors
+                    .push(format!("object {coll}/{oid} belongs to no collection"));
+            }
+            let onode = match Onode::decode(&v) {
+                Ok(o) => o,
+                Err(e) => {
+                    report.errors.push(format!("object {coll}/{oid}: {e}"));
+                    continue;
+                }
+            };
+            let blocks_max = onode.size.div_ceil(BLOCK_BYTES as u64);
+            for e in onode.extents.iter() {
+                if e.end() > blocks_max {
+                    report.errors.push(format!(
+                        "object {coll}/{oid}: extent at block {} runs past its size {}",
+                        e.lblock, onode.size
+                    ));
+                }
+                if e.pblock + e.len() > self.total_blocks() {
+                    report.errors.push(format!(
+                        "object {coll}/{oid}: extent lies beyond the device"
+                    ));
+                }
+                used.push(e.run());
+                if deep {
+                    to_verify.push((coll.clone(), oid.clone(), e.clone()));
+                }
+            }
+            objects.insert((coll, oid));
+        }
+        for item in self.db.prefix_iterator(b"M") {
+            let (k, _) = item?;
+            if !k.starts_with(b"M") {
+                break;
+            }
+            report.omap_entries += 1;
+            let (coll, oid) = split_key(&k);
+            if !objects.contains(&(coll.clone(), oid.clone())) {
+                report
+                    .errors
+                    .push(format!("omap entry of missing object {coll}/{oid}"));
+            }
+        }
+        report.used_blocks = used.iter().map(|r| r.len).sum();
+        match Allocator::rebuild(self.total_blocks(), used) {
+            Ok(expected) => {
+                let free = self.allocator().free_blocks();
+                report.free_blocks = free;
+                if free != expected.free_blocks() {
+                    report.errors.push(format!(
+                        "allocator has {free} free blocks, the extents leave {}: space leaked or double-booked",
+                        expected.free_blocks()
+                    ));
+                }
+            }
+            Err(e) => report
+                .errors
+                .push(format!("extents overlap or overflow: {e}")),
+        }
+        for (coll, oid, e) in to_verify {
+            self.deep_check(&coll, &oid, &e, &mut report)?;
+        }
+        report.damaged.sort();
+        report.damaged.dedup();
+        Ok(report)
+    }
+
+    /// Reads one extent and records each block whose checksum fails.
+    fn deep_check(&self, coll: &str, oid: &str, e: &Extent, report: &mut FsckReport) -> Result<()> {
+        let buf = self
+            .io
+            .run(vec![IoOp::Read {
+                buf: AlignedBuf::zeroed(e.len() as usize * BLOCK_BYTES),
+                offset: e.pblock * BLOCK_BYTES as u64,
+            }])?
+            .pop()
+            .ok_or_else(|| StoreError::Corrupt("a read returned no buffer".into()))?;
+        for i in 0..e.len() {
+            let one = Extent {
+                lblock: e.lblock + i,
+                pblock: e.pblock + i,
+                csums: vec![e.csums[i as usize]],
+            };
+            let at = i as usize * BLOCK_BYTES;
+            if let Err(StoreError::ChecksumMismatch { offset, length, .. }) =
+                verify(coll, oid, &one, &buf[at..at + BLOCK_BYTES])
+            {
+                report.damaged.push(Damage {
+                    collection: coll.to_string(),
+                    object: oid.to_string(),
+                    offset,
+                    length,
+                });
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,26 @@
+//! `cairn-osd`: the object storage daemon. This crate holds the local object store, a
+//! BlueStore-class engine: object data in a block device or preallocated file, managed by an
+//! extent allocator and written through io_uring; all metadata in RocksDB.
+
+pub mod aligned;
+pub mod allocator;
+pub mod apply;
+pub mod error;
+pub mod extents;
+pub mod fsck;
+pub mod io;
+pub mod locks;
+pub mod onode;
+pub mod store;
+pub mod torture;
+pub mod txn;
+
+#[cfg(test)]
+mod store_tests;
+
+/// The unit of allocation, I/O alignment and checksumming.
+pub const BLOCK_BYTES: usize = 4096;
+
+pub use error::StoreError;
+pub use store::{ObjectStore, StoreConfig};
+pub use txn::{Op, Transaction};

@@ -1,0 +1,142 @@
+//! `cairn-osd`: the object storage daemon's tool. Today: the local object store's `mkfs`,
+//! `fsck`, `statfs`, and the crash-test worker; the daemon itself comes with the RADOS issue.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use cairn_osd::io::BackendChoice;
+use cairn_osd::{ObjectStore, StoreConfig};
+
+#[derive(Parser)]
+#[command(name = "cairn-osd", version, about = "Cairn object storage daemon")]
+struct Cli {
+    /// The store's directory (RocksDB in `db/`, data in `block`).
+    #[arg(long, global = true)]
+    data: Option<PathBuf>,
+    /// Block I/O backend: auto (io_uring, else threads), uring, threads.
+    #[arg(long, global = true, default_value = "auto", value_parser = parse_backend)]
+    io_backend: BackendChoice,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Create a store: a preallocated data file of --size bytes (K, M, G, T suffixes), or the
+    /// block device `DATA/block` already links to.
+    Mkfs {
+        #[arg(long, value_parser = parse_size)]
+        size: Option<u64>,
+    },
+    /// Check the store's consistency; --deep also verifies every block's checksum.
+    Fsck {
+        #[arg(long)]
+        deep: bool,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Total, used and available bytes of the data device.
+    Statfs,
+    /// Crash-test worker: apply generated transactions, printing each before and after.
+    #[command(hide = true)]
+    Torture {
+        #[arg(long)]
+        seed: u64,
+        #[arg(long, default_value_t = 1_000_000)]
+        count: u64,
+    },
+}
+
+fn parse_backend(s: &str) -> Result<BackendChoice, String> {
+    match s {
+        "auto" => Ok(BackendChoice::Auto),
+        "uring" => Ok(BackendChoice::Uring),
+        "threads" => Ok(BackendChoice::Threads),
+        other => Err(format!("unknown backend {other:?}: auto, uring or threads")),
+    }
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (num, mult) = match s.chars().last() {
+        Some('K' | 'k') => (&s[..s.len() - 1], 1u64 << 10),
+        Some('M' | 'm') => (&s[..s.len() - 1], 1 << 20),
+        Some('G' | 'g') => (&s[..s.len() - 1], 1 << 30),
+        Some('T' | 't') => (&s[..s.len() - 1], 1 << 40),
+        _ => (s, 1),
+    };
+    num.parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .ok_or_else(|| format!("invalid size {s:?}: a number with an optional K, M, G or T suffix"))
+}
+
+fn main() {
+    let cli = Cli::parse();
+    cairn_common::telemetry::init_logging(&cairn_common::config::LogSettings::default());
+    if let Err(e) = run(cli) {
+        eprintln!("cairn-osd: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let dir = cli.data.context("--data DIR is required")?;
+    let config = StoreConfig {
+        backend: cli.io_backend,
+        ..StoreConfig::default()
+    };
+    match cli.command {
+        Cmd::Mkfs { size } => {
+            ObjectStore::mkfs(&dir, size, &config)?;
+            println!("created an object store in {}", dir.display());
+        }
+        Cmd::Fsck { deep, json } => {
+            let store = ObjectStore::open(&dir, &config)?;
+            let report = store.fsck(deep)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!(
+                    "{} collections, {} objects, {} omap entries, {} blocks used, {} free",
+                    report.collections,
+                    report.objects,
+                    report.omap_entries,
+                    report.used_blocks,
+                    report.free_blocks
+                );
+                for e in &report.errors {
+                    println!("error: {e}");
+                }
+                for d in &report.damaged {
+                    println!(
+                        "damaged: {}/{} bytes {}..{}",
+                        d.collection,
+                        d.object,
+                        d.offset,
+                        d.offset + d.length
+                    );
+                }
+            }
+            if !report.is_clean() {
+                anyhow::bail!(
+                    "fsck found {} errors and {} damaged ranges",
+                    report.errors.len(),
+                    report.damaged.len()
+                );
+            }
+        }
+        Cmd::Statfs => {
+            let store = ObjectStore::open(&dir, &config)?;
+            println!("{}", serde_json::to_string(&store.statfs())?);
+        }
+        Cmd::Torture { seed, count } => {
+            let store = ObjectStore::open(&dir, &config)?;
+            cairn_osd::torture::run_worker(&store, seed, count)?;
+        }
+    }
+    Ok(())
+}

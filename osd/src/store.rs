@@ -1,0 +1,570 @@
+//! The object store: mkfs and mount, reads, listings and space accounting. Transactions are
+//! planned in `apply.rs` and committed here: data to fresh blocks, one fdatasync shared by
+//! concurrent transactions, then one synchronous RocksDB batch that makes them visible.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex};
+
+use rocksdb::{BlockBasedOptions, Cache, Direction, IteratorMode, Options, WriteOptions, DB};
+use serde::{Deserialize, Serialize};
+
+use crate::aligned::AlignedBuf;
+use crate::allocator::Allocator;
+use crate::apply::Plan;
+use crate::error::{Result, StoreError};
+use crate::extents::{Extent, Piece};
+use crate::io::{open_backend, Backend, BackendChoice, IoOp};
+use crate::locks::LockTable;
+use crate::onode::*;
+use crate::txn::{Op, Transaction};
+use crate::BLOCK_BYTES;
+
+const FORMAT_VERSION: u32 = 1;
+pub const DATA_FILE: &str = "block";
+pub const DB_DIR: &str = "db";
+
+/// Store settings; every bound has a default.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    pub backend: BackendChoice,
+    pub uring_queue_depth: u32,
+    pub io_threads: usize,
+    /// O_DIRECT on the data file (falls back to buffered I/O where the file system refuses it).
+    pub direct_io: bool,
+    pub rocksdb_block_cache_bytes: usize,
+    pub rocksdb_write_buffer_bytes: usize,
+    pub rocksdb_write_buffers_max: i32,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        // RocksDB memory: 64 MiB cache + 2 × 32 MiB write buffers = 128 MiB, under the 256 MiB
+        // the store may use in all.
+        StoreConfig {
+            backend: BackendChoice::Auto,
+            uring_queue_depth: 256,
+            io_threads: 16,
+            direct_io: true,
+            rocksdb_block_cache_bytes: 64 << 20,
+            rocksdb_write_buffer_bytes: 32 << 20,
+            rocksdb_write_buffers_max: 2,
+        }
+    }
+}
+
+/// Space of the data device, in bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatFs {
+    pub total: u64,
+    pub used: u64,
+    pub available: u64,
+}
+
+/// Lets concurrent transactions share one fdatasync: a caller waits for a sync that started
+/// after its own writes completed, and whoever finds none running starts one.
+#[derive(Default)]
+struct SyncGroup {
+    state: Mutex<SyncState>,
+    done: Condvar,
+}
+
+#[derive(Default)]
+struct SyncState {
+    started: u64,
+    finished: u64,
+    running: bool,
+    failed: Option<String>,
+}
+
+impl SyncGroup {
+    fn sync(&self, io: &dyn Backend) -> Result<()> {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let need = s.started + 1;
+        loop {
+            if s.finished >= need {
+                return match &s.failed {
+                    Some(e) => Err(StoreError::Io(std::io::Error::other(e.clone()))),
+                    None => Ok(()),
+                };
+            }
+            if !s.running {
+                s.running = true;
+                s.started += 1;
+                let mine = s.started;
+                drop(s);
+                let result = io.run(vec![IoOp::Sync]);
+                s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+                s.running = false;
+                s.finished = mine;
+                // A failed fdatasync poisons the store: the kernel may have dropped dirty data.
+                if let Err(e) = &result {
+                    s.failed.get_or_insert_with(|| e.to_string());
+                }
+                self.done.notify_all();
+                continue;
+            }
+            s = self.done.wait(s).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
+pub struct ObjectStore {
+    dir: PathBuf,
+    pub(crate) db: DB,
+    pub(crate) io: Box<dyn Backend>,
+    pub(crate) alloc: Mutex<Allocator>,
+    locks: LockTable,
+    sync: SyncGroup,
+    total_blocks: u64,
+}
+
+fn db_options(config: &StoreConfig, create: bool) -> Options {
+    let mut opts = Options::default();
+    opts.create_if_missing(create);
+    opts.set_write_buffer_size(config.rocksdb_write_buffer_bytes);
+    opts.set_max_write_buffer_number(config.rocksdb_write_buffers_max);
+    let mut table = BlockBasedOptions::default();
+    table.set_block_cache(&Cache::new_lru_cache(config.rocksdb_block_cache_bytes));
+    opts.set_block_based_table_factory(&table);
+    opts
+}
+
+fn sync_write() -> WriteOptions {
+    let mut wo = WriteOptions::default();
+    wo.set_sync(true);
+    wo
+}
+
+/// Size of a block device or regular file, in bytes.
+fn device_bytes(path: &Path) -> Result<u64> {
+    use std::io::{Seek, SeekFrom};
+    let mut f = File::open(path)?;
+    Ok(f.seek(SeekFrom::End(0))?)
+}
+
+impl ObjectStore {
+    /// Creates a store in `dir`: a data file of `size_bytes` (preallocated) or, when
+    /// `dir/block` already is a block device (or a link to one), that device whole.
+    pub fn mkfs(dir: &Path, size_bytes: Option<u64>, config: &StoreConfig) -> Result<()> {
+        if dir.join(DB_DIR).exists() {
+            return Err(StoreError::Invalid(format!(
+                "{} already holds a store",
+                dir.display()
+            )));
+        }
+        std::fs::create_dir_all(dir)?;
+        let data_path = dir.join(DATA_FILE);
+        let is_device = std::fs::metadata(&data_path)
+            .map(|m| {
+                use std::os::unix::fs::FileTypeExt;
+                m.file_type().is_block_device()
+            })
+            .unwrap_or(false);
+        let bytes = if is_device {
+            device_bytes(&data_path)?
+        } else {
+            let size = size_bytes
+                .ok_or_else(|| StoreError::Invalid("a data file needs a size (--size)".into()))?;
+            preallocate(&data_path, size)?;
+            size
+        };
+        let total_blocks = bytes / BLOCK_BYTES as u64;
+        if total_blocks < 16 {
+            return Err(StoreError::Invalid(format!(
+                "the data device is too small: {bytes} bytes"
+            )));
+        }
+        let db = DB::open(&db_options(config, true), dir.join(DB_DIR))?;
+        let sb = SuperblockRecord {
+            format_version: FORMAT_VERSION,
+            block_bytes: BLOCK_BYTES as u32,
+            total_blocks,
+            store_id: format!("{:016x}", rand_id()),
+        };
+        db.put_opt(
+            KEY_SUPERBLOCK,
+            prost::Message::encode_to_vec(&sb),
+            &sync_write(),
+        )?;
+        Ok(())
+    }
+
+    /// Mounts the store: opens RocksDB and the data file, and rebuilds the allocator from every
+    /// extent the metadata references.
+    pub fn open(dir: &Path, config: &StoreConfig) -> Result<ObjectStore> {
+        let db = DB::open(&db_options(config, false), dir.join(DB_DIR))?;
+        let sb_bytes = db
+            .get(KEY_SUPERBLOCK)?
+            .ok_or_else(|| StoreError::Corrupt("no superblock: not a store (run mkfs)".into()))?;
+        let sb: SuperblockRecord = prost::Message::decode(sb_bytes.as_slice())
+            .map_err(|e| StoreError::Corrupt(format!("undecodable superblock: {e}")))?;
+        if sb.format_version != FORMAT_VERSION || sb.block_bytes as usize != BLOCK_BYTES {
+            return Err(StoreError::Corrupt(format!(
+                "store format {} with {}-byte blocks is not supported",
+                sb.format_version, sb.block_bytes
+            )));
+        }
+        let data = Arc::new(open_data(&dir.join(DATA_FILE), config.direct_io)?);
+        let io = open_backend(
+            data,
+            config.backend,
+            config.uring_queue_depth,
+            config.io_threads,
+        )?;
+        let mut used = Vec::new();
+        for item in db.prefix_iterator(b"O") {
+            let (k, v) = item?;
+            if !k.starts_with(b"O") {
+                break;
+            }
+            used.extend(Onode::decode(&v)?.extents.used_runs());
+        }
+        let alloc = Allocator::rebuild(sb.total_blocks, used).map_err(StoreError::Corrupt)?;
+        tracing::info!(
+            dir = %dir.display(),
+            backend = io.name(),
+            total_blocks = sb.total_blocks,
+            free_blocks = alloc.free_blocks(),
+            "object store mounted"
+        );
+        Ok(ObjectStore {
+            dir: dir.to_path_buf(),
+            db,
+            io,
+            alloc: Mutex::new(alloc),
+            locks: LockTable::default(),
+            sync: SyncGroup::default(),
+            total_blocks: sb.total_blocks,
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn backend_name(&self) -> &'static str {
+        self.io.name()
+    }
+
+    pub(crate) fn allocator(&self) -> std::sync::MutexGuard<'_, Allocator> {
+        self.alloc.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Applies a transaction atomically; when it returns Ok, it is durable.
+    pub fn apply(&self, txn: &Transaction) -> Result<()> {
+        let _locks = self.locks.lock(lock_keys(txn));
+        let mut plan = Plan::new(self);
+        let result = self.plan_and_commit(&mut plan, txn);
+        let release = match &result {
+            Ok(()) => std::mem::take(&mut plan.freed),
+            Err(_) => std::mem::take(&mut plan.allocated),
+        };
+        let mut alloc = self.allocator();
+        for run in release {
+            alloc.release(run);
+        }
+        result
+    }
+
+    fn plan_and_commit(&self, plan: &mut Plan, txn: &Transaction) -> Result<()> {
+        for op in &txn.ops {
+            plan.apply(op)?;
+        }
+        let writes: Vec<IoOp> = std::mem::take(&mut plan.pending)
+            .into_iter()
+            .map(|(pblock, buf)| IoOp::Write {
+                buf,
+                offset: pblock * BLOCK_BYTES as u64,
+            })
+            .collect();
+        if !writes.is_empty() {
+            self.io.run(writes)?;
+            self.sync.sync(&*self.io)?;
+        }
+        let batch = plan.batch()?;
+        self.db.write_opt(batch, &sync_write())?;
+        Ok(())
+    }
+
+    pub(crate) fn get_onode(&self, coll: &str, oid: &str) -> Result<Option<Onode>> {
+        match self.db.get(onode_key(coll, oid))? {
+            Some(v) => Ok(Some(Onode::decode(&v)?)),
+            None => Ok(None),
+        }
+    }
+
+    pub(crate) fn collection_exists(&self, coll: &str) -> Result<bool> {
+        Ok(self.db.get(collection_key(coll))?.is_some())
+    }
+
+    fn require_onode(&self, coll: &str, oid: &str) -> Result<Onode> {
+        self.get_onode(coll, oid)?
+            .ok_or_else(|| StoreError::no_object(coll, oid))
+    }
+
+    /// Reads `[offset, offset + len)` of an object, clamped to its size. Every block is checked
+    /// against its checksum; a mismatch is an error that names the object and range.
+    pub fn read(&self, coll: &str, oid: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
+        let _lock = self.locks.read(coll, oid);
+        let onode = self.require_onode(coll, oid)?;
+        let end = offset.saturating_add(len).min(onode.size);
+        if offset >= end {
+            return Ok(Vec::new());
+        }
+        let b0 = offset / BLOCK_BYTES as u64;
+        let b1 = end.div_ceil(BLOCK_BYTES as u64);
+        let blocks = self.read_blocks(coll, oid, &onode.extents.pieces(b0, b1))?;
+        let skip = (offset - b0 * BLOCK_BYTES as u64) as usize;
+        Ok(blocks[skip..skip + (end - offset) as usize].to_vec())
+    }
+
+    /// Reads logical pieces into one buffer, verifying every data block.
+    pub(crate) fn read_blocks(&self, coll: &str, oid: &str, pieces: &[Piece]) -> Result<Vec<u8>> {
+        let total: u64 = pieces
+            .iter()
+            .map(|p| match p {
+                Piece::Data(e) => e.len(),
+                Piece::Hole { len, .. } => *len,
+            })
+            .sum();
+        let mut out = vec![0u8; total as usize * BLOCK_BYTES];
+        let data: Vec<&Extent> = pieces
+            .iter()
+            .filter_map(|p| match p {
+                Piece::Data(e) => Some(e),
+                Piece::Hole { .. } => None,
+            })
+            .collect();
+        let ops = data
+            .iter()
+            .map(|e| IoOp::Read {
+                buf: AlignedBuf::zeroed(e.len() as usize * BLOCK_BYTES),
+                offset: e.pblock * BLOCK_BYTES as u64,
+            })
+            .collect();
+        let bufs = self.io.run(ops)?;
+        let first = pieces.first().map(|p| match p {
+            Piece::Data(e) => e.lblock,
+            Piece::Hole { lblock, .. } => *lblock,
+        });
+        for (e, buf) in data.iter().zip(bufs) {
+            verify(coll, oid, e, &buf)?;
+            let at = (e.lblock - first.unwrap_or(0)) as usize * BLOCK_BYTES;
+            out[at..at + buf.len()].copy_from_slice(&buf);
+        }
+        Ok(out)
+    }
+
+    pub fn stat(&self, coll: &str, oid: &str) -> Result<u64> {
+        Ok(self.require_onode(coll, oid)?.size)
+    }
+
+    pub fn exists(&self, coll: &str, oid: &str) -> Result<bool> {
+        Ok(self.get_onode(coll, oid)?.is_some())
+    }
+
+    pub fn getattrs(&self, coll: &str, oid: &str) -> Result<BTreeMap<String, Vec<u8>>> {
+        Ok(self.require_onode(coll, oid)?.attrs)
+    }
+
+    /// Omap entries after `after` (exclusive), at most `max`.
+    pub fn omap_get(
+        &self,
+        coll: &str,
+        oid: &str,
+        after: Option<&[u8]>,
+        max: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        self.require_onode(coll, oid)?;
+        let prefix = omap_prefix(coll, oid);
+        let start = match after {
+            Some(k) => [omap_key(coll, oid, k).as_slice(), b"\0"].concat(),
+            None => prefix.clone(),
+        };
+        let mut out = Vec::new();
+        for item in self
+            .db
+            .iterator(IteratorMode::From(&start, Direction::Forward))
+        {
+            let (k, v) = item?;
+            if !k.starts_with(&prefix) || out.len() >= max {
+                break;
+            }
+            out.push((k[prefix.len()..].to_vec(), v.to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// Objects of a collection in name order, after `after` (exclusive), at most `max`; the
+    /// second value is where the next page starts, if there is one.
+    pub fn list(
+        &self,
+        coll: &str,
+        after: Option<&str>,
+        max: usize,
+    ) -> Result<(Vec<String>, Option<String>)> {
+        if !self.collection_exists(coll)? {
+            return Err(StoreError::NoCollection(coll.to_string()));
+        }
+        let prefix = onode_prefix(coll);
+        let start = match after {
+            Some(o) => [onode_key(coll, o).as_slice(), b"\0"].concat(),
+            None => prefix.clone(),
+        };
+        let mut names = Vec::new();
+        for item in self
+            .db
+            .iterator(IteratorMode::From(&start, Direction::Forward))
+        {
+            let (k, _) = item?;
+            if !k.starts_with(&prefix) {
+                return Ok((names, None));
+            }
+            if names.len() == max {
+                return Ok((names.clone(), names.last().cloned()));
+            }
+            names.push(String::from_utf8_lossy(&k[prefix.len()..]).into_owned());
+        }
+        Ok((names, None))
+    }
+
+    pub fn list_collections(&self) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        for item in self.db.prefix_iterator(b"C") {
+            let (k, _) = item?;
+            if !k.starts_with(b"C") {
+                break;
+            }
+            out.push(String::from_utf8_lossy(&k[1..]).into_owned());
+        }
+        Ok(out)
+    }
+
+    pub fn statfs(&self) -> StatFs {
+        let total = self.total_blocks * BLOCK_BYTES as u64;
+        let available = self.allocator().free_blocks() * BLOCK_BYTES as u64;
+        StatFs {
+            total,
+            used: total - available,
+            available,
+        }
+    }
+
+    /// Where an object's data lies on the device (for fsck and for tests that damage it).
+    pub fn object_extents(&self, coll: &str, oid: &str) -> Result<Vec<Extent>> {
+        Ok(self
+            .require_onode(coll, oid)?
+            .extents
+            .iter()
+            .cloned()
+            .collect())
+    }
+
+    pub(crate) fn total_blocks(&self) -> u64 {
+        self.total_blocks
+    }
+}
+
+/// Checks every block of an extent read from disk against its checksum.
+pub(crate) fn verify(coll: &str, oid: &str, e: &Extent, buf: &[u8]) -> Result<()> {
+    for (i, (block, expected)) in buf.chunks(BLOCK_BYTES).zip(&e.csums).enumerate() {
+        let found = crc32c::crc32c(block);
+        if found != *expected {
+            let offset = (e.lblock + i as u64) * BLOCK_BYTES as u64;
+            tracing::error!(
+                collection = coll,
+                object = oid,
+                offset,
+                pblock = e.pblock + i as u64,
+                "checksum mismatch: stored data is damaged"
+            );
+            metrics_checksum_error();
+            return Err(StoreError::ChecksumMismatch {
+                collection: coll.to_string(),
+                object: oid.to_string(),
+                offset,
+                length: BLOCK_BYTES as u64,
+                expected: *expected,
+                found,
+            });
+        }
+    }
+    Ok(())
+}
+
+fn metrics_checksum_error() {
+    CHECKSUM_ERRORS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Checksum mismatches seen by this process (exported as a metric by the daemon).
+pub static CHECKSUM_ERRORS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+fn lock_keys(txn: &Transaction) -> Vec<((String, String), bool)> {
+    let mut keys: BTreeMap<(String, String), bool> = BTreeMap::new();
+    for (coll, oid) in txn.objects() {
+        keys.entry((coll.clone(), String::new())).or_insert(false);
+        if !oid.is_empty() {
+            keys.insert((coll, oid), true);
+        }
+    }
+    for op in &txn.ops {
+        if let Op::CreateCollection { coll } | Op::RemoveCollection { coll } = op {
+            keys.insert((coll.clone(), String::new()), true);
+        }
+    }
+    keys.into_iter().collect()
+}
+
+fn open_data(path: &Path, direct: bool) -> Result<File> {
+    if direct {
+        match File::options()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(path)
+        {
+            Ok(f) => return Ok(f),
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                tracing::warn!(path = %path.display(), "the file system refuses O_DIRECT; using buffered I/O (still fdatasync'd)");
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(File::options().read(true).write(true).open(path)?)
+}
+
+fn preallocate(path: &Path, bytes: u64) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    let f = File::options()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(path)?;
+    // SAFETY: fallocate on a file descriptor we own.
+    let rc = unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, bytes as libc::off_t) };
+    if rc != 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EOPNOTSUPP) {
+            return Err(e.into());
+        }
+        f.set_len(bytes)?;
+    }
+    f.sync_all()?;
+    Ok(())
+}
+
+fn rand_id() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.finish()
+}

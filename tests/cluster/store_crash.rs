@@ -1,0 +1,149 @@
+//! Crash consistency of the object store: a worker process applies random transactions and is
+//! killed with SIGKILL at random moments, many times, on the same store. After each kill every
+//! acknowledged transaction must be there, the one in flight must be all or nothing, deep fsck
+//! must be clean and no space may leak.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use cairn_osd::torture::{snapshot, to_transaction, Model, TortureOp, COLLECTION};
+use cairn_osd::{ObjectStore, StoreConfig, Transaction};
+use cairn_tests::{bin_dir, seed};
+
+/// Kill cycles in CI; `CAIRN_CRASH_CYCLES` raises it.
+const CYCLES_DEFAULT: u64 = 25;
+
+/// Runs the worker until killed after `run_for`; returns the transactions it began and whether
+/// each was acknowledged (`None`: in flight when killed).
+fn run_and_kill(
+    dir: &Path,
+    backend: &str,
+    seed: u64,
+    run_for: Duration,
+) -> Vec<(Vec<TortureOp>, Option<bool>)> {
+    let mut child = Command::new(bin_dir().join("cairn-osd"))
+        .arg("--data")
+        .arg(dir)
+        .args([
+            "--io-backend",
+            backend,
+            "torture",
+            "--seed",
+            &seed.to_string(),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the worker");
+    let stdout = child.stdout.take().expect("stdout");
+    let reader = std::thread::spawn(move || {
+        let mut log: Vec<(Vec<TortureOp>, Option<bool>)> = Vec::new();
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if let Some(json) = line.strip_prefix("begin ") {
+                log.push((serde_json::from_str(json).expect("begin line"), None));
+            } else if let Some(last) = log.last_mut() {
+                last.1 = Some(line == "ack");
+            }
+        }
+        log
+    });
+    std::thread::sleep(run_for);
+    // SAFETY: signals the child this test started.
+    unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+    let _ = child.wait();
+    reader.join().expect("reader")
+}
+
+fn crash_cycles(backend: &str) {
+    let seed = seed(&format!("store crash ({backend})"));
+    let cycles = std::env::var("CAIRN_CRASH_CYCLES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(CYCLES_DEFAULT);
+    let mut rng = StdRng::seed_from_u64(seed);
+    let tmp = tempfile::Builder::new()
+        .prefix("cairn-crash-")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let dir = tmp.path().join("store");
+    let config = StoreConfig::default();
+    ObjectStore::mkfs(&dir, Some(256 << 20), &config).unwrap();
+    {
+        let s = ObjectStore::open(&dir, &config).unwrap();
+        let mut t = Transaction::new();
+        t.create_collection(COLLECTION);
+        s.apply(&t).unwrap();
+    }
+    let mut model = Model::default();
+    model.collections.insert(COLLECTION.into());
+    let mut acked_total = 0;
+    let started = Instant::now();
+    for cycle in 0..cycles {
+        let run_for = Duration::from_millis(rng.gen_range(50..600));
+        let log = run_and_kill(&dir, backend, seed.wrapping_add(cycle), run_for);
+        let mut in_flight = None;
+        for (ops, outcome) in log {
+            let txn = to_transaction(&ops);
+            match outcome {
+                Some(acked) => {
+                    let applied = model.apply(&txn);
+                    assert_eq!(
+                        applied.is_ok(),
+                        acked,
+                        "seed {seed} cycle {cycle}: the model disagrees on {ops:?}"
+                    );
+                    acked_total += usize::from(acked);
+                }
+                None => in_flight = Some(txn),
+            }
+        }
+        let store = ObjectStore::open(&dir, &config).unwrap();
+        let found = snapshot(&store).unwrap();
+        if found != model {
+            // The transaction in flight may have committed: then all of it must be there.
+            let with = in_flight.as_ref().map(|t: &Transaction| {
+                let mut m = model.clone();
+                m.apply(t).map(|_| m)
+            });
+            match with {
+                Some(Ok(m)) if m == found => model = m,
+                _ => panic!("seed {seed} cycle {cycle}: the store holds neither the acknowledged state nor it plus the transaction in flight"),
+            }
+        }
+        let report = store.fsck(true).unwrap();
+        assert!(report.is_clean(), "seed {seed} cycle {cycle}: {report:?}");
+        assert_eq!(store.statfs().used, report.used_blocks * 4096);
+    }
+    // Remove everything: all space comes back.
+    let store = ObjectStore::open(&dir, &config).unwrap();
+    let mut t = Transaction::new();
+    for name in store.list(COLLECTION, None, usize::MAX).unwrap().0 {
+        t.remove(COLLECTION, &name);
+    }
+    store.apply(&t).unwrap();
+    assert_eq!(store.statfs().used, 0, "seed {seed}: space leaked");
+    eprintln!(
+        "store crash ({backend}): {cycles} kills, {acked_total} acknowledged transactions, {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(
+        acked_total > 100,
+        "too few transactions to mean anything: {acked_total}"
+    );
+}
+
+#[test]
+fn acknowledged_transactions_survive_kill_9_io_uring() {
+    crash_cycles("uring");
+}
+
+#[test]
+fn acknowledged_transactions_survive_kill_9_threads() {
+    crash_cycles("threads");
+}
