@@ -37,7 +37,10 @@ impl Allocator {
             if r.start < pos {
                 return Err(format!("block {} is referenced twice", r.start));
             }
-            if r.start + r.len > total_blocks {
+            if r.start
+                .checked_add(r.len)
+                .is_none_or(|end| end > total_blocks)
+            {
                 return Err(format!(
                     "run {}+{} lies beyond the device ({total_blocks} blocks)",
                     r.start, r.len
@@ -62,6 +65,11 @@ impl Allocator {
 
     pub fn free_blocks(&self) -> u64 {
         self.free_blocks
+    }
+
+    /// Whether both allocators hold exactly the same free runs.
+    pub fn same_free_space(&self, other: &Allocator) -> bool {
+        self.free == other.free
     }
 
     pub fn total_blocks(&self) -> u64 {

@@ -180,7 +180,7 @@ impl<'a> Plan<'a> {
         }
         let k = key(coll, oid);
         if !self.onodes.contains_key(&k) {
-            let onode = self.store.get_onode(coll, oid)?;
+            let onode = self.store.get_onode(coll, oid)?.map(|o| (*o).clone());
             self.onodes.insert(k.clone(), onode);
         }
         Ok(self.onodes.get_mut(&k).and_then(|o| o.as_mut()))
@@ -193,9 +193,8 @@ impl<'a> Plan<'a> {
 
     fn object_or_create(&mut self, coll: &str, oid: &str) -> Result<&mut Onode> {
         if self.load(coll, oid)?.is_none() {
+            // No omap to clear: removing an object deletes its omap in the same batch.
             self.onodes.insert(key(coll, oid), Some(Onode::default()));
-            // A new object starts with no omap, whatever a removed namesake left.
-            self.omaps.entry(key(coll, oid)).or_default().cleared = true;
         }
         self.existing(coll, oid)
     }
@@ -273,6 +272,12 @@ impl<'a> Plan<'a> {
 
     fn write(&mut self, coll: &str, oid: &str, offset: u64, data: &[u8]) -> Result<()> {
         let end = checked_end(offset, data.len() as u64)?;
+        if data.len() as u64 > crate::IO_BYTES_MAX {
+            return Err(StoreError::Invalid(format!(
+                "a write op carries at most {} bytes; split it",
+                crate::IO_BYTES_MAX
+            )));
+        }
         self.object_or_create(coll, oid)?;
         if data.is_empty() {
             return Ok(());
@@ -436,6 +441,11 @@ impl<'a> Plan<'a> {
         self.onodes.insert(key(coll, src), None);
         self.replace_omap(coll, src, BTreeMap::new());
         Ok(())
+    }
+
+    /// The objects this plan touched and what they become (`None`: removed).
+    pub fn onodes(&self) -> impl Iterator<Item = (&(String, String), &Option<Onode>)> {
+        self.onodes.iter()
     }
 
     /// The metadata changes as one RocksDB batch.

@@ -70,7 +70,7 @@ impl ObjectStore {
                     .errors
                     .push(format!("object {coll}/{oid} belongs to no collection"));
             }
-            let onode = match Onode::decode(&v) {
+            let onode = match Onode::decode(&v, self.total_blocks()) {
                 Ok(o) => o,
                 Err(e) => {
                     report.errors.push(format!("object {coll}/{oid}: {e}"));
@@ -113,11 +113,12 @@ impl ObjectStore {
         report.used_blocks = used.iter().map(|r| r.len).sum();
         match Allocator::rebuild(self.total_blocks(), used) {
             Ok(expected) => {
-                let free = self.allocator().free_blocks();
-                report.free_blocks = free;
-                if free != expected.free_blocks() {
+                let alloc = self.allocator();
+                report.free_blocks = alloc.free_blocks();
+                if !alloc.same_free_space(&expected) {
                     report.errors.push(format!(
-                        "allocator has {free} free blocks, the extents leave {}: space leaked or double-booked",
+                        "the allocator's free space ({} blocks) differs from what the extents leave ({} blocks): space leaked or double-booked",
+                        alloc.free_blocks(),
                         expected.free_blocks()
                     ));
                 }

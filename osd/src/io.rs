@@ -173,6 +173,21 @@ pub struct UringBackend {
 impl UringBackend {
     pub fn start(file: Arc<File>, queue_depth: u32) -> io::Result<UringBackend> {
         let mut ring = IoUring::new(queue_depth.max(2))?;
+        // The kernel must know the ops we use (read/write/fsync need 5.6).
+        let mut probe = io_uring::Probe::new();
+        ring.submitter().register_probe(&mut probe)?;
+        for (code, name) in [
+            (opcode::Read::CODE, "read"),
+            (opcode::Write::CODE, "write"),
+            (opcode::Fsync::CODE, "fsync"),
+        ] {
+            if !probe.is_supported(code) {
+                return Err(io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    format!("the kernel's io_uring lacks {name}"),
+                ));
+            }
+        }
         // Probe: some seccomp profiles allow the setup call but not submission.
         let nop = opcode::Nop::new().build().user_data(u64::MAX);
         // SAFETY: a NOP references no memory.
@@ -202,7 +217,7 @@ fn uring_loop(mut ring: IoUring, file: Arc<File>, rx: Receiver<Request>) {
     let mut queued: VecDeque<(u64, usize)> = VecDeque::new();
     let mut next_id: u64 = 0;
     let mut in_flight = 0usize;
-    let mut open = true;
+    let in_flight_max = ring.params().sq_entries() as usize;
     loop {
         // Take new batches: block only when there is nothing else to do.
         let mut take = |req: Request,
@@ -215,9 +230,6 @@ fn uring_loop(mut ring: IoUring, file: Arc<File>, rx: Receiver<Request>) {
             batches.insert(id, Batch::new(ops, reply));
         };
         if in_flight == 0 && queued.is_empty() {
-            if !open {
-                return;
-            }
             match rx.recv() {
                 Ok(req) => take(req, &mut batches, &mut queued),
                 Err(_) => return,
@@ -226,8 +238,11 @@ fn uring_loop(mut ring: IoUring, file: Arc<File>, rx: Receiver<Request>) {
         while let Ok(req) = rx.try_recv() {
             take(req, &mut batches, &mut queued);
         }
-        // Fill the submission queue.
+        // Fill the submission queue, never beyond what the completion queue can hold.
         while let Some(&(id, index)) = queued.front() {
+            if in_flight >= in_flight_max {
+                break;
+            }
             let Some(op) = batches.get_mut(&id).and_then(|b| b.ops[index].as_mut()) else {
                 queued.pop_front();
                 continue;
@@ -260,18 +275,26 @@ fn uring_loop(mut ring: IoUring, file: Arc<File>, rx: Receiver<Request>) {
             continue;
         }
         if let Err(e) = ring.submit_and_wait(1) {
-            if e.raw_os_error() == Some(libc::EINTR) {
-                continue;
+            match e.raw_os_error() {
+                // Interrupted, or the kernel is busy: reap what completed, then try again.
+                Some(libc::EINTR) | Some(libc::EBUSY) | Some(libc::EAGAIN) => {}
+                _ => {
+                    tracing::error!(error = %e, "io_uring submission failed; the I/O engine stops");
+                    // The kernel may still use the buffers of submitted I/O: leak them rather
+                    // than free memory a DMA could still write.
+                    for (_, mut b) in batches.drain() {
+                        for op in b.ops.iter_mut() {
+                            if let Some(op) = op.take() {
+                                std::mem::forget(op);
+                            }
+                        }
+                        b.error = Some(io::Error::new(e.kind(), e.to_string()));
+                        b.finish();
+                    }
+                    std::mem::forget(ring);
+                    return;
+                }
             }
-            tracing::error!(error = %e, "io_uring submission failed; failing all in-flight I/O");
-            for (_, mut b) in batches.drain() {
-                b.error = Some(io::Error::new(e.kind(), e.to_string()));
-                b.finish();
-            }
-            open = false;
-            in_flight = 0;
-            queued.clear();
-            continue;
         }
         let completions: Vec<(u64, i32)> = ring
             .completion()

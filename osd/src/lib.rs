@@ -21,6 +21,10 @@ mod store_tests;
 /// The unit of allocation, I/O alignment and checksumming.
 pub const BLOCK_BYTES: usize = 4096;
 
+/// Largest data one write op carries or one read returns; keeps every I/O far below what
+/// one io_uring operation can do (its length is 32 bits).
+pub const IO_BYTES_MAX: u64 = 64 << 20;
+
 pub use error::StoreError;
 pub use store::{ObjectStore, StoreConfig};
 pub use txn::{Op, Transaction};

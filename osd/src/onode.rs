@@ -59,9 +59,35 @@ pub struct Onode {
 }
 
 impl Onode {
-    pub fn decode(bytes: &[u8]) -> Result<Onode> {
+    /// Decodes and checks a record read from RocksDB: nothing in it is trusted until its
+    /// extents are known to be non-empty, ordered, disjoint, inside the object and the device.
+    pub fn decode(bytes: &[u8], total_blocks: u64) -> Result<Onode> {
         let r: OnodeRecord = prost::Message::decode(bytes)
             .map_err(|e| StoreError::Corrupt(format!("undecodable onode: {e}")))?;
+        let bad = |why: String| Err(StoreError::Corrupt(format!("onode: {why}")));
+        if r.size > crate::apply::OBJECT_BYTES_MAX {
+            return bad(format!("size {} exceeds the object limit", r.size));
+        }
+        let blocks_max = r.size.div_ceil(crate::BLOCK_BYTES as u64);
+        let mut next_free = 0u64;
+        let mut sorted = r.extents.clone();
+        sorted.sort_by_key(|e| e.lblock);
+        for e in &sorted {
+            let len = e.csums.len() as u64;
+            let lend = e.lblock.checked_add(len);
+            let pend = e.pblock.checked_add(len);
+            if len == 0
+                || e.lblock < next_free
+                || lend.is_none_or(|end| end > blocks_max)
+                || pend.is_none_or(|end| end > total_blocks)
+            {
+                return bad(format!(
+                    "extent at block {} (+{len}) is empty, overlaps, or lies outside the object or the device",
+                    e.lblock
+                ));
+            }
+            next_free = lend.unwrap_or(u64::MAX);
+        }
         Ok(Onode {
             size: r.size,
             extents: ExtentMap::from_extents(r.extents.into_iter().map(|e| Extent {
@@ -150,8 +176,28 @@ mod tests {
             csums: vec![1, 2, 3],
         });
         o.attrs.insert("_".into(), b"v".to_vec());
-        assert_eq!(Onode::decode(&o.encode()).unwrap(), o);
-        assert!(Onode::decode(&[0xff, 0xff, 0xff]).is_err());
+        o.size = 5 * crate::BLOCK_BYTES as u64;
+        assert_eq!(Onode::decode(&o.encode(), 100).unwrap(), o);
+        assert!(Onode::decode(&[0xff, 0xff, 0xff], 100).is_err());
+        // Outside the device, past the size, overlapping, empty: all refused.
+        assert!(Onode::decode(&o.encode(), 79).is_err());
+        let mut small = o.clone();
+        small.size = 100;
+        assert!(Onode::decode(&small.encode(), 100).is_err());
+        let mut r: OnodeRecord = prost::Message::decode(o.encode().as_slice()).unwrap();
+        r.extents.push(ExtentRecord {
+            lblock: 3,
+            pblock: 90,
+            csums: vec![0],
+        });
+        assert!(Onode::decode(&prost::Message::encode_to_vec(&r), 100).is_err());
+        r.extents.pop();
+        r.extents.push(ExtentRecord {
+            lblock: 0,
+            pblock: 90,
+            csums: vec![],
+        });
+        assert!(Onode::decode(&prost::Message::encode_to_vec(&r), 100).is_err());
     }
 
     #[test]

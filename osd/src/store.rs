@@ -2,7 +2,7 @@
 //! planned in `apply.rs` and committed here: data to fresh blocks, one fdatasync shared by
 //! concurrent transactions, then one synchronous RocksDB batch that makes them visible.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -38,6 +38,8 @@ pub struct StoreConfig {
     pub rocksdb_block_cache_bytes: usize,
     pub rocksdb_write_buffer_bytes: usize,
     pub rocksdb_write_buffers_max: i32,
+    /// Decoded object records kept in memory (each a few KiB for a 4 MiB object).
+    pub onode_cache_entries_max: usize,
 }
 
 impl Default for StoreConfig {
@@ -52,6 +54,7 @@ impl Default for StoreConfig {
             rocksdb_block_cache_bytes: 64 << 20,
             rocksdb_write_buffer_bytes: 32 << 20,
             rocksdb_write_buffers_max: 2,
+            onode_cache_entries_max: 4096,
         }
     }
 }
@@ -112,8 +115,52 @@ impl SyncGroup {
     }
 }
 
+/// Decoded onodes of committed objects. Entries change only under the object's write lock
+/// (after the commit) and are filled under its read or write lock, so they are never stale.
+struct OnodeCache {
+    entries: Mutex<HashMap<(String, String), Arc<Onode>>>,
+    max: usize,
+}
+
+impl OnodeCache {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), Arc<Onode>>> {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn get(&self, coll: &str, oid: &str) -> Option<Arc<Onode>> {
+        self.lock()
+            .get(&(coll.to_string(), oid.to_string()))
+            .cloned()
+    }
+
+    fn put(&self, coll: &str, oid: &str, onode: Option<Arc<Onode>>) {
+        let mut entries = self.lock();
+        let key = (coll.to_string(), oid.to_string());
+        match onode {
+            Some(o) => {
+                if entries.len() >= self.max && !entries.contains_key(&key) {
+                    // Bounded, not LRU: drop an arbitrary entry.
+                    if let Some(victim) = entries.keys().next().cloned() {
+                        entries.remove(&victim);
+                    }
+                }
+                if self.max > 0 {
+                    entries.insert(key, o);
+                }
+            }
+            None => {
+                entries.remove(&key);
+            }
+        }
+    }
+}
+
 pub struct ObjectStore {
+    /// Set when a commit's outcome is unknown (a failed RocksDB write): the store refuses
+    /// further transactions until remounted, since its allocator may no longer be right.
+    poisoned: Mutex<Option<String>>,
     dir: PathBuf,
+    cache: OnodeCache,
     pub(crate) db: DB,
     pub(crate) io: Box<dyn Backend>,
     pub(crate) alloc: Mutex<Allocator>,
@@ -126,9 +173,15 @@ fn db_options(config: &StoreConfig, create: bool) -> Options {
     let mut opts = Options::default();
     opts.create_if_missing(create);
     opts.set_write_buffer_size(config.rocksdb_write_buffer_bytes);
+    // Reuse WAL files: syncing a file that does not grow skips a journal commit.
+    opts.set_recycle_log_file_num(4);
     opts.set_max_write_buffer_number(config.rocksdb_write_buffers_max);
     let mut table = BlockBasedOptions::default();
     table.set_block_cache(&Cache::new_lru_cache(config.rocksdb_block_cache_bytes));
+    // Index and filter blocks count against the cache, so memory stays bounded as the
+    // database grows.
+    table.set_cache_index_and_filter_blocks(true);
+    table.set_pin_l0_filter_and_index_blocks_in_cache(true);
     opts.set_block_based_table_factory(&table);
     opts
 }
@@ -221,7 +274,7 @@ impl ObjectStore {
             if !k.starts_with(b"O") {
                 break;
             }
-            used.extend(Onode::decode(&v)?.extents.used_runs());
+            used.extend(Onode::decode(&v, sb.total_blocks)?.extents.used_runs());
         }
         let alloc = Allocator::rebuild(sb.total_blocks, used).map_err(StoreError::Corrupt)?;
         tracing::info!(
@@ -232,7 +285,12 @@ impl ObjectStore {
             "object store mounted"
         );
         Ok(ObjectStore {
+            poisoned: Mutex::new(None),
             dir: dir.to_path_buf(),
+            cache: OnodeCache {
+                entries: Mutex::new(HashMap::new()),
+                max: config.onode_cache_entries_max,
+            },
             db,
             io,
             alloc: Mutex::new(alloc),
@@ -256,11 +314,26 @@ impl ObjectStore {
 
     /// Applies a transaction atomically; when it returns Ok, it is durable.
     pub fn apply(&self, txn: &Transaction) -> Result<()> {
+        if let Some(why) = self
+            .poisoned
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
+            return Err(StoreError::Corrupt(format!(
+                "the store stopped taking writes after a failed commit ({why}); remount it"
+            )));
+        }
         let _locks = self.locks.lock(lock_keys(txn));
         let mut plan = Plan::new(self);
         let result = self.plan_and_commit(&mut plan, txn);
         let release = match &result {
             Ok(()) => std::mem::take(&mut plan.freed),
+            // The batch may have reached the WAL: its blocks may be referenced after a restart.
+            Err(StoreError::Db(e)) => {
+                *self.poisoned.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+                Vec::new()
+            }
             Err(_) => std::mem::take(&mut plan.allocated),
         };
         let mut alloc = self.allocator();
@@ -287,12 +360,23 @@ impl ObjectStore {
         }
         let batch = plan.batch()?;
         self.db.write_opt(batch, &sync_write())?;
+        for ((coll, oid), onode) in plan.onodes() {
+            self.cache.put(coll, oid, onode.clone().map(Arc::new));
+        }
         Ok(())
     }
 
-    pub(crate) fn get_onode(&self, coll: &str, oid: &str) -> Result<Option<Onode>> {
+    /// A committed onode; the caller holds the object's lock.
+    pub(crate) fn get_onode(&self, coll: &str, oid: &str) -> Result<Option<Arc<Onode>>> {
+        if let Some(o) = self.cache.get(coll, oid) {
+            return Ok(Some(o));
+        }
         match self.db.get(onode_key(coll, oid))? {
-            Some(v) => Ok(Some(Onode::decode(&v)?)),
+            Some(v) => {
+                let o = Arc::new(Onode::decode(&v, self.total_blocks)?);
+                self.cache.put(coll, oid, Some(o.clone()));
+                Ok(Some(o))
+            }
             None => Ok(None),
         }
     }
@@ -301,7 +385,7 @@ impl ObjectStore {
         Ok(self.db.get(collection_key(coll))?.is_some())
     }
 
-    fn require_onode(&self, coll: &str, oid: &str) -> Result<Onode> {
+    fn require_onode(&self, coll: &str, oid: &str) -> Result<Arc<Onode>> {
         self.get_onode(coll, oid)?
             .ok_or_else(|| StoreError::no_object(coll, oid))
     }
@@ -314,6 +398,12 @@ impl ObjectStore {
         let end = offset.saturating_add(len).min(onode.size);
         if offset >= end {
             return Ok(Vec::new());
+        }
+        if end - offset > crate::IO_BYTES_MAX {
+            return Err(StoreError::Invalid(format!(
+                "a read returns at most {} bytes; read in pieces",
+                crate::IO_BYTES_MAX
+            )));
         }
         let b0 = offset / BLOCK_BYTES as u64;
         let b1 = end.div_ceil(BLOCK_BYTES as u64);
@@ -360,15 +450,18 @@ impl ObjectStore {
     }
 
     pub fn stat(&self, coll: &str, oid: &str) -> Result<u64> {
+        let _lock = self.locks.read(coll, oid);
         Ok(self.require_onode(coll, oid)?.size)
     }
 
     pub fn exists(&self, coll: &str, oid: &str) -> Result<bool> {
+        let _lock = self.locks.read(coll, oid);
         Ok(self.get_onode(coll, oid)?.is_some())
     }
 
     pub fn getattrs(&self, coll: &str, oid: &str) -> Result<BTreeMap<String, Vec<u8>>> {
-        Ok(self.require_onode(coll, oid)?.attrs)
+        let _lock = self.locks.read(coll, oid);
+        Ok(self.require_onode(coll, oid)?.attrs.clone())
     }
 
     /// Omap entries after `after` (exclusive), at most `max`.
@@ -379,6 +472,7 @@ impl ObjectStore {
         after: Option<&[u8]>,
         max: usize,
     ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let _lock = self.locks.read(coll, oid);
         self.require_onode(coll, oid)?;
         let prefix = omap_prefix(coll, oid);
         let start = match after {
@@ -409,6 +503,11 @@ impl ObjectStore {
     ) -> Result<(Vec<String>, Option<String>)> {
         if !self.collection_exists(coll)? {
             return Err(StoreError::NoCollection(coll.to_string()));
+        }
+        if max == 0 {
+            return Err(StoreError::Invalid(
+                "a listing returns at least one name".into(),
+            ));
         }
         let prefix = onode_prefix(coll);
         let start = match after {
@@ -537,23 +636,30 @@ fn open_data(path: &Path, direct: bool) -> Result<File> {
     Ok(File::options().read(true).write(true).open(path)?)
 }
 
+/// Creates the data file and writes it whole with zeros. Only written extents are cheap to
+/// overwrite durably: a block fallocate'd but never written costs an extent conversion in the
+/// file system's journal on its first fdatasync, which made small durable writes several times
+/// slower.
 fn preallocate(path: &Path, bytes: u64) -> Result<()> {
-    use std::os::fd::AsRawFd;
-    let f = File::options()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .open(path)?;
-    // SAFETY: fallocate on a file descriptor we own.
-    let rc = unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, bytes as libc::off_t) };
-    if rc != 0 {
-        let e = std::io::Error::last_os_error();
-        if e.raw_os_error() != Some(libc::EOPNOTSUPP) {
-            return Err(e.into());
+    use std::io::Write;
+    const CHUNK: usize = 4 << 20;
+    let mut f = File::options().write(true).create_new(true).open(path)?;
+    let zeros = vec![0u8; CHUNK];
+    let mut written = 0u64;
+    let mut reported = 0u64;
+    while written < bytes {
+        let n = (bytes - written).min(CHUNK as u64) as usize;
+        f.write_all(&zeros[..n])?;
+        written += n as u64;
+        if written * 10 / bytes > reported {
+            reported = written * 10 / bytes;
+            tracing::info!(percent = reported * 10, "writing the data file");
         }
-        f.set_len(bytes)?;
     }
     f.sync_all()?;
+    if let Some(dir) = path.parent() {
+        File::open(dir)?.sync_all()?;
+    }
     Ok(())
 }
 

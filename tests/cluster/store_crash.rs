@@ -147,3 +147,49 @@ fn acknowledged_transactions_survive_kill_9_io_uring() {
 fn acknowledged_transactions_survive_kill_9_threads() {
     crash_cycles("threads");
 }
+
+#[test]
+fn the_osd_tool_makes_checks_and_measures_a_store() {
+    let tmp = tempfile::Builder::new()
+        .prefix("cairn-osdtool-")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let dir = tmp.path().join("osd.0");
+    let osd = |args: &[&str]| {
+        Command::new(bin_dir().join("cairn-osd"))
+            .arg("--data")
+            .arg(&dir)
+            .args(args)
+            .output()
+            .expect("run cairn-osd")
+    };
+    let out = osd(&["mkfs", "--size", "64M"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !osd(&["mkfs", "--size", "64M"]).status.success(),
+        "mkfs twice"
+    );
+    let fsck = osd(&["fsck", "--deep"]);
+    assert!(
+        fsck.status.success(),
+        "{}",
+        String::from_utf8_lossy(&fsck.stderr)
+    );
+    let statfs: serde_json::Value = serde_json::from_slice(&osd(&["statfs"]).stdout).unwrap();
+    assert_eq!(statfs["total"], 64u64 << 20);
+    assert_eq!(statfs["used"], 0);
+    let bad = osd(&["mkfs", "--size", "lots"]);
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("invalid size"));
+    let threads = osd(&["--io-backend", "threads", "fsck"]);
+    assert!(threads.status.success());
+    assert!(String::from_utf8_lossy(&threads.stderr).contains("pread/pwrite threads"));
+    let missing = Command::new(bin_dir().join("cairn-osd"))
+        .args(["--data", "/nonexistent/osd", "fsck"])
+        .output()
+        .unwrap();
+    assert!(!missing.status.success());
+}
