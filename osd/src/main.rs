@@ -45,8 +45,12 @@ enum Cmd {
     Torture {
         #[arg(long)]
         seed: u64,
+        /// Transactions per thread.
         #[arg(long, default_value_t = 1_000_000)]
         count: u64,
+        /// Threads, each on its own objects.
+        #[arg(long, default_value_t = 1)]
+        threads: u32,
     },
 }
 
@@ -133,9 +137,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let store = ObjectStore::open(&dir, &config)?;
             println!("{}", serde_json::to_string(&store.statfs())?);
         }
-        Cmd::Torture { seed, count } => {
+        Cmd::Torture {
+            seed,
+            count,
+            threads,
+        } => {
             let store = ObjectStore::open(&dir, &config)?;
-            cairn_osd::torture::run_worker(&store, seed, count)?;
+            cairn_osd::torture::run_worker(&store, seed, count, threads)?;
         }
     }
     Ok(())

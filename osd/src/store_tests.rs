@@ -187,7 +187,7 @@ fn space_returns(backend: BackendChoice) {
     let empty = s.statfs().used;
     let mut gen = Gen::new(3);
     for _ in 0..200 {
-        let _ = s.apply(&to_transaction(&gen.transaction()));
+        let _ = s.apply(&to_transaction(&gen.transaction(), 0));
     }
     let mut t = Transaction::new();
     for name in s.list(COLLECTION, None, usize::MAX).unwrap().0 {
@@ -205,7 +205,7 @@ fn against_model(backend: BackendChoice, seed: u64, txns: usize) {
     model.collections.insert(COLLECTION.into());
     let mut gen = Gen::new(seed);
     for i in 0..txns {
-        let txn = to_transaction(&gen.transaction());
+        let txn = to_transaction(&gen.transaction(), 0);
         let expect = model.apply(&txn);
         let got = s.apply(&txn);
         assert_eq!(

@@ -83,14 +83,15 @@ pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
     out
 }
 
-pub fn object_name(obj: u8) -> String {
-    format!("obj{obj}")
+/// Object `obj` of a worker thread's namespace (threads never share objects).
+pub fn object_name(thread: u32, obj: u8) -> String {
+    format!("t{thread}-obj{obj}")
 }
 
 impl TortureOp {
-    pub fn to_op(&self) -> Op {
+    pub fn to_op(&self, thread: u32) -> Op {
         let c = COLLECTION.to_string();
-        let n = object_name;
+        let n = |obj: u8| object_name(thread, obj);
         match *self {
             TortureOp::Write {
                 obj,
@@ -156,9 +157,9 @@ impl TortureOp {
     }
 }
 
-pub fn to_transaction(ops: &[TortureOp]) -> Transaction {
+pub fn to_transaction(ops: &[TortureOp], thread: u32) -> Transaction {
     Transaction {
-        ops: ops.iter().map(TortureOp::to_op).collect(),
+        ops: ops.iter().map(|op| op.to_op(thread)).collect(),
     }
 }
 
@@ -405,25 +406,45 @@ pub fn snapshot(store: &crate::ObjectStore) -> crate::error::Result<Model> {
     Ok(m)
 }
 
-/// The torture worker: applies `count` generated transactions to the store, printing
-/// `begin <json>` before and `ack` or `fail <why>` after each, flushed, so a killer knows what
-/// was acknowledged.
-pub fn run_worker(store: &crate::ObjectStore, seed: u64, count: u64) -> anyhow::Result<()> {
-    use std::io::Write;
-    let mut out = std::io::stdout().lock();
+/// The torture worker: `threads` threads, each on its own objects, apply generated
+/// transactions concurrently (so commits share fdatasyncs), printing `begin T <json>` before and
+/// `ack T` or `fail T <why>` after each, flushed, so a killer knows what was acknowledged.
+pub fn run_worker(
+    store: &crate::ObjectStore,
+    seed: u64,
+    count: u64,
+    threads: u32,
+) -> anyhow::Result<()> {
     if !store.list_collections()?.iter().any(|c| c == COLLECTION) {
         anyhow::bail!("the store has no collection {COLLECTION:?}: create it before torturing");
     }
-    let mut gen = Gen::new(seed);
-    for _ in 0..count {
-        let ops = gen.transaction();
-        writeln!(out, "begin {}", serde_json::to_string(&ops)?)?;
-        out.flush()?;
-        match store.apply(&to_transaction(&ops)) {
-            Ok(()) => writeln!(out, "ack")?,
-            Err(e) => writeln!(out, "fail {e}")?,
+    let say = |line: String| -> std::io::Result<()> {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{line}")?;
+        out.flush()
+    };
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads.max(1))
+            .map(|t| {
+                scope.spawn(move || -> anyhow::Result<()> {
+                    let mut gen = Gen::new(seed.wrapping_add(t as u64));
+                    for _ in 0..count {
+                        let ops = gen.transaction();
+                        say(format!("begin {t} {}", serde_json::to_string(&ops)?))?;
+                        match store.apply(&to_transaction(&ops, t)) {
+                            Ok(()) => say(format!("ack {t}"))?,
+                            Err(e) => say(format!("fail {t} {e}"))?,
+                        }
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        for w in workers {
+            w.join()
+                .map_err(|_| anyhow::anyhow!("a worker thread panicked"))??;
         }
-        out.flush()?;
-    }
-    Ok(())
+        Ok(())
+    })
 }

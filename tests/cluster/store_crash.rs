@@ -1,6 +1,7 @@
-//! Crash consistency of the object store: a worker process applies random transactions and is
-//! killed with SIGKILL at random moments, many times, on the same store. After each kill every
-//! acknowledged transaction must be there, the one in flight must be all or nothing, deep fsck
+//! Crash consistency of the object store: a worker process applies random transactions from
+//! several threads at once (each on its own objects, so commits share fdatasyncs) and is killed
+//! with SIGKILL at random moments, many times, on the same store. After each kill every
+//! acknowledged transaction must be there, each one in flight must be all or nothing, deep fsck
 //! must be clean and no space may leak.
 
 use std::io::{BufRead, BufReader};
@@ -18,14 +19,15 @@ use cairn_tests::{bin_dir, seed};
 /// Kill cycles in CI; `CAIRN_CRASH_CYCLES` raises it.
 const CYCLES_DEFAULT: u64 = 25;
 
-/// Runs the worker until killed after `run_for`; returns the transactions it began and whether
-/// each was acknowledged (`None`: in flight when killed).
-fn run_and_kill(
-    dir: &Path,
-    backend: &str,
-    seed: u64,
-    run_for: Duration,
-) -> Vec<(Vec<TortureOp>, Option<bool>)> {
+/// Worker threads committing concurrently.
+const THREADS: u32 = 4;
+
+/// One worker thread's transactions and whether each was acknowledged (`None`: in flight
+/// when killed).
+type ThreadLog = Vec<(Vec<TortureOp>, Option<bool>)>;
+
+/// Runs the worker until killed after `run_for`; returns each thread's log.
+fn run_and_kill(dir: &Path, backend: &str, seed: u64, run_for: Duration) -> Vec<ThreadLog> {
     let mut child = Command::new(bin_dir().join("cairn-osd"))
         .arg("--data")
         .arg(dir)
@@ -35,6 +37,8 @@ fn run_and_kill(
             "torture",
             "--seed",
             &seed.to_string(),
+            "--threads",
+            &THREADS.to_string(),
         ])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -42,16 +46,31 @@ fn run_and_kill(
         .expect("start the worker");
     let stdout = child.stdout.take().expect("stdout");
     let reader = std::thread::spawn(move || {
-        let mut log: Vec<(Vec<TortureOp>, Option<bool>)> = Vec::new();
+        let mut logs: Vec<ThreadLog> = vec![Vec::new(); THREADS as usize];
         for line in BufReader::new(stdout).lines() {
             let Ok(line) = line else { break };
-            if let Some(json) = line.strip_prefix("begin ") {
-                log.push((serde_json::from_str(json).expect("begin line"), None));
-            } else if let Some(last) = log.last_mut() {
-                last.1 = Some(line == "ack");
+            let mut words = line.splitn(3, ' ');
+            let (verb, thread) = (
+                words.next().unwrap_or(""),
+                words.next().and_then(|t| t.parse::<usize>().ok()),
+            );
+            let Some(log) = thread.and_then(|t| logs.get_mut(t)) else {
+                continue;
+            };
+            match verb {
+                "begin" => log.push((
+                    serde_json::from_str(words.next().unwrap_or("")).expect("begin line"),
+                    None,
+                )),
+                "ack" | "fail" => {
+                    if let Some(last) = log.last_mut() {
+                        last.1 = Some(verb == "ack");
+                    }
+                }
+                _ => {}
             }
         }
-        log
+        logs
     });
     std::thread::sleep(run_for);
     // SAFETY: signals the child this test started.
@@ -86,36 +105,46 @@ fn crash_cycles(backend: &str) {
     let started = Instant::now();
     for cycle in 0..cycles {
         let run_for = Duration::from_millis(rng.gen_range(50..600));
-        let log = run_and_kill(&dir, backend, seed.wrapping_add(cycle), run_for);
-        let mut in_flight = None;
-        for (ops, outcome) in log {
-            let txn = to_transaction(&ops);
-            match outcome {
-                Some(acked) => {
-                    let applied = model.apply(&txn);
-                    assert_eq!(
-                        applied.is_ok(),
-                        acked,
-                        "seed {seed} cycle {cycle}: the model disagrees on {ops:?}"
-                    );
-                    acked_total += usize::from(acked);
+        let logs = run_and_kill(
+            &dir,
+            backend,
+            seed.wrapping_add(cycle * THREADS as u64),
+            run_for,
+        );
+        let mut in_flight = Vec::new();
+        for (thread, log) in logs.into_iter().enumerate() {
+            for (ops, outcome) in log {
+                let txn = to_transaction(&ops, thread as u32);
+                match outcome {
+                    Some(acked) => {
+                        let applied = model.apply(&txn);
+                        assert_eq!(
+                            applied.is_ok(),
+                            acked,
+                            "seed {seed} cycle {cycle}: the model disagrees on {ops:?}"
+                        );
+                        acked_total += usize::from(acked);
+                    }
+                    None => in_flight.push(txn),
                 }
-                None => in_flight = Some(txn),
             }
         }
         let store = ObjectStore::open(&dir, &config).unwrap();
         let found = snapshot(&store).unwrap();
-        if found != model {
-            // The transaction in flight may have committed: then all of it must be there.
-            let with = in_flight.as_ref().map(|t: &Transaction| {
-                let mut m = model.clone();
-                m.apply(t).map(|_| m)
-            });
-            match with {
-                Some(Ok(m)) if m == found => model = m,
-                _ => panic!("seed {seed} cycle {cycle}: the store holds neither the acknowledged state nor it plus the transaction in flight"),
+        // Each transaction in flight may have committed, wholly: one subset of them must explain
+        // what the store holds (threads touch disjoint objects, so order does not matter).
+        let explained = (0u32..1 << in_flight.len()).find_map(|mask| {
+            let mut m = model.clone();
+            for (i, t) in in_flight.iter().enumerate() {
+                if mask & (1 << i) != 0 && m.apply(t).is_err() {
+                    return None;
+                }
             }
-        }
+            (m == found).then_some(m)
+        });
+        model = explained.unwrap_or_else(|| {
+            panic!("seed {seed} cycle {cycle}: the store holds neither the acknowledged state nor it plus some of the {} transactions in flight", in_flight.len())
+        });
         let report = store.fsck(true).unwrap();
         assert!(report.is_clean(), "seed {seed} cycle {cycle}: {report:?}");
         assert_eq!(store.statfs().used, report.used_blocks * 4096);
