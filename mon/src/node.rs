@@ -152,17 +152,7 @@ impl MonNode {
             }
             Forwarded::AuthGetKey { entity: target } => {
                 self.read_barrier().await?;
-                let found = self.shared.read(|a| {
-                    let key = a.state.secrets.get(target).cloned();
-                    let caps = a
-                        .state
-                        .maps
-                        .auth
-                        .entities
-                        .get(target)
-                        .map(|e| e.caps.clone());
-                    key.zip(caps)
-                });
+                let found = self.shared.read(|a| a.state.key_and_caps(target));
                 match found {
                     Some((key, caps)) => Ok(json!({ "entity": target, "key": key, "caps": caps })),
                     None => Err(Attempt::Fail(Status::not_found(format!(
@@ -216,17 +206,7 @@ impl MonNode {
         client_nonce: &[u8],
         proof: &[u8],
     ) -> Result<Value, Status> {
-        let found = self.shared.read(|a| {
-            let key = a.state.secrets.get(entity).cloned();
-            let caps = a
-                .state
-                .maps
-                .auth
-                .entities
-                .get(entity)
-                .map(|e| e.caps.clone());
-            key.zip(caps)
-        });
+        let found = self.shared.read(|a| a.state.key_and_caps(entity));
         let bad = || {
             metrics::counter!("cairn_mon_auth_failures_total").increment(1);
             tracing::warn!(%entity, "authentication failed: unknown entity or wrong key");

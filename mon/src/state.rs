@@ -37,6 +37,13 @@ impl ClusterState {
         self.maps.fsid.is_some()
     }
 
+    /// An entity's secret key and caps, if it exists.
+    pub fn key_and_caps(&self, entity: &str) -> Option<(SecretKey, BTreeMap<String, String>)> {
+        let key = self.secrets.get(entity)?.clone();
+        let caps = self.maps.auth.entities.get(entity)?.caps.clone();
+        Some((key, caps))
+    }
+
     /// The outcome of a request already applied, if it is still remembered.
     pub fn cached_outcome(&self, id: &RequestId) -> Option<&CommandOutcome> {
         self.sessions.get(&id.client)?.outcomes.get(&id.seq)

@@ -163,6 +163,14 @@ fn submit_and_wait(tx: &Sender<Request>, ops: Vec<IoOp>) -> io::Result<Vec<Align
 
 type Request = (Vec<IoOp>, SyncSender<io::Result<Vec<AlignedBuf>>>);
 
+/// The engine's request channel, unless it has been shut down.
+fn sender<T>(slot: &Mutex<Option<Sender<T>>>) -> io::Result<Sender<T>> {
+    slot.lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone()
+        .ok_or_else(|| io::Error::other("the I/O engine has stopped"))
+}
+
 /// io_uring: one thread owns the ring, keeps up to `queue_depth` I/Os of any number of batches
 /// in flight, and completes batches as their last I/O finishes.
 pub struct UringBackend {
@@ -332,12 +340,7 @@ impl Backend for UringBackend {
                 "batch too large",
             ));
         }
-        let tx = self
-            .tx
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-            .ok_or_else(|| io::Error::other("the I/O engine has stopped"))?;
+        let tx = sender(&self.tx)?;
         submit_and_wait(&tx, ops)
     }
 }
@@ -430,12 +433,7 @@ impl Backend for ThreadBackend {
         if ops.is_empty() {
             return Ok(Vec::new());
         }
-        let tx = self
-            .tx
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-            .ok_or_else(|| io::Error::other("the I/O engine has stopped"))?;
+        let tx = sender(&self.tx)?;
         let n = ops.len();
         let (reply_tx, reply_rx) = sync_channel(1);
         let batch = Arc::new(Mutex::new(Batch::new(ops, reply_tx)));
