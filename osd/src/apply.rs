@@ -39,10 +39,15 @@ pub struct Plan<'a> {
     collections: BTreeMap<String, bool>,
     /// Data to write before commit: first physical block → whole blocks.
     pub pending: HashMap<u64, AlignedBuf>,
+    /// Small overwrites of committed blocks, rewritten in place after the commit: physical
+    /// block → its new content. Their durable copy until then is a record in the RocksDB batch.
+    pub deferred: BTreeMap<u64, AlignedBuf>,
     /// Blocks taken by this transaction (released if it fails).
     pub allocated: Vec<Run>,
     /// Blocks no longer referenced once it commits (released after the commit).
     pub freed: Vec<Run>,
+    /// Whether the batch committed (set by the store).
+    pub committed: bool,
 }
 
 impl<'a> Plan<'a> {
@@ -53,8 +58,10 @@ impl<'a> Plan<'a> {
             omaps: BTreeMap::new(),
             collections: BTreeMap::new(),
             pending: HashMap::new(),
+            deferred: BTreeMap::new(),
             allocated: Vec::new(),
             freed: Vec::new(),
+            committed: false,
         }
     }
 
@@ -202,6 +209,14 @@ impl<'a> Plan<'a> {
     /// Marks physical runs unreferenced; data not yet written for them is dropped.
     fn release_blocks(&mut self, runs: Vec<Run>) {
         for r in &runs {
+            let gone: Vec<u64> = self
+                .deferred
+                .range(r.start..r.start + r.len)
+                .map(|(p, _)| *p)
+                .collect();
+            for p in gone {
+                self.deferred.remove(&p);
+            }
             if let Some(buf) = self.pending.get(&r.start) {
                 if buf.len() as u64 == r.len * B {
                     self.pending.remove(&r.start);
@@ -218,6 +233,9 @@ impl<'a> Plan<'a> {
         let Some(Piece::Data(e)) = piece else {
             return Ok(vec![0u8; BLOCK_BYTES]);
         };
+        if let Some(buf) = self.deferred.get(&e.pblock) {
+            return Ok(buf.to_vec());
+        }
         for (start, buf) in &self.pending {
             let len = buf.len() as u64 / B;
             if e.pblock >= *start && e.pblock < start + len {
@@ -296,9 +314,54 @@ impl<'a> Plan<'a> {
         }
         let at = (offset - b0 * B) as usize;
         buf[at..at + data.len()].copy_from_slice(data);
-        self.place(coll, oid, b0, buf)?;
+        match self.deferrable(coll, oid, b0, b1, data.len())? {
+            Some(pblocks) => self.defer(coll, oid, b0, &pblocks, &buf)?,
+            None => self.place(coll, oid, b0, buf)?,
+        }
         let o = self.existing(coll, oid)?;
         o.size = o.size.max(end);
+        Ok(())
+    }
+
+    /// The physical blocks of `[b0, b1)` if a write there may go in place: small, and every
+    /// block mapped to committed space (not to blocks this transaction allocated).
+    fn deferrable(
+        &mut self,
+        coll: &str,
+        oid: &str,
+        b0: u64,
+        b1: u64,
+        len: usize,
+    ) -> Result<Option<Vec<u64>>> {
+        if len as u64 > crate::DEFERRED_WRITE_BYTES_MAX {
+            return Ok(None);
+        }
+        let pieces = self.existing(coll, oid)?.extents.pieces(b0, b1);
+        let mut pblocks = Vec::new();
+        for p in pieces {
+            let Piece::Data(e) = p else { return Ok(None) };
+            pblocks.extend(e.pblock..e.pblock + e.len());
+        }
+        let fresh = pblocks.iter().any(|p| {
+            self.allocated
+                .iter()
+                .any(|r| *p >= r.start && *p < r.start + r.len)
+        });
+        Ok((!fresh).then_some(pblocks))
+    }
+
+    /// Rewrites mapped blocks in place (after the commit): new checksums now, the data kept
+    /// in the plan and, durably, in the batch until it is on disk.
+    fn defer(&mut self, coll: &str, oid: &str, b0: u64, pblocks: &[u64], buf: &[u8]) -> Result<()> {
+        for (i, p) in pblocks.iter().enumerate() {
+            let block = &buf[i * BLOCK_BYTES..(i + 1) * BLOCK_BYTES];
+            let mut one = AlignedBuf::zeroed(BLOCK_BYTES);
+            one.copy_from_slice(block);
+            self.existing(coll, oid)?
+                .extents
+                .set_csum(b0 + i as u64, crc32c::crc32c(block));
+            self.deferred.insert(*p, one);
+        }
         Ok(())
     }
 
@@ -448,9 +511,20 @@ impl<'a> Plan<'a> {
         self.onodes.iter()
     }
 
-    /// The metadata changes as one RocksDB batch.
-    pub fn batch(&self) -> Result<WriteBatch> {
+    /// The metadata changes as one RocksDB batch, with a record per deferred block (keys from
+    /// `next_record` up); returns the batch and the record keys.
+    pub fn batch(
+        &self,
+        next_record: &std::sync::atomic::AtomicU64,
+    ) -> Result<(WriteBatch, Vec<Vec<u8>>)> {
         let mut batch = WriteBatch::default();
+        let mut records = Vec::new();
+        for (pblock, data) in &self.deferred {
+            let seq = next_record.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let key = deferred_key(seq);
+            batch.put(&key, encode_deferred(*pblock, data));
+            records.push(key);
+        }
         for (coll, exists) in &self.collections {
             if *exists {
                 batch.put(collection_key(coll), b"");
@@ -476,7 +550,7 @@ impl<'a> Plan<'a> {
                 }
             }
         }
-        Ok(batch)
+        Ok((batch, records))
     }
 }
 

@@ -101,6 +101,17 @@ impl ExtentMap {
         freed
     }
 
+    /// Replaces the checksum of one mapped logical block (its data is rewritten in place).
+    pub fn set_csum(&mut self, lblock: u64, csum: u32) -> bool {
+        match self.map.range_mut(..=lblock).next_back() {
+            Some((_, e)) if e.end() > lblock => {
+                e.csums[(lblock - e.lblock) as usize] = csum;
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Maps an extent; its logical range must be unmapped (punch first).
     pub fn insert(&mut self, e: Extent) {
         debug_assert!(self

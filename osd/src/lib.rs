@@ -25,6 +25,11 @@ pub const BLOCK_BYTES: usize = 4096;
 /// one io_uring operation can do (its length is 32 bits).
 pub const IO_BYTES_MAX: u64 = 64 << 20;
 
+/// Writes up to this size into blocks already holding data go in place through a RocksDB
+/// record (one sync) instead of copy-on-write (data sync, then RocksDB sync, and a
+/// fragmenting extent map).
+pub const DEFERRED_WRITE_BYTES_MAX: u64 = 64 << 10;
+
 pub use error::StoreError;
 pub use store::{ObjectStore, StoreConfig};
 pub use txn::{Op, Transaction};

@@ -15,6 +15,8 @@ use crate::error::{Result, StoreError};
 use crate::extents::{Extent, ExtentMap};
 
 pub const KEY_SUPERBLOCK: &[u8] = b"S";
+/// Prefix of deferred-write records: `D<seq, 8 bytes big-endian>` → pblock (8 bytes) ‖ block.
+pub const DEFERRED_PREFIX: &[u8] = b"D";
 /// Longest collection or object name.
 pub const NAME_BYTES_MAX: usize = 4096;
 
@@ -146,6 +148,23 @@ pub fn omap_prefix(coll: &str, oid: &str) -> Vec<u8> {
 
 pub fn omap_key(coll: &str, oid: &str, key: &[u8]) -> Vec<u8> {
     [omap_prefix(coll, oid).as_slice(), key].concat()
+}
+
+pub fn deferred_key(seq: u64) -> Vec<u8> {
+    [DEFERRED_PREFIX, &seq.to_be_bytes()].concat()
+}
+
+pub fn encode_deferred(pblock: u64, data: &[u8]) -> Vec<u8> {
+    [&pblock.to_be_bytes()[..], data].concat()
+}
+
+/// A deferred record's physical block and data, if well formed.
+pub fn decode_deferred(value: &[u8]) -> Option<(u64, &[u8])> {
+    if value.len() != 8 + crate::BLOCK_BYTES {
+        return None;
+    }
+    let (p, data) = value.split_at(8);
+    Some((u64::from_be_bytes(p.try_into().ok()?), data))
 }
 
 /// The smallest key greater than every key starting with `prefix`.

@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Condvar, Mutex};
 
 use rocksdb::{BlockBasedOptions, Cache, Direction, IteratorMode, Options, WriteOptions, DB};
@@ -156,6 +157,12 @@ impl OnodeCache {
 }
 
 pub struct ObjectStore {
+    /// Key sequence of deferred-write records.
+    next_record: AtomicU64,
+    /// Records whose blocks were rewritten in place but not yet fdatasync'd: deleted in bulk
+    /// after a sync, and always before any block is freed (so replay never writes a block that
+    /// another object may own by then).
+    retire: Mutex<Vec<Vec<u8>>>,
     /// Set when a commit's outcome is unknown (a failed RocksDB write): the store refuses
     /// further transactions until remounted, since its allocator may no longer be right.
     poisoned: Mutex<Option<String>>,
@@ -184,6 +191,52 @@ fn db_options(config: &StoreConfig, create: bool) -> Options {
     table.set_pin_l0_filter_and_index_blocks_in_cache(true);
     opts.set_block_based_table_factory(&table);
     opts
+}
+
+/// Retired records deleted at once at most (bounds memory and replay at mount).
+const RETIRE_BATCH: usize = 4096;
+
+/// Replays deferred-write records left by a crash: writes each block (the last record of a
+/// block wins), syncs, deletes the records. Returns the next record sequence number.
+fn replay_deferred(db: &DB, io: &dyn Backend, total_blocks: u64) -> Result<u64> {
+    let mut blocks: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
+    let mut next = 0u64;
+    for item in db.prefix_iterator(DEFERRED_PREFIX) {
+        let (k, v) = item?;
+        if !k.starts_with(DEFERRED_PREFIX) {
+            break;
+        }
+        let seq = k[1..]
+            .try_into()
+            .map(u64::from_be_bytes)
+            .map_err(|_| StoreError::Corrupt("malformed deferred-write key".into()))?;
+        let (pblock, data) = decode_deferred(&v)
+            .filter(|(p, _)| *p < total_blocks)
+            .ok_or_else(|| StoreError::Corrupt(format!("malformed deferred-write record {seq}")))?;
+        blocks.insert(pblock, data.to_vec());
+        next = seq + 1;
+    }
+    if blocks.is_empty() {
+        return Ok(next);
+    }
+    tracing::info!(blocks = blocks.len(), "replaying deferred writes");
+    let writes = blocks
+        .into_iter()
+        .map(|(pblock, data)| {
+            let mut buf = AlignedBuf::zeroed(BLOCK_BYTES);
+            buf.copy_from_slice(&data);
+            IoOp::Write {
+                buf,
+                offset: pblock * BLOCK_BYTES as u64,
+            }
+        })
+        .collect();
+    io.run(writes)?;
+    io.run(vec![IoOp::Sync])?;
+    let mut batch = rocksdb::WriteBatch::default();
+    batch.delete_range(DEFERRED_PREFIX, &prefix_end(DEFERRED_PREFIX)[..]);
+    db.write_opt(batch, &sync_write())?;
+    Ok(next)
 }
 
 fn sync_write() -> WriteOptions {
@@ -284,7 +337,10 @@ impl ObjectStore {
             free_blocks = alloc.free_blocks(),
             "object store mounted"
         );
+        let next_record = replay_deferred(&db, &*io, sb.total_blocks)?;
         Ok(ObjectStore {
+            next_record: AtomicU64::new(next_record),
+            retire: Mutex::new(Vec::new()),
             poisoned: Mutex::new(None),
             dir: dir.to_path_buf(),
             cache: OnodeCache {
@@ -327,20 +383,61 @@ impl ObjectStore {
         let _locks = self.locks.lock(lock_keys(txn));
         let mut plan = Plan::new(self);
         let result = self.plan_and_commit(&mut plan, txn);
-        let release = match &result {
-            Ok(()) => std::mem::take(&mut plan.freed),
-            // The batch may have reached the WAL: its blocks may be referenced after a restart.
-            Err(StoreError::Db(e)) => {
-                *self.poisoned.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
-                Vec::new()
+        if plan.committed {
+            let freed = std::mem::take(&mut plan.freed);
+            let retired = if freed.is_empty() && self.retire_len() < RETIRE_BATCH {
+                Ok(())
+            } else {
+                self.retire_deferred()
+            };
+            match retired {
+                Ok(()) => {
+                    let mut alloc = self.allocator();
+                    for run in freed {
+                        alloc.release(run);
+                    }
+                }
+                // Keep the freed blocks out of use: a record may still point at them.
+                Err(e) => self.poison(&e.to_string()),
             }
-            Err(_) => std::mem::take(&mut plan.allocated),
-        };
-        let mut alloc = self.allocator();
-        for run in release {
-            alloc.release(run);
+        } else if let Err(StoreError::Db(e)) = &result {
+            // The batch may have reached the WAL: its blocks may be referenced after a restart.
+            self.poison(e.as_ref());
+        } else {
+            let mut alloc = self.allocator();
+            for run in std::mem::take(&mut plan.allocated) {
+                alloc.release(run);
+            }
         }
         result
+    }
+
+    fn poison(&self, why: &str) {
+        tracing::error!(%why, "the object store stops taking writes until remounted");
+        self.poisoned
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_or_insert_with(|| why.to_string());
+    }
+
+    fn retire_len(&self) -> usize {
+        self.retire.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Makes the in-place writes of retired records durable, then deletes the records. The
+    /// delete needs no sync: any later synchronous batch (one reusing a freed block) carries it.
+    fn retire_deferred(&self) -> Result<()> {
+        let keys = std::mem::take(&mut *self.retire.lock().unwrap_or_else(|p| p.into_inner()));
+        if keys.is_empty() {
+            return Ok(());
+        }
+        self.sync.sync(&*self.io)?;
+        let mut batch = rocksdb::WriteBatch::default();
+        for k in keys {
+            batch.delete(k);
+        }
+        self.db.write(batch)?;
+        Ok(())
     }
 
     fn plan_and_commit(&self, plan: &mut Plan, txn: &Transaction) -> Result<()> {
@@ -358,10 +455,29 @@ impl ObjectStore {
             self.io.run(writes)?;
             self.sync.sync(&*self.io)?;
         }
-        let batch = plan.batch()?;
+        let (batch, records) = plan.batch(&self.next_record)?;
         self.db.write_opt(batch, &sync_write())?;
+        plan.committed = true;
         for ((coll, oid), onode) in plan.onodes() {
             self.cache.put(coll, oid, onode.clone().map(Arc::new));
+        }
+        if !plan.deferred.is_empty() {
+            let writes = std::mem::take(&mut plan.deferred)
+                .into_iter()
+                .map(|(pblock, buf)| IoOp::Write {
+                    buf,
+                    offset: pblock * BLOCK_BYTES as u64,
+                })
+                .collect();
+            // Committed either way: the records replay at the next mount if this fails.
+            if let Err(e) = self.io.run(writes) {
+                self.poison(&format!("a deferred in-place write failed: {e}"));
+                return Ok(());
+            }
+            self.retire
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend(records);
         }
         Ok(())
     }
