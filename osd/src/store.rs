@@ -163,6 +163,9 @@ pub struct ObjectStore {
     /// after a sync, and always before any block is freed (so replay never writes a block that
     /// another object may own by then).
     retire: Mutex<Vec<Vec<u8>>>,
+    /// Held across a whole retirement (take, sync, delete): a transaction about to free blocks
+    /// waits for any retirement under way, not only for the list to be empty.
+    retiring: Mutex<()>,
     /// Set when a commit's outcome is unknown (a failed RocksDB write): the store refuses
     /// further transactions until remounted, since its allocator may no longer be right.
     poisoned: Mutex<Option<String>>,
@@ -196,10 +199,10 @@ fn db_options(config: &StoreConfig, create: bool) -> Options {
 /// Retired records deleted at once at most (bounds memory and replay at mount).
 const RETIRE_BATCH: usize = 4096;
 
-/// Replays deferred-write records left by a crash: writes each block (the last record of a
-/// block wins), syncs, deletes the records. Returns the next record sequence number.
-fn replay_deferred(db: &DB, io: &dyn Backend, total_blocks: u64) -> Result<u64> {
-    let mut blocks: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
+/// Deferred-write records left from the last run: the last one of each block (records of a
+/// block are written in sequence order), and the next sequence number.
+fn deferred_records(db: &DB, total_blocks: u64) -> Result<(BTreeMap<u64, Vec<u8>>, u64)> {
+    let mut blocks = BTreeMap::new();
     let mut next = 0u64;
     for item in db.prefix_iterator(DEFERRED_PREFIX) {
         let (k, v) = item?;
@@ -216,12 +219,25 @@ fn replay_deferred(db: &DB, io: &dyn Backend, total_blocks: u64) -> Result<u64> 
         blocks.insert(pblock, data.to_vec());
         next = seq + 1;
     }
-    if blocks.is_empty() {
-        return Ok(next);
+    Ok((blocks, next))
+}
+
+/// Replays deferred writes left by a crash, then deletes the records. A record is written only
+/// if its data matches the checksum the metadata holds for that block now, so a replay can
+/// never overwrite a block another object owns, whatever happened before the crash.
+fn replay_deferred(
+    db: &DB,
+    io: &dyn Backend,
+    records: BTreeMap<u64, Vec<u8>>,
+    expected: &HashMap<u64, u32>,
+) -> Result<()> {
+    if records.is_empty() {
+        return Ok(());
     }
-    tracing::info!(blocks = blocks.len(), "replaying deferred writes");
-    let writes = blocks
+    let total = records.len();
+    let writes: Vec<IoOp> = records
         .into_iter()
+        .filter(|(pblock, data)| expected.get(pblock) == Some(&crc32c::crc32c(data)))
         .map(|(pblock, data)| {
             let mut buf = AlignedBuf::zeroed(BLOCK_BYTES);
             buf.copy_from_slice(&data);
@@ -231,12 +247,17 @@ fn replay_deferred(db: &DB, io: &dyn Backend, total_blocks: u64) -> Result<u64> 
             }
         })
         .collect();
+    tracing::info!(
+        records = total,
+        replayed = writes.len(),
+        "replaying deferred writes"
+    );
     io.run(writes)?;
     io.run(vec![IoOp::Sync])?;
     let mut batch = rocksdb::WriteBatch::default();
     batch.delete_range(DEFERRED_PREFIX, &prefix_end(DEFERRED_PREFIX)[..]);
     db.write_opt(batch, &sync_write())?;
-    Ok(next)
+    Ok(())
 }
 
 fn sync_write() -> WriteOptions {
@@ -321,13 +342,22 @@ impl ObjectStore {
             config.uring_queue_depth,
             config.io_threads,
         )?;
+        let (records, next_record) = deferred_records(&db, sb.total_blocks)?;
+        // Checksums the metadata expects for the blocks the records name.
+        let mut expected: HashMap<u64, u32> = HashMap::new();
         let mut used = Vec::new();
         for item in db.prefix_iterator(b"O") {
             let (k, v) = item?;
             if !k.starts_with(b"O") {
                 break;
             }
-            used.extend(Onode::decode(&v, sb.total_blocks)?.extents.used_runs());
+            let onode = Onode::decode(&v, sb.total_blocks)?;
+            for e in onode.extents.iter() {
+                for (p, _) in records.range(e.pblock..e.pblock + e.len()) {
+                    expected.insert(*p, e.csums[(p - e.pblock) as usize]);
+                }
+            }
+            used.extend(onode.extents.used_runs());
         }
         let alloc = Allocator::rebuild(sb.total_blocks, used).map_err(StoreError::Corrupt)?;
         tracing::info!(
@@ -337,10 +367,11 @@ impl ObjectStore {
             free_blocks = alloc.free_blocks(),
             "object store mounted"
         );
-        let next_record = replay_deferred(&db, &*io, sb.total_blocks)?;
+        replay_deferred(&db, &*io, records, &expected)?;
         Ok(ObjectStore {
             next_record: AtomicU64::new(next_record),
             retire: Mutex::new(Vec::new()),
+            retiring: Mutex::new(()),
             poisoned: Mutex::new(None),
             dir: dir.to_path_buf(),
             cache: OnodeCache {
@@ -370,21 +401,18 @@ impl ObjectStore {
 
     /// Applies a transaction atomically; when it returns Ok, it is durable.
     pub fn apply(&self, txn: &Transaction) -> Result<()> {
-        if let Some(why) = self
-            .poisoned
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-        {
-            return Err(StoreError::Corrupt(format!(
-                "the store stopped taking writes after a failed commit ({why}); remount it"
-            )));
-        }
+        self.refuse_if_poisoned()?;
         let _locks = self.locks.lock(lock_keys(txn));
+        // Again under the locks: a transaction that waited for them may find the store stopped.
+        self.refuse_if_poisoned()?;
         let mut plan = Plan::new(self);
         let result = self.plan_and_commit(&mut plan, txn);
         if plan.committed {
             let freed = std::mem::take(&mut plan.freed);
+            if self.refuse_if_poisoned().is_err() {
+                // A record that could not be retired may still point at these blocks.
+                return result;
+            }
             let retired = if freed.is_empty() && self.retire_len() < RETIRE_BATCH {
                 Ok(())
             } else {
@@ -412,6 +440,20 @@ impl ObjectStore {
         result
     }
 
+    fn refuse_if_poisoned(&self) -> Result<()> {
+        match self
+            .poisoned
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
+            Some(why) => Err(StoreError::Corrupt(format!(
+                "the store stopped taking writes after a failed commit ({why}); remount it"
+            ))),
+            None => Ok(()),
+        }
+    }
+
     fn poison(&self, why: &str) {
         tracing::error!(%why, "the object store stops taking writes until remounted");
         self.poisoned
@@ -427,6 +469,7 @@ impl ObjectStore {
     /// Makes the in-place writes of retired records durable, then deletes the records. The
     /// delete needs no sync: any later synchronous batch (one reusing a freed block) carries it.
     fn retire_deferred(&self) -> Result<()> {
+        let _whole = self.retiring.lock().unwrap_or_else(|p| p.into_inner());
         let keys = std::mem::take(&mut *self.retire.lock().unwrap_or_else(|p| p.into_inner()));
         if keys.is_empty() {
             return Ok(());
