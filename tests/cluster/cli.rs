@@ -33,14 +33,24 @@ fn fails(dir: &Path, args: &[&str]) -> String {
     String::from_utf8(out.stderr).unwrap()
 }
 
+/// Stops the dev cluster in a directory when dropped, so a failing test leaves no daemons.
+struct Down<'a>(&'a Path);
+
+impl Drop for Down<'_> {
+    fn drop(&mut self) {
+        let _ = cairn(self.0, &["dev", "down", "--dir", "."]);
+    }
+}
+
 #[test]
 fn dev_cluster_and_admin_commands_work_from_the_command_line() {
     let tmp = tempfile::tempdir().unwrap();
     let top = tmp.path();
+    let dir = top.join("c1");
+    let _down = Down(&dir);
     let up = ok(top, &["dev", "up", "--mons", "3", "--dir", "c1"]);
     assert!(up.contains("health: HEALTH_OK"), "{up}");
     assert!(up.contains("mon: 3 daemons, quorum a,b,c (leader "), "{up}");
-    let dir = top.join("c1");
     for mon in ["a", "b", "c"] {
         assert!(dir.join(format!("run/mon.{mon}.pid")).exists());
     }
@@ -112,7 +122,9 @@ fn dev_cluster_and_admin_commands_work_from_the_command_line() {
     );
     assert!(detail.contains("mon.c (127.0.0.1:"), "{detail}");
     ok(&dir, &["dev", "start", "mon", "c"]);
-    ok(&dir, &["dev", "up", "--dir", "c1"]);
+    // Inside the directory, `dev up` finds the cluster there and waits for it to be healthy.
+    ok(&dir, &["dev", "up"]);
+    assert!(!dir.join("cairn-dev").exists() && !dir.join("c1").exists());
 
     // Clear errors: wrong keyring, bad arguments, unknown daemons.
     std::fs::write(
