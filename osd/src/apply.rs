@@ -22,6 +22,7 @@ const B: u64 = BLOCK_BYTES as u64;
 pub const OBJECT_BYTES_MAX: u64 = 1 << 50;
 
 type ObjKey = (String, String);
+type Omap = BTreeMap<Vec<u8>, Vec<u8>>;
 
 /// Changes to one object's omap within the transaction.
 #[derive(Default, Clone)]
@@ -459,13 +460,20 @@ impl<'a> Plan<'a> {
         );
     }
 
-    fn clone_object(&mut self, coll: &str, src: &str, dst: &str) -> Result<()> {
-        if src == dst {
-            self.existing(coll, src)?;
-            return Ok(());
-        }
+    /// The source of a clone or rename as this plan has it (object and omap); `None` when
+    /// source and destination are the same object, which makes the op a no-op.
+    fn source(&mut self, coll: &str, src: &str, dst: &str) -> Result<Option<(Onode, Omap)>> {
         let source = self.existing(coll, src)?.clone();
-        let omap = self.effective_omap(coll, src)?;
+        if src == dst {
+            return Ok(None);
+        }
+        Ok(Some((source, self.effective_omap(coll, src)?)))
+    }
+
+    fn clone_object(&mut self, coll: &str, src: &str, dst: &str) -> Result<()> {
+        let Some((source, omap)) = self.source(coll, src, dst)? else {
+            return Ok(());
+        };
         let target = self.object_or_create(coll, dst)?;
         let old = target.extents.punch(0, target.extents.end());
         *target = Onode {
@@ -489,12 +497,9 @@ impl<'a> Plan<'a> {
     }
 
     fn rename(&mut self, coll: &str, src: &str, dst: &str) -> Result<()> {
-        if src == dst {
-            self.existing(coll, src)?;
+        let Some((source, omap)) = self.source(coll, src, dst)? else {
             return Ok(());
-        }
-        let source = self.existing(coll, src)?.clone();
-        let omap = self.effective_omap(coll, src)?;
+        };
         if let Some(old) = self.load(coll, dst)? {
             let runs = old.extents.used_runs().collect();
             self.release_blocks(runs);
