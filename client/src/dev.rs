@@ -2,7 +2,8 @@
 //! it, and so do the integration tests, so both exercise the same bring-up.
 //!
 //! Layout of a cluster directory:
-//! `cairn.toml`, `keyring`, `mon.NAME/` (stores), `log/TYPE.NAME.log`, `run/TYPE.NAME.pid`.
+//! `cairn.toml`, `keyring`, `mon.NAME/` and `osd.N/` (stores; an OSD's data file is
+//! `osd.N/block`), `log/TYPE.NAME.log`, `run/TYPE.NAME.pid`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::TcpListener;
@@ -24,28 +25,43 @@ pub const KEYRING_FILE: &str = "keyring";
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Kind {
     Mon,
+    Osd,
 }
 
 impl Kind {
     pub fn parse(s: &str) -> anyhow::Result<Kind> {
         match s {
             "mon" => Ok(Kind::Mon),
-            other => bail!("unknown daemon type {other:?}: expected mon"),
+            "osd" => Ok(Kind::Osd),
+            other => bail!("unknown daemon type {other:?}: expected mon or osd"),
         }
     }
 
     pub fn as_str(self) -> &'static str {
         match self {
             Kind::Mon => "mon",
+            Kind::Osd => "osd",
         }
     }
 
     fn binary(self) -> &'static str {
         match self {
             Kind::Mon => "cairn-mon",
+            Kind::Osd => "cairn-osd",
         }
     }
 }
+
+/// Caps of an OSD's entity: change the OSD map (boot, beacons) and talk to other OSDs.
+pub fn osd_caps() -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("mon".to_string(), "allow rw".to_string()),
+        ("osd".to_string(), "allow *".to_string()),
+    ])
+}
+
+/// Size of each dev OSD's data file unless `--osd-size` says otherwise.
+pub const DEV_OSD_BYTES: u64 = 1 << 30;
 
 /// Mon names in creation order: a, b, c, …
 pub fn mon_name(index: usize) -> String {
@@ -69,10 +85,12 @@ pub fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
         .collect())
 }
 
-/// Writes a new cluster's config and keyring: fsid, initial mons, `client.admin` and `mon.`.
+/// Writes a new cluster's config and keyring: fsid, initial mons, `client.admin`, `mon.` and
+/// the keys of OSDs `0..osds`.
 pub fn bootstrap_files(
     dir: &Path,
     mons: Vec<MonEndpoint>,
+    osds: u32,
     overrides: &[String],
 ) -> anyhow::Result<Config> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
@@ -87,12 +105,19 @@ pub fn bootstrap_files(
             ("mds".to_string(), "allow *".to_string()),
         ]),
     );
+    for id in 0..osds {
+        keyring.add(&format!("osd.{id}"), SecretKey::generate(), osd_caps());
+    }
     keyring.save(&dir.join(KEYRING_FILE))?;
-    let config = Config {
+    let mut config = Config {
         fsid: Some(uuid::Uuid::new_v4()),
         monitors: mons,
         ..Config::default()
     };
+    // OSDs on loopback, each picking a free port; all on one host, so pools spread over OSDs.
+    config.osd.addr = "127.0.0.1:0".into();
+    config.osd.host = "localhost".into();
+    config.client.pool_failure_domain = cairn_common::maps::FailureDomain::Osd;
     save_config(dir, &config)?;
     // Re-read through the loader so overrides are validated and paths resolved.
     let loaded = Config::load(Some(&dir.join(CONF_FILE)), overrides)?;
@@ -108,6 +133,7 @@ fn save_config(dir: &Path, config: &Config) -> anyhow::Result<()> {
     let mut c = config.clone();
     c.keyring = PathBuf::from(KEYRING_FILE);
     c.mon.data_dir = "mon.{name}".into();
+    c.osd.data_dir = "osd.{id}".into();
     let path = dir.join(CONF_FILE);
     let tmp = dir.join(format!("{CONF_FILE}.tmp"));
     std::fs::write(&tmp, c.to_toml()).with_context(|| format!("cannot write {}", tmp.display()))?;
@@ -144,6 +170,8 @@ impl DevCluster {
         dir: &Path,
         bin_dir: &Path,
         mons: usize,
+        osds: u32,
+        osd_bytes: u64,
         overrides: &[String],
     ) -> anyhow::Result<DevCluster> {
         if mons == 0 {
@@ -160,10 +188,13 @@ impl DevCluster {
                 admin_addr: Some(format!("127.0.0.1:{}", ports[2 * i + 1])),
             })
             .collect();
-        bootstrap_files(dir, endpoints, overrides)?;
+        bootstrap_files(dir, endpoints, osds, overrides)?;
         let cluster = DevCluster::open(dir, bin_dir)?;
         for name in cluster.mon_names()? {
             cluster.mkfs_mon(&name, false)?;
+        }
+        for id in 0..osds {
+            cluster.mkfs_osd(id, osd_bytes)?;
         }
         Ok(cluster)
     }
@@ -199,10 +230,11 @@ impl DevCluster {
 
     fn daemon_command(&self, kind: Kind, name: &str) -> Process {
         let mut cmd = Process::new(self.bin_dir.join(kind.binary()));
-        cmd.arg("--conf")
-            .arg(self.config_path())
-            .arg("--name")
-            .arg(name);
+        cmd.arg("--conf").arg(self.config_path());
+        match kind {
+            Kind::Mon => cmd.arg("--name").arg(name),
+            Kind::Osd => cmd.arg("--id").arg(name),
+        };
         cmd
     }
 
@@ -212,16 +244,25 @@ impl DevCluster {
         if join {
             cmd.arg("--join");
         }
-        let out = cmd
-            .output()
-            .with_context(|| format!("cannot run {}", self.bin_dir.join("cairn-mon").display()))?;
-        if !out.status.success() {
-            bail!(
-                "mkfs of mon.{name} failed: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        Ok(())
+        run_tool(cmd, &format!("mkfs of mon.{name}"))
+    }
+
+    /// Creates OSD `id`'s store, a data file of `bytes`.
+    pub fn mkfs_osd(&self, id: u32, bytes: u64) -> anyhow::Result<()> {
+        let mut cmd = self.daemon_command(Kind::Osd, &id.to_string());
+        cmd.arg("mkfs").arg("--size").arg(bytes.to_string());
+        run_tool(cmd, &format!("mkfs of osd.{id}"))
+    }
+
+    /// OSD ids of the cluster: those with a store directory.
+    pub fn osd_ids(&self) -> anyhow::Result<Vec<u32>> {
+        let mut ids: Vec<u32> = std::fs::read_dir(&self.dir)?
+            .filter_map(|e| e.ok())
+            .filter(|e| e.path().join("block").exists())
+            .filter_map(|e| e.file_name().to_str()?.strip_prefix("osd.")?.parse().ok())
+            .collect();
+        ids.sort_unstable();
+        Ok(ids)
     }
 
     /// Adds a mon to the config (new ports) and creates its store to join; `cairn mon add`
@@ -368,13 +409,14 @@ impl DevCluster {
         Ok(())
     }
 
-    /// Every daemon of the cluster, as (kind, name).
+    /// Every daemon of the cluster, as (kind, name): mons first, so OSDs find them.
     pub fn daemons(&self) -> anyhow::Result<Vec<(Kind, String)>> {
-        Ok(self
-            .mon_names()?
+        let mons = self.mon_names()?.into_iter().map(|n| (Kind::Mon, n));
+        let osds = self
+            .osd_ids()?
             .into_iter()
-            .map(|n| (Kind::Mon, n))
-            .collect())
+            .map(|id| (Kind::Osd, id.to_string()));
+        Ok(mons.chain(osds).collect())
     }
 
     pub fn start_all(&self) -> anyhow::Result<()> {
@@ -403,6 +445,20 @@ impl Drop for DevCluster {
             let _ = child.try_wait();
         }
     }
+}
+
+/// Runs a daemon's tool command to completion; its stderr explains a failure.
+fn run_tool(mut cmd: Process, what: &str) -> anyhow::Result<()> {
+    let out = cmd
+        .output()
+        .with_context(|| format!("cannot run {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{what} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
 }
 
 /// Where the daemon binaries are: `$CAIRN_BIN_DIR`, else beside the running executable (for

@@ -22,6 +22,12 @@ pub enum ClientError {
     Protocol(String),
     #[error("{0}")]
     Config(String),
+    #[error("no space left: {0}")]
+    NoSpace(String),
+    #[error("data could not be read intact: {0}")]
+    Io(String),
+    #[error("gave up: {0}")]
+    TimedOut(String),
 }
 
 impl ClientError {

@@ -59,6 +59,15 @@ pub enum Cmd {
     /// Cluster-wide configuration.
     #[command(subcommand)]
     Config(cli::admin::ConfigCmd),
+    /// OSDs, the placement hierarchy and pools.
+    #[command(subcommand)]
+    Osd(cli::osd::OsdCmd),
+    /// Objects: put, get, rm, ls, stat.
+    #[command(subcommand)]
+    Rados(cli::rados::RadosCmd),
+    /// Placement groups.
+    #[command(subcommand)]
+    Pg(cli::rados::PgCmd),
     /// Create a new cluster's config and keyring (fsid, initial mons, client.admin key).
     Bootstrap(cli::dev::BootstrapArgs),
     /// A local cluster of real processes on loopback, for development and tests.

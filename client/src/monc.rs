@@ -30,6 +30,8 @@ const TICKET_RENEW_FRACTION: u64 = 5;
 
 struct Ticket {
     bearer: String,
+    /// `Bearer <ticket>` for OSDs (signed with the OSD service key).
+    osd_bearer: String,
     issued_at_ms: u64,
     expires_at_ms: u64,
 }
@@ -149,11 +151,33 @@ impl MonClient {
     }
 
     fn current_bearer(&self) -> Option<String> {
+        self.current_ticket(|t| t.bearer.clone())
+    }
+
+    fn current_ticket<T>(&self, field: impl Fn(&Ticket) -> T) -> Option<T> {
         let now = cairn_common::now_ms();
         let inner = self.lock();
         let t = inner.ticket.as_ref()?;
         let lifetime = t.expires_at_ms.saturating_sub(t.issued_at_ms);
-        (now + lifetime / TICKET_RENEW_FRACTION < t.expires_at_ms).then(|| t.bearer.clone())
+        (now + lifetime / TICKET_RENEW_FRACTION < t.expires_at_ms).then(|| field(t))
+    }
+
+    /// `Bearer <ticket>` for calls to OSDs, authenticating first when the ticket is missing
+    /// or due for renewal.
+    pub async fn osd_bearer(&self) -> Result<String, ClientError> {
+        if let Some(b) = self.current_ticket(|t| t.osd_bearer.clone()) {
+            return Ok(b);
+        }
+        self.call(|mut c, r| async move { c.ping(with(r, PingRequest {})).await })
+            .await?;
+        self.current_ticket(|t| t.osd_bearer.clone())
+            .ok_or_else(|| ClientError::Auth("no ticket after authenticating".into()))
+    }
+
+    /// Drops the ticket, so the next call authenticates again (after an OSD refused it as
+    /// revoked).
+    pub fn forget_ticket(&self) {
+        self.lock().ticket = None;
     }
 
     /// Proves the key to the mon at `addr` and keeps the ticket it returns.
@@ -187,6 +211,7 @@ impl MonClient {
         let bearer = format!("Bearer {}", reply.ticket);
         self.lock().ticket = Some(Ticket {
             bearer: bearer.clone(),
+            osd_bearer: format!("Bearer {}", reply.osd_ticket),
             issued_at_ms: cairn_common::now_ms(),
             expires_at_ms: reply.expires_at_ms,
         });
@@ -353,6 +378,26 @@ impl MonClient {
         let caps = serde_json::from_value(v["caps"].clone())
             .map_err(|e| ClientError::Protocol(e.to_string()))?;
         Ok((key, caps))
+    }
+
+    /// An OSD's beacon; returns the mons' OSD map epoch.
+    pub async fn osd_beacon(&self, req: OsdBeaconRequest) -> Result<u64, ClientError> {
+        let reply = self
+            .call(|mut c, r| {
+                let req = req.clone();
+                async move { c.osd_beacon(with(r, req)).await }
+            })
+            .await?;
+        Ok(reply.into_inner().osdmap_epoch)
+    }
+
+    /// The key OSDs verify tickets with (for `osd.*` entities only).
+    pub async fn osd_service_key(&self) -> Result<SecretKey, ClientError> {
+        let reply = self
+            .call(|mut c, r| async move { c.service_key(with(r, ServiceKeyRequest {})).await })
+            .await?;
+        SecretKey::from_base64(&reply.into_inner().key)
+            .map_err(|e| ClientError::Protocol(format!("unreadable service key: {e}")))
     }
 
     /// Asks one specific mon who it is and whom it follows. The ticket comes from the

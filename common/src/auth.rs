@@ -197,6 +197,18 @@ impl TicketAuthority {
         }
     }
 
+    /// The key a service's daemons (`osd`) check tickets with. The mons sign every ticket a
+    /// second time with it, so a daemon holding it can verify tickets but never mint one the
+    /// mons would accept.
+    pub fn service_key(mon_secret: &SecretKey, service: &str) -> SecretKey {
+        mon_secret.derive(&format!("service-{service}"))
+    }
+
+    /// An authority over one service's tickets, from its service key.
+    pub fn from_service_key(key: SecretKey) -> Self {
+        TicketAuthority { key }
+    }
+
     pub fn issue(&self, ticket: &Ticket) -> String {
         let body = serde_json::to_vec(ticket).expect("a ticket always serializes");
         let mac = hmac(&self.key.0, &[b"cairn-ticket-v1", &body]);
@@ -266,6 +278,12 @@ impl TicketAuthority {
             Err(AuthError::BadChallenge)
         }
     }
+}
+
+/// Whether a ticket still says what the auth map says: a ticket of an entity since removed, or
+/// whose caps changed, is revoked (its holder authenticates again and gets the current caps).
+pub fn ticket_is_current(ticket: &Ticket, auth: &crate::maps::AuthMap) -> bool {
+    auth.entities.get(&ticket.entity).map(|e| &e.caps) == Some(&ticket.caps)
 }
 
 /// The access a call needs.

@@ -7,6 +7,13 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::auth::SecretKey;
+use crate::maps::{FailureDomain, PoolKind};
+
+/// Most PGs one pool may have, and most pools: every client computes placement over them.
+pub const POOL_PG_NUM_MAX: u32 = 65_536;
+pub const POOLS_MAX: usize = 1024;
+/// OSD ids run from 0 to this bound.
+pub const OSD_ID_MAX: u32 = 1 << 20;
 
 /// Largest option name and value accepted by `config set`.
 pub const CONFIG_NAME_BYTES_MAX: usize = 128;
@@ -61,6 +68,42 @@ pub enum Command {
     AuthRm {
         entity: String,
     },
+    /// An OSD starts: it joins the map (in, with its weight) on first boot, and is up at
+    /// `addr` from now on.
+    OsdBoot {
+        id: u32,
+        addr: String,
+        host: String,
+        weight: f64,
+        capacity_bytes: u64,
+    },
+    /// Marks OSDs down (already down ones are left alone); `at_ms` starts their out timer.
+    OsdDown {
+        ids: Vec<u32>,
+        reason: String,
+        at_ms: u64,
+    },
+    OsdOut {
+        ids: Vec<u32>,
+    },
+    OsdIn {
+        ids: Vec<u32>,
+    },
+    PoolCreate {
+        name: String,
+        pg_num: u32,
+        kind: PoolKind,
+        failure_domain: FailureDomain,
+    },
+    /// Changes one property of a pool: `min_size` today.
+    PoolSet {
+        name: String,
+        key: String,
+        value: String,
+    },
+    PoolRm {
+        name: String,
+    },
 }
 
 impl Command {
@@ -73,6 +116,13 @@ impl Command {
             Command::AuthAdd { .. } => "auth add",
             Command::AuthCaps { .. } => "auth caps",
             Command::AuthRm { .. } => "auth rm",
+            Command::OsdBoot { .. } => "osd boot",
+            Command::OsdDown { .. } => "osd down",
+            Command::OsdOut { .. } => "osd out",
+            Command::OsdIn { .. } => "osd in",
+            Command::PoolCreate { .. } => "osd pool create",
+            Command::PoolSet { .. } => "osd pool set",
+            Command::PoolRm { .. } => "osd pool rm",
         }
     }
 }
@@ -116,6 +166,35 @@ pub enum Forwarded {
     AuthGetKey {
         entity: String,
     },
+    /// An OSD's beacon with the peers it cannot reach; the leader decides who is down.
+    OsdBeacon {
+        osd: u32,
+        failures: Vec<PeerFailureReport>,
+        going_down: bool,
+    },
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PeerFailureReport {
+    pub osd: u32,
+    pub refused: bool,
+    pub silent_ms: u64,
+}
+
+/// Checks a pool name: 1 to 64 characters of letters, digits, '-', '_' and '.'.
+pub fn validate_pool_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid pool name {name:?}: use 1 to 64 letters, digits, '-', '_' or '.'"
+        ))
+    }
 }
 
 /// Checks a config option name: dotted lowercase words, e.g. `mon.down_grace_ms`.

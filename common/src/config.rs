@@ -23,6 +23,7 @@ pub struct Config {
     /// The monitors clients and daemons contact first (the initial mon set).
     pub monitors: Vec<MonEndpoint>,
     pub mon: MonSettings,
+    pub osd: OsdSettings,
     pub client: ClientSettings,
     pub log: LogSettings,
 }
@@ -64,6 +65,15 @@ pub struct MonSettings {
     pub subscribers_max: usize,
     /// Requests one connection may have in flight; more wait.
     pub requests_in_flight_per_connection_max: usize,
+    /// An OSD whose beacons stop for this long is marked down.
+    pub osd_beacon_grace_ms: u64,
+    /// Distinct peers that must report an OSD silent before it is marked down (fewer when
+    /// fewer peers are up). A refused connection needs one report: the process is gone.
+    pub osd_min_reporters: u32,
+    /// A failure report counts for this long after it arrived.
+    pub osd_report_ttl_ms: u64,
+    /// A down OSD is marked out (its data moves elsewhere) after this long.
+    pub osd_out_interval_ms: u64,
 }
 
 impl Default for MonSettings {
@@ -86,6 +96,55 @@ impl Default for MonSettings {
             rocksdb_write_buffer_bytes: 16 << 20,
             subscribers_max: 1024,
             requests_in_flight_per_connection_max: 256,
+            osd_beacon_grace_ms: 4000,
+            osd_min_reporters: 2,
+            osd_report_ttl_ms: 3000,
+            osd_out_interval_ms: 600_000,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OsdSettings {
+    /// Where an OSD keeps its store; `{id}` is replaced by the OSD's id.
+    pub data_dir: String,
+    /// Host name for placement (the failure domain); empty means the machine's host name.
+    pub host: String,
+    /// gRPC listen address; port 0 picks a free port. `{id}` is replaced by the OSD's id.
+    pub addr: String,
+    /// The address announced to peers and clients when `addr` listens on 0.0.0.0.
+    pub public_addr: String,
+    /// Admin HTTP address (`/metrics`, `/healthz`, `/readyz`); empty disables it.
+    pub admin_addr: String,
+    pub heartbeat_interval_ms: u64,
+    /// A peer silent this long is reported to the mons.
+    pub heartbeat_grace_ms: u64,
+    pub beacon_interval_ms: u64,
+    /// Client ops one OSD runs at once; more wait, up to `op_queue_max`, then are refused.
+    pub ops_in_flight_max: usize,
+    pub op_queue_max: usize,
+    /// Largest gRPC message (data of one op plus framing).
+    pub message_bytes_max: usize,
+    /// How long a sub-op to a peer may take before the op is answered RETRY.
+    pub peer_timeout_ms: u64,
+}
+
+impl Default for OsdSettings {
+    fn default() -> Self {
+        OsdSettings {
+            data_dir: "/var/lib/cairn/osd.{id}".into(),
+            host: String::new(),
+            addr: "0.0.0.0:0".into(),
+            public_addr: String::new(),
+            admin_addr: String::new(),
+            heartbeat_interval_ms: 500,
+            heartbeat_grace_ms: 2000,
+            beacon_interval_ms: 1000,
+            ops_in_flight_max: 256,
+            op_queue_max: 4096,
+            message_bytes_max: 80 << 20,
+            peer_timeout_ms: 10_000,
         }
     }
 }
@@ -103,6 +162,9 @@ pub struct ClientSettings {
     pub retry_backoff_ms: u64,
     /// Largest reply the client accepts.
     pub reply_bytes_max: usize,
+    /// Failure domain of new pools when `cairn osd pool create` names none: `host`, or
+    /// `osd` for clusters on one host (the dev cluster).
+    pub pool_failure_domain: crate::maps::FailureDomain,
 }
 
 impl Default for ClientSettings {
@@ -113,7 +175,8 @@ impl Default for ClientSettings {
             connect_timeout_ms: 1000,
             attempts_max: 50,
             retry_backoff_ms: 100,
-            reply_bytes_max: 16 << 20,
+            reply_bytes_max: 80 << 20,
+            pool_failure_domain: crate::maps::FailureDomain::Host,
         }
     }
 }
@@ -143,6 +206,7 @@ impl Default for Config {
             keyring: PathBuf::from("/etc/cairn/keyring"),
             monitors: Vec::new(),
             mon: MonSettings::default(),
+            osd: OsdSettings::default(),
             client: ClientSettings::default(),
             log: LogSettings::default(),
         }
@@ -219,6 +283,9 @@ impl Config {
         if Path::new(&self.mon.data_dir).is_relative() {
             self.mon.data_dir = dir.join(&self.mon.data_dir).to_string_lossy().into_owned();
         }
+        if Path::new(&self.osd.data_dir).is_relative() {
+            self.osd.data_dir = dir.join(&self.osd.data_dir).to_string_lossy().into_owned();
+        }
     }
 
     pub fn validate(&self) -> anyhow::Result<()> {
@@ -232,6 +299,14 @@ impl Config {
         if m.ticket_ttl_secs == 0 || m.request_bytes_max < 1024 || m.subscribers_max == 0 {
             bail!("mon.ticket_ttl_secs, mon.request_bytes_max (>= 1024) and mon.subscribers_max must be positive");
         }
+        let o = &self.osd;
+        if o.heartbeat_grace_ms <= o.heartbeat_interval_ms || o.heartbeat_interval_ms == 0 {
+            bail!("osd.heartbeat_grace_ms must exceed osd.heartbeat_interval_ms (> 0)");
+        }
+        if o.ops_in_flight_max == 0 || o.message_bytes_max < (1 << 20) || o.beacon_interval_ms == 0
+        {
+            bail!("osd.ops_in_flight_max and osd.beacon_interval_ms must be positive, osd.message_bytes_max at least 1 MiB");
+        }
         if self.client.attempts_max == 0 || self.client.op_timeout_ms == 0 {
             bail!("client.attempts_max and client.op_timeout_ms must be positive");
         }
@@ -244,6 +319,10 @@ impl Config {
 
     pub fn mon_data_dir(&self, name: &str) -> PathBuf {
         PathBuf::from(self.mon.data_dir.replace("{name}", name))
+    }
+
+    pub fn osd_data_dir(&self, id: u32) -> PathBuf {
+        PathBuf::from(self.osd.data_dir.replace("{id}", &id.to_string()))
     }
 
     pub fn monitor(&self, name: &str) -> Option<&MonEndpoint> {

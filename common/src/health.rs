@@ -50,7 +50,16 @@ pub struct HealthInput<'a> {
 }
 
 pub fn compute(input: &HealthInput) -> Health {
-    let checks: Vec<HealthCheck> = [mon_down(input)].into_iter().flatten().collect();
+    let pgs = crate::pg_states::summarize(&input.maps.osdmap);
+    let checks: Vec<HealthCheck> = [
+        mon_down(input),
+        osd_down(input),
+        pg_check(&pgs, crate::pg_states::INACTIVE),
+        pg_check(&pgs, crate::pg_states::DEGRADED),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
     let status = checks
         .iter()
         .map(|c| c.severity)
@@ -88,6 +97,56 @@ fn mon_down(input: &HealthInput) -> Option<HealthCheck> {
             .iter()
             .map(|(_, m)| format!("mon.{} ({}) is down (out of quorum)", m.name, m.addr))
             .collect(),
+    })
+}
+
+fn osd_down(input: &HealthInput) -> Option<HealthCheck> {
+    let osds = &input.maps.osdmap.osds;
+    let down: Vec<String> = osds
+        .iter()
+        .filter(|(_, o)| !o.up && o.in_cluster)
+        .map(|(id, o)| format!("osd.{id} ({}) on host {} is down", o.addr, o.host))
+        .collect();
+    if down.is_empty() {
+        return None;
+    }
+    Some(HealthCheck {
+        code: "OSD_DOWN".into(),
+        severity: Severity::Warn,
+        summary: format!("{} osds down", down.len()),
+        detail: down,
+    })
+}
+
+/// PG_AVAILABILITY (PGs that refuse ops) or PG_DEGRADED (PGs missing members).
+fn pg_check(pgs: &crate::pg_states::PgSummary, state: &str) -> Option<HealthCheck> {
+    let count = pgs.states.get(state).copied().unwrap_or(0);
+    if count == 0 {
+        return None;
+    }
+    let inactive = state == crate::pg_states::INACTIVE;
+    Some(HealthCheck {
+        code: if inactive {
+            "PG_AVAILABILITY"
+        } else {
+            "PG_DEGRADED"
+        }
+        .into(),
+        severity: if inactive {
+            Severity::Err
+        } else {
+            Severity::Warn
+        },
+        summary: if inactive {
+            format!("Reduced data availability: {count} pgs inactive")
+        } else {
+            format!("Degraded data redundancy: {count} pgs undersized")
+        },
+        detail: if inactive {
+            pgs.inactive.clone()
+        } else {
+            pgs.degraded.clone()
+        },
     })
 }
 

@@ -7,6 +7,8 @@ pub mod config;
 pub mod health;
 pub mod keyring;
 pub mod maps;
+pub mod pg_states;
+pub mod placement;
 pub mod status;
 pub mod telemetry;
 

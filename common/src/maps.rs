@@ -95,15 +95,57 @@ pub struct OsdMap {
     pub hosts: BTreeMap<String, Vec<u32>>,
     /// Fenced client or daemon instances (`entity@nonce`) and when the fence lapses (ms).
     pub blocklist: BTreeMap<String, u64>,
+    /// The highest pool id ever used: ids are never reused, so an OSD can never mistake a
+    /// removed pool's leftovers for a new pool's data.
+    #[serde(default)]
+    pub pool_id_max: u32,
+}
+
+impl OsdMap {
+    pub fn pool_by_name(&self, name: &str) -> Option<(u32, &Pool)> {
+        self.pools
+            .iter()
+            .find(|(_, p)| p.name == name)
+            .map(|(id, p)| (*id, p))
+    }
+
+    /// Failure domains that hold at least one OSD that is in: the most distinct places a
+    /// pool of that domain can put its members.
+    pub fn failure_domains(&self, domain: FailureDomain) -> usize {
+        let in_osds = || {
+            self.osds
+                .values()
+                .filter(|o| o.in_cluster && o.weight > 0.0)
+        };
+        match domain {
+            FailureDomain::Osd => in_osds().count(),
+            FailureDomain::Host => in_osds()
+                .map(|o| o.host.as_str())
+                .collect::<std::collections::BTreeSet<_>>()
+                .len(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct OsdInfo {
     pub addr: String,
     pub host: String,
+    /// Placement weight, by convention the capacity in TiB.
     pub weight: f64,
     pub up: bool,
     pub in_cluster: bool,
+    /// When it was last marked down (ms since the epoch; 0 while up): `out` follows after
+    /// `mon.osd_out_interval_ms`.
+    #[serde(default)]
+    pub down_since_ms: u64,
+    /// Data device capacity in bytes, as the OSD reported it at boot.
+    #[serde(default)]
+    pub capacity_bytes: u64,
+    /// The map epoch of its last boot: a restarted OSD is a new member of its PGs (it may
+    /// have missed writes), even when the map shows it up both before and after.
+    #[serde(default)]
+    pub up_from: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -112,6 +154,40 @@ pub struct Pool {
     pub pg_num: u32,
     pub kind: PoolKind,
     pub failure_domain: FailureDomain,
+}
+
+impl Pool {
+    /// Members of each PG: the replica count, or k + m shards.
+    pub fn width(&self) -> usize {
+        match self.kind {
+            PoolKind::Replicated { size, .. } => size as usize,
+            PoolKind::Erasure { k, m, .. } => k.saturating_add(m) as usize,
+        }
+    }
+
+    /// Members a PG needs to accept writes.
+    pub fn min_size(&self) -> usize {
+        match self.kind {
+            PoolKind::Replicated { min_size, .. } | PoolKind::Erasure { min_size, .. } => {
+                min_size as usize
+            }
+        }
+    }
+
+    pub fn is_erasure(&self) -> bool {
+        matches!(self.kind, PoolKind::Erasure { .. })
+    }
+}
+
+/// Ceph's defaults: a replicated pool takes writes with one member missing (size − 1, at least
+/// 1); an erasure-coded one needs k plus one spare when m allows (k + min(1, m − 1)), so an
+/// EC 2+1 pool keeps taking writes with one OSD down.
+pub fn default_min_size(kind_is_erasure: bool, size_or_k: u32, m: u32) -> u32 {
+    if kind_is_erasure {
+        size_or_k + 1.min(m.saturating_sub(1))
+    } else {
+        size_or_k.saturating_sub(1).max(1)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -129,9 +205,30 @@ pub enum PoolKind {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum FailureDomain {
     Host,
     Osd,
+}
+
+impl std::str::FromStr for FailureDomain {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "host" => Ok(FailureDomain::Host),
+            "osd" => Ok(FailureDomain::Osd),
+            other => Err(format!("unknown failure domain {other:?}: use host or osd")),
+        }
+    }
+}
+
+impl std::fmt::Display for FailureDomain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            FailureDomain::Host => "host",
+            FailureDomain::Osd => "osd",
+        })
+    }
 }
 
 /// Entities and their capabilities. Their secret keys never leave the monitors and are not
@@ -158,6 +255,14 @@ pub struct ConfigMap {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn min_size_defaults_follow_ceph() {
+        assert_eq!(default_min_size(false, 3, 0), 2);
+        assert_eq!(default_min_size(false, 1, 0), 1);
+        assert_eq!(default_min_size(true, 2, 1), 2);
+        assert_eq!(default_min_size(true, 4, 2), 5);
+    }
 
     #[test]
     fn mon_ids_are_stable_and_distinct() {

@@ -19,6 +19,9 @@ pub struct ClusterStatus {
     pub osds: OsdSummary,
     pub pools: u32,
     pub pgs: u64,
+    /// PG state → count (see `pg_states`).
+    #[serde(default)]
+    pub pg_states: std::collections::BTreeMap<String, u64>,
     pub raft: RaftSummary,
 }
 
@@ -100,8 +103,16 @@ impl ClusterStatus {
         let _ = writeln!(out);
         let _ = writeln!(out, "  data:");
         let _ = writeln!(out, "    pools:   {} pools, {} pgs", self.pools, self.pgs);
-        let _ = writeln!(out, "    objects: 0 objects, 0 B");
-        let _ = writeln!(out, "    usage:   0 B used, 0 B / 0 B avail");
+        let mut first = true;
+        for (state, n) in &self.pg_states {
+            let label = if first {
+                "    pgs:     "
+            } else {
+                "             "
+            };
+            first = false;
+            let _ = writeln!(out, "{label}{n} {state}");
+        }
         out
     }
 }
@@ -169,6 +180,7 @@ mod tests {
             osds: OsdSummary::default(),
             pools: 0,
             pgs: 0,
+            pg_states: Default::default(),
             raft: RaftSummary::default(),
         }
     }

@@ -150,9 +150,9 @@ pub async fn run(config: Config, name: String, listen: Listen) -> anyhow::Result
         );
     }
     let keyring = Keyring::load(&config.keyring)?;
-    let authority = Arc::new(TicketAuthority::from_mon_secret(
-        keyring.key(MON_SECRET_ENTITY)?,
-    ));
+    let mon_secret = keyring.key(MON_SECRET_ENTITY)?;
+    let authority = Arc::new(TicketAuthority::from_mon_secret(mon_secret));
+    let osd_service_key = TicketAuthority::service_key(mon_secret, "osd");
     let metrics = telemetry::install_metrics()?;
     let ticket_ttl_ms = config.mon.ticket_ttl_secs * 1000;
     let credentials = Arc::new(MonCredentials::new(authority.clone(), &name, ticket_ttl_ms));
@@ -193,6 +193,7 @@ pub async fn run(config: Config, name: String, listen: Listen) -> anyhow::Result
         authority.clone(),
         credentials,
         liveness,
+        osd_service_key,
     ));
     let (stop_tx, stop_rx) = watch::channel(false);
     if let Some(b) = bootstrap {
@@ -204,6 +205,7 @@ pub async fn run(config: Config, name: String, listen: Listen) -> anyhow::Result
         ));
     }
     tokio::spawn(export_metrics(node.clone(), stop_rx.clone()));
+    tokio::spawn(crate::osd_watch::watch_osds(node.clone(), stop_rx.clone()));
     let admin = match &listen.admin_addr {
         Some(a) => {
             let addr: SocketAddr = a

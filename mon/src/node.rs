@@ -14,7 +14,7 @@ use tonic::{Code, Status};
 use crate::ticket_check::auth_status;
 use cairn_common::auth::{self, AuthError};
 use cairn_common::auth::{SecretKey, TicketAuthority};
-use cairn_common::command::{Command, CommandOutcome, Forwarded, Proposal};
+use cairn_common::command::{Command, CommandOutcome, Forwarded, PeerFailureReport, Proposal};
 use cairn_common::config::MonSettings;
 use cairn_common::health::{self, HealthInput};
 use cairn_common::maps::{mon_node_id, validate_daemon_name, MonInfo};
@@ -24,6 +24,7 @@ use cairn_common::proto::{ForwardRequest, PingRequest};
 use cairn_common::status::{ClusterStatus, Epochs, MonStatus, OsdSummary, RaftSummary};
 
 use crate::network::peer_channel;
+use crate::osd_liveness::OsdLiveness;
 use crate::quorum::{Liveness, QuorumAge};
 use crate::raft_types::{NodeId, Raft};
 use crate::state_machine::SharedState;
@@ -33,7 +34,7 @@ use crate::ticket_check::MonCredentials;
 const RETRY_PAUSE: Duration = Duration::from_millis(50);
 
 /// Why one attempt did not complete.
-enum Attempt {
+pub enum Attempt {
     /// Leadership moved or there is no quorum yet: try again until the deadline.
     Retry(String),
     /// A definite answer to return to the caller.
@@ -50,6 +51,11 @@ pub struct MonNode {
     pub authority: Arc<TicketAuthority>,
     pub credentials: Arc<MonCredentials>,
     pub liveness: Arc<Liveness>,
+    pub osd_liveness: OsdLiveness,
+    /// Signs the second copy of each ticket, the one OSDs verify.
+    pub osd_authority: TicketAuthority,
+    /// Handed to OSDs (`ServiceKey`) so they can verify tickets.
+    pub osd_service_key: SecretKey,
     quorum_age: QuorumAge,
     peers: Mutex<HashMap<String, MonPeerClient<Channel>>>,
 }
@@ -66,8 +72,12 @@ impl MonNode {
         authority: Arc<TicketAuthority>,
         credentials: Arc<MonCredentials>,
         liveness: Arc<Liveness>,
+        osd_service_key: SecretKey,
     ) -> MonNode {
         MonNode {
+            osd_liveness: OsdLiveness::default(),
+            osd_authority: TicketAuthority::from_service_key(osd_service_key.clone()),
+            osd_service_key,
             id,
             name,
             fsid,
@@ -160,6 +170,11 @@ impl MonNode {
                     )))),
                 }
             }
+            Forwarded::OsdBeacon {
+                osd,
+                failures,
+                going_down,
+            } => self.osd_beacon(*osd, failures, *going_down).await,
             Forwarded::MonAdd { name, addr } => self.mon_add(name, addr).await,
             Forwarded::MonRm { name } => self.mon_rm(name).await,
         }
@@ -195,6 +210,76 @@ impl MonNode {
             // Retrying is safe: requests carry ids and apply once.
             Err(_) => Err(Attempt::Retry("the write was not committed in time".into())),
         }
+    }
+
+    /// Records an OSD's beacon; marks down at once an OSD going down, or peers it reports
+    /// refused or silent when the rules say so (see `osd_liveness`), rather than waiting for
+    /// the next check. Answers with the OSD map epoch.
+    async fn osd_beacon(
+        &self,
+        osd: u32,
+        failures: &[PeerFailureReport],
+        going_down: bool,
+    ) -> Result<Value, Attempt> {
+        self.osd_liveness.beacon(osd, failures, Instant::now());
+        if going_down {
+            self.mark_osds_down(vec![(osd, "shutting down".to_string())])
+                .await?;
+        } else if !failures.is_empty() {
+            self.mark_failed_osds_down().await?;
+        }
+        Ok(json!(self.shared.read(|a| a.state.maps.osdmap.epoch)))
+    }
+
+    /// Marks down the OSDs the liveness rules condemn now.
+    pub async fn mark_failed_osds_down(&self) -> Result<(), Attempt> {
+        let map = self.shared.read(|a| a.state.maps.osdmap.clone());
+        let verdicts = self
+            .osd_liveness
+            .verdicts(&map, &self.settings, Instant::now());
+        self.mark_osds_down(verdicts).await
+    }
+
+    async fn mark_osds_down(&self, verdicts: Vec<(u32, String)>) -> Result<(), Attempt> {
+        if verdicts.is_empty() {
+            return Ok(());
+        }
+        for (osd, why) in &verdicts {
+            tracing::info!(osd, reason = %why, "marking osd down");
+        }
+        let reason = verdicts
+            .iter()
+            .map(|(osd, why)| format!("osd.{osd}: {why}"))
+            .collect::<Vec<_>>()
+            .join("; ");
+        let command = Command::OsdDown {
+            ids: verdicts.into_iter().map(|(id, _)| id).collect(),
+            reason,
+            at_ms: cairn_common::now_ms(),
+        };
+        self.propose_own(command).await
+    }
+
+    /// Proposes a command the mon decided on itself (no client request id: these are
+    /// idempotent).
+    pub async fn propose_own(&self, command: Command) -> Result<(), Attempt> {
+        let entity = format!("mon.{}", self.name);
+        let proposal = Proposal {
+            request: None,
+            command,
+        };
+        match self.propose(&entity, proposal).await? {
+            CommandOutcome::Refused { reason } => {
+                tracing::warn!(%reason, "own command refused");
+                Ok(())
+            }
+            CommandOutcome::Done { .. } => Ok(()),
+        }
+    }
+
+    /// Whether this mon leads now.
+    pub async fn is_leader(&self) -> bool {
+        self.raft.current_leader().await == Some(self.id)
     }
 
     /// Verifies a client's proof against its key, here on the leader, and returns its caps and
@@ -356,6 +441,7 @@ impl MonNode {
             },
             pools: osdmap.pools.len() as u32,
             pgs: osdmap.pools.values().map(|p| p.pg_num as u64).sum(),
+            pg_states: cairn_common::pg_states::summarize(osdmap).states,
             raft: RaftSummary {
                 term: metrics.current_term,
                 last_log_index: metrics.last_log_index.unwrap_or(0),

@@ -14,7 +14,7 @@ use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status};
 
 use cairn_common::auth::{self, Need, Ticket};
-use cairn_common::command::{Command, Forwarded, Proposal, RequestId};
+use cairn_common::command::{Command, Forwarded, PeerFailureReport, Proposal, RequestId};
 use cairn_common::maps::validate_daemon_name;
 use cairn_common::proto::auth_server::Auth;
 use cairn_common::proto::mon_membership_request::Op;
@@ -98,6 +98,7 @@ impl Auth for AuthService {
             ticket: node.authority.issue(&ticket),
             expires_at_ms: ticket.expires_at_ms,
             server_proof,
+            osd_ticket: node.osd_authority.issue(&ticket),
         }))
     }
 }
@@ -110,17 +111,35 @@ pub struct MonService {
 
 type MapsStream = Pin<Box<dyn Stream<Item = Result<MapsReply, Status>> + Send + 'static>>;
 
-/// The capability a command needs: keys and caps need everything, config needs write.
-fn command_need(cmd: &Command) -> Result<Need, Status> {
-    match cmd {
-        Command::Bootstrap { .. } => Err(Status::permission_denied(
-            "bootstrap is issued by the monitors themselves",
-        )),
-        Command::ConfigSet { .. } | Command::ConfigRm { .. } => Ok(Need::Write),
-        Command::AuthAdd { .. } | Command::AuthCaps { .. } | Command::AuthRm { .. } => {
-            Ok(Need::All)
+/// Checks the caller may run `cmd`: keys and caps need everything; config, OSD states and
+/// pools need write; an OSD boots only itself (or an admin with everything boots it).
+fn authorize_command(ticket: &Ticket, cmd: &Command) -> Result<(), Status> {
+    let need = match cmd {
+        Command::Bootstrap { .. } => {
+            return Err(Status::permission_denied(
+                "bootstrap is issued by the monitors themselves",
+            ))
         }
-    }
+        Command::OsdBoot { id, .. } if ticket.entity != format!("osd.{id}") => Need::All,
+        Command::OsdBoot { .. }
+        | Command::ConfigSet { .. }
+        | Command::ConfigRm { .. }
+        | Command::OsdDown { .. }
+        | Command::OsdOut { .. }
+        | Command::OsdIn { .. }
+        | Command::PoolCreate { .. }
+        | Command::PoolSet { .. }
+        | Command::PoolRm { .. } => Need::Write,
+        Command::AuthAdd { .. } | Command::AuthCaps { .. } | Command::AuthRm { .. } => Need::All,
+    };
+    ticket
+        .require("mon", need, &format!("run {}", cmd.label()))
+        .map_err(auth_status)
+}
+
+/// The OSD id of an `osd.N` ticket.
+fn osd_id_of(ticket: &Ticket) -> Option<u32> {
+    ticket.entity.strip_prefix("osd.")?.parse().ok()
 }
 
 #[tonic::async_trait]
@@ -185,10 +204,7 @@ impl Mon for MonService {
             client: body.client_id.clone(),
             seq: body.seq,
         });
-        let need = command_need(&cmd)?;
-        ticket
-            .require("mon", need, &format!("run {}", cmd.label()))
-            .map_err(auth_status)?;
+        authorize_command(&ticket, &cmd)?;
         let proposal = Proposal {
             request,
             command: cmd,
@@ -240,6 +256,55 @@ impl Mon for MonService {
             .execute(&ticket.entity, &Forwarded::AuthGetKey { entity })
             .await?;
         Ok(Response::new(JsonReply { json: to_json(&v)? }))
+    }
+
+    async fn osd_beacon(
+        &self,
+        req: Request<OsdBeaconRequest>,
+    ) -> Result<Response<OsdBeaconReply>, Status> {
+        let ticket = require(&req, Need::Write, "send osd beacons")?;
+        let req = req.into_inner();
+        if osd_id_of(&ticket) != Some(req.osd) {
+            return Err(Status::permission_denied(format!(
+                "{} cannot send beacons for osd.{}",
+                ticket.entity, req.osd
+            )));
+        }
+        let failures = req
+            .failures
+            .iter()
+            .take(cairn_common::command::OSD_ID_MAX as usize)
+            .map(|f| PeerFailureReport {
+                osd: f.osd,
+                refused: f.refused,
+                silent_ms: f.silent_ms,
+            })
+            .collect();
+        let fwd = Forwarded::OsdBeacon {
+            osd: req.osd,
+            failures,
+            going_down: req.going_down,
+        };
+        let v = self.node.execute(&ticket.entity, &fwd).await?;
+        Ok(Response::new(OsdBeaconReply {
+            osdmap_epoch: v.as_u64().unwrap_or(0),
+        }))
+    }
+
+    async fn service_key(
+        &self,
+        req: Request<ServiceKeyRequest>,
+    ) -> Result<Response<ServiceKeyReply>, Status> {
+        let ticket = require(&req, Need::Read, "read the osd service key")?;
+        if osd_id_of(&ticket).is_none() {
+            return Err(Status::permission_denied(format!(
+                "{} is not an osd: only osds receive the osd service key",
+                ticket.entity
+            )));
+        }
+        Ok(Response::new(ServiceKeyReply {
+            key: self.node.osd_service_key.to_base64(),
+        }))
     }
 
     async fn ping(&self, req: Request<PingRequest>) -> Result<Response<PingReply>, Status> {

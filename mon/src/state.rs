@@ -11,6 +11,8 @@ use cairn_common::command::{
 use cairn_common::maps::{ClusterMaps, EntityInfo, MonInfo};
 use serde::{Deserialize, Serialize};
 
+use crate::osdmap_change;
+
 /// Outcomes remembered per client, and clients remembered: enough for retries, bounded.
 pub const SESSION_OUTCOMES_MAX: usize = 64;
 pub const SESSIONS_MAX: usize = 1024;
@@ -81,6 +83,9 @@ impl ClusterState {
     /// Checks a command against the current state without changing anything. The same checks
     /// run again in `apply`, where the state may have moved on.
     pub fn check(&self, cmd: &Command) -> Result<(), String> {
+        if osdmap_change::is_osdmap_command(cmd) {
+            return osdmap_change::check(&self.maps.osdmap, cmd);
+        }
         match cmd {
             Command::Bootstrap { entities, .. } => {
                 for (name, e) in entities {
@@ -132,6 +137,7 @@ impl ClusterState {
                 self.require_entity(entity)
             }
             Command::AuthRm { entity } => self.require_entity(entity),
+            _ => Err(format!("internal: {} has no check", cmd.label())),
         }
     }
 
@@ -145,6 +151,9 @@ impl ClusterState {
 
     /// Applies a committed command. Refused commands change nothing.
     pub fn apply(&mut self, cmd: Command) -> CommandOutcome {
+        if osdmap_change::is_osdmap_command(&cmd) {
+            return osdmap_change::apply(&mut self.maps.osdmap, cmd);
+        }
         if let Err(reason) = self.check(&cmd) {
             return CommandOutcome::Refused { reason };
         }
@@ -201,6 +210,9 @@ impl ClusterState {
                 maps.auth.epoch += 1;
                 done(maps.auth.epoch, format!("removed {entity}"))
             }
+            other => CommandOutcome::Refused {
+                reason: format!("internal: {} is not applied here", other.label()),
+            },
         }
     }
 

@@ -44,13 +44,8 @@ impl tonic::service::Interceptor for TicketCheck {
         // A mon that has not joined yet has no auth map to judge by.
         if !ticket.entity.starts_with("mon.") {
             let current = self.shared.read(|a| {
-                let auth = &a.state.maps.auth;
                 !a.state.is_bootstrapped()
-                    || auth
-                        .entities
-                        .get(&ticket.entity)
-                        .map(|e| e.caps == ticket.caps)
-                        == Some(true)
+                    || cairn_common::auth::ticket_is_current(&ticket, &a.state.maps.auth)
             });
             if !current {
                 return Err(Status::unauthenticated(format!(

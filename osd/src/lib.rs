@@ -1,16 +1,30 @@
-//! `cairn-osd`: the object storage daemon. This crate holds the local object store, a
-//! BlueStore-class engine: object data in a block device or preallocated file, managed by an
-//! extent allocator and written through io_uring; all metadata in RocksDB.
+//! `cairn-osd`: the object storage daemon. The local object store is a BlueStore-class
+//! engine: object data in a block device or preallocated file, managed by an extent allocator
+//! and written through io_uring; all metadata in RocksDB (`store` and the modules it uses).
+//! The daemon (`daemon`, `node`, `service`) serves PGs: as primary (`primary`, `activate`,
+//! `members`) and as member (`replica`), over the store (`pg`, `mutation`); erasure coding is
+//! `ec`; `heartbeat` watches the peers.
 
+pub mod activate;
 pub mod aligned;
 pub mod allocator;
 pub mod apply;
+pub mod daemon;
+pub mod ec;
 pub mod error;
 pub mod extents;
 pub mod fsck;
+pub mod heartbeat;
 pub mod io;
 pub mod locks;
+pub mod members;
+pub mod mutation;
+pub mod node;
 pub mod onode;
+pub mod pg;
+pub mod primary;
+pub mod replica;
+pub mod service;
 pub mod store;
 pub mod torture;
 pub mod txn;

@@ -1,5 +1,5 @@
-//! `cairn-osd`: the object storage daemon's tool. Today: the local object store's `mkfs`,
-//! `fsck`, `statfs`, and the crash-test worker; the daemon itself comes with the RADOS issue.
+//! `cairn-osd`: the object storage daemon (`cairn-osd --id N`), and the tool for its local
+//! store: `mkfs`, `fsck`, `statfs`, and the crash-test worker.
 
 use std::path::PathBuf;
 
@@ -12,14 +12,23 @@ use cairn_osd::{ObjectStore, StoreConfig};
 #[derive(Parser)]
 #[command(name = "cairn-osd", version, about = "Cairn object storage daemon")]
 struct Cli {
-    /// The store's directory (RocksDB in `db/`, data in `block`).
+    /// Run as the daemon of OSD N (without a subcommand).
+    #[arg(long, global = true)]
+    id: Option<u32>,
+    /// The configuration file (default: $CAIRN_CONF, ./cairn.toml, /etc/cairn/cairn.toml).
+    #[arg(long, short = 'c', global = true)]
+    conf: Option<PathBuf>,
+    /// Override a config option: `--set section.option=value` (repeatable).
+    #[arg(long = "set", global = true)]
+    sets: Vec<String>,
+    /// The store's directory (RocksDB in `db/`, data in `block`); default `osd.data_dir`.
     #[arg(long, global = true)]
     data: Option<PathBuf>,
     /// Block I/O backend: auto (io_uring, else threads), uring, threads.
     #[arg(long, global = true, default_value = "auto", value_parser = parse_backend)]
     io_backend: BackendChoice,
     #[command(subcommand)]
-    command: Cmd,
+    command: Option<Cmd>,
 }
 
 #[derive(Subcommand)]
@@ -80,7 +89,6 @@ fn parse_size(s: &str) -> Result<u64, String> {
 
 fn main() {
     let cli = Cli::parse();
-    cairn_common::telemetry::init_logging(&cairn_common::config::LogSettings::default());
     if let Err(e) = run(cli) {
         eprintln!("cairn-osd: {e:#}");
         std::process::exit(1);
@@ -88,12 +96,25 @@ fn main() {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    let dir = cli.data.context("--data DIR is required")?;
+    let loaded = cairn_common::config::Config::load(cli.conf.as_deref(), &cli.sets)?;
+    cairn_common::telemetry::init_logging(&loaded.config.log);
+    let dir = match (&cli.data, cli.id) {
+        (Some(d), _) => d.clone(),
+        (None, Some(id)) => loaded.config.osd_data_dir(id),
+        (None, None) => anyhow::bail!("--data DIR (or --id N) is required"),
+    };
     let config = StoreConfig {
         backend: cli.io_backend,
         ..StoreConfig::default()
     };
-    match cli.command {
+    let Some(command) = cli.command else {
+        let id = cli
+            .id
+            .context("run the daemon with --id N, or give a subcommand")?;
+        let runtime = tokio::runtime::Runtime::new()?;
+        return runtime.block_on(cairn_osd::daemon::run(loaded.config, id, dir, config));
+    };
+    match command {
         Cmd::Mkfs { size } => {
             ObjectStore::mkfs(&dir, size, &config)?;
             println!("created an object store in {}", dir.display());

@@ -1,4 +1,5 @@
-//! Integration tests: real `cairn-mon` processes on loopback, killed with SIGKILL.
+//! Integration tests: real `cairn-mon` and `cairn-osd` processes on loopback, killed with
+//! SIGKILL.
 //! One test binary; each module is one area of behaviour.
 
 mod auth;
@@ -7,4 +8,5 @@ mod linearizable;
 mod membership;
 mod persistence;
 mod quorum;
+mod rados;
 mod store_crash;

@@ -15,6 +15,8 @@ use cairn_common::status::ClusterStatus;
 /// Settings every test cluster uses unless a test overrides them: short client bounds so a
 /// failing test fails fast.
 const TEST_OVERRIDES: &[&str] = &["client.op_timeout_ms=20000"];
+/// Data file of each test OSD.
+pub const TEST_OSD_BYTES: u64 = 512 << 20;
 
 pub struct TestCluster {
     pub cluster: DevCluster,
@@ -24,6 +26,12 @@ pub struct TestCluster {
 impl TestCluster {
     /// Creates and starts `mons` monitors and waits until all are in quorum.
     pub async fn start(mons: usize, overrides: &[&str]) -> TestCluster {
+        TestCluster::start_with_osds(mons, 0, overrides).await
+    }
+
+    /// Creates and starts `mons` monitors and `osds` OSDs (512 MiB data files) and waits
+    /// until every one is up and health is OK.
+    pub async fn start_with_osds(mons: usize, osds: u32, overrides: &[&str]) -> TestCluster {
         let dir = tempfile::Builder::new()
             .prefix("cairn-test-")
             .tempdir()
@@ -34,8 +42,15 @@ impl TestCluster {
             .map(|s| s.to_string())
             .collect();
         let bin_dir = bin_dir();
-        let cluster = DevCluster::create(&dir.path().join("cluster"), &bin_dir, mons, &sets)
-            .expect("create cluster");
+        let cluster = DevCluster::create(
+            &dir.path().join("cluster"),
+            &bin_dir,
+            mons,
+            osds,
+            TEST_OSD_BYTES,
+            &sets,
+        )
+        .expect("create cluster");
         cluster.start_all().expect("start daemons");
         let t = TestCluster {
             cluster,
@@ -98,15 +113,26 @@ impl TestCluster {
         self.status().await.leader.expect("a leader")
     }
 
-    /// Waits until every mon in the config is in quorum and health is OK.
+    /// Waits until every mon in the config is in quorum, every OSD is up and health is OK.
     pub async fn wait_healthy(&self, limit: Duration) -> ClusterStatus {
         let n = self.config().monitors.len();
-        wait_for(limit, "HEALTH_OK with every mon in quorum", || async {
-            match self.admin().status().await {
-                Ok(s) if s.health.status == Severity::Ok && s.mons.len() == n => Some(s),
-                _ => None,
-            }
-        })
+        let osds = self.cluster.osd_ids().expect("osd ids").len() as u32;
+        wait_for(
+            limit,
+            "HEALTH_OK with every mon in quorum and every osd up",
+            || async {
+                match self.admin().status().await {
+                    Ok(s)
+                        if s.health.status == Severity::Ok
+                            && s.mons.len() == n
+                            && s.osds.up == osds =>
+                    {
+                        Some(s)
+                    }
+                    _ => None,
+                }
+            },
+        )
         .await
     }
 }

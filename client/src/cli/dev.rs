@@ -68,6 +68,12 @@ pub enum DevCmd {
         /// Number of monitors.
         #[arg(long, default_value_t = 3)]
         mons: usize,
+        /// Number of OSDs (file-backed, in DIR/osd.N/).
+        #[arg(long, default_value_t = 3)]
+        osds: u32,
+        /// Size of each OSD's data file (bytes).
+        #[arg(long, default_value_t = dev::DEV_OSD_BYTES)]
+        osd_size: u64,
     },
     /// Stop every daemon of the cluster (SIGTERM).
     Down {
@@ -130,7 +136,7 @@ pub fn bootstrap(args: &BootstrapArgs, format: Format) -> anyhow::Result<()> {
         .iter()
         .map(|m| parse_mon(m))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let config = dev::bootstrap_files(&args.dir, mons, &[])?;
+    let config = dev::bootstrap_files(&args.dir, mons, 0, &[])?;
     let fsid = config.fsid.map(|f| f.to_string()).unwrap_or_default();
     emit(format, &json!({ "fsid": fsid, "dir": args.dir }), || {
         format!(
@@ -147,7 +153,19 @@ pub fn bootstrap(args: &BootstrapArgs, format: Format) -> anyhow::Result<()> {
 pub async fn run(cli: &Cli, cmd: &DevCmd) -> anyhow::Result<()> {
     let bin_dir = dev::default_bin_dir()?;
     match cmd {
-        DevCmd::Up { dir, mons } => up(&dir.dir(), &bin_dir, *mons, &cli.sets, cli.format).await,
+        DevCmd::Up {
+            dir,
+            mons,
+            osds,
+            osd_size,
+        } => {
+            let shape = Shape {
+                mons: *mons,
+                osds: *osds,
+                osd_bytes: *osd_size,
+            };
+            up(&dir.dir(), &bin_dir, shape, &cli.sets, cli.format).await
+        }
         DevCmd::Down { dir } => {
             let cluster = DevCluster::open(&dir.dir(), &bin_dir)?;
             cluster.stop_all(STOP_GRACE)?;
@@ -220,10 +238,17 @@ fn one(dir: &Path, bin_dir: &Path, kind: &str, id: &str, action: Action) -> anyh
     Ok(())
 }
 
+/// The daemons of a new dev cluster.
+struct Shape {
+    mons: usize,
+    osds: u32,
+    osd_bytes: u64,
+}
+
 async fn up(
     dir: &Path,
     bin_dir: &Path,
-    mons: usize,
+    shape: Shape,
     sets: &[String],
     format: Format,
 ) -> anyhow::Result<()> {
@@ -231,12 +256,13 @@ async fn up(
     let cluster = if dir.join(dev::CONF_FILE).exists() {
         DevCluster::open(dir, bin_dir)?
     } else {
-        DevCluster::create(dir, bin_dir, mons, sets)?
+        DevCluster::create(dir, bin_dir, shape.mons, shape.osds, shape.osd_bytes, sets)?
     };
     cluster.start_all()?;
     let config = cluster.config()?;
     let client = MonClient::from_config(&config)?;
-    let status = wait_healthy(&client, &config, HEALTHY_TIMEOUT).await?;
+    let osds = cluster.osd_ids()?.len();
+    let status = wait_healthy(&client, &config, osds, HEALTHY_TIMEOUT).await?;
     let conf = cluster.config_path();
     emit(
         format,
@@ -252,16 +278,21 @@ async fn up(
     )
 }
 
-/// Polls until every configured mon is in quorum and health is OK.
+/// Polls until every configured mon is in quorum, `osds` OSDs are up and health is OK.
 pub async fn wait_healthy(
     client: &MonClient,
     config: &Config,
+    osds: usize,
     limit: Duration,
 ) -> anyhow::Result<cairn_common::status::ClusterStatus> {
     let deadline = Instant::now() + limit;
     loop {
         let last = match client.status().await {
-            Ok(s) if s.health.status == Severity::Ok && s.mons.len() == config.monitors.len() => {
+            Ok(s)
+                if s.health.status == Severity::Ok
+                    && s.mons.len() == config.monitors.len()
+                    && s.osds.up as usize == osds =>
+            {
                 return Ok(s)
             }
             Ok(s) => s.health.render(true),

@@ -2,6 +2,8 @@
 
 pub mod admin;
 pub mod dev;
+pub mod osd;
+pub mod rados;
 
 use anyhow::Context;
 use serde::Serialize;
@@ -22,6 +24,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Mon(cmd) => admin::mon(&connect(&cli)?, cmd, cli.format).await,
         Cmd::Auth(cmd) => admin::auth(&connect(&cli)?, cmd, cli.format).await,
         Cmd::Config(cmd) => admin::config(&connect(&cli)?, cmd, cli.format).await,
+        Cmd::Osd(cmd) => {
+            let domain = load_config(&cli)?.client.pool_failure_domain;
+            osd::run(&connect(&cli)?, cmd, domain, cli.format).await
+        }
+        Cmd::Rados(cmd) => rados::run(&connect_rados(&cli).await?, cmd, cli.format).await,
+        Cmd::Pg(cmd) => rados::pg(&connect_rados(&cli).await?, cmd, cli.format).await,
     }
 }
 
@@ -52,6 +60,12 @@ pub fn load_config(cli: &Cli) -> anyhow::Result<Config> {
 fn connect(cli: &Cli) -> anyhow::Result<MonClient> {
     let config = load_config(cli)?;
     MonClient::from_config(&config).context("cannot set up the monitor client")
+}
+
+async fn connect_rados(cli: &Cli) -> anyhow::Result<cairn_client::Rados> {
+    let config = load_config(cli)?;
+    let monc = MonClient::from_config(&config).context("cannot set up the monitor client")?;
+    Ok(cairn_client::Rados::with_monc(monc, config.client).await?)
 }
 
 /// Prints `value` as JSON, or `plain` as text.

@@ -1,0 +1,301 @@
+//! `cairn osd …` and `cairn osd pool …`: OSD states, the placement hierarchy, pools.
+
+use std::fmt::Write;
+
+use clap::{Args, Subcommand};
+use serde_json::json;
+
+use cairn_client::MonClient;
+use cairn_common::command::Command;
+use cairn_common::maps::{default_min_size, FailureDomain, OsdMap, PoolKind};
+
+use super::emit;
+use crate::Format;
+
+#[derive(Subcommand)]
+pub enum OsdCmd {
+    /// The placement hierarchy: root, hosts, OSDs with up/down, in/out and weights.
+    Tree,
+    /// Mark OSDs down (a running OSD boots again at once: use it to test peering).
+    Down { ids: Vec<u32> },
+    /// Mark OSDs out: their data moves to other OSDs.
+    Out { ids: Vec<u32> },
+    /// Mark OSDs in again.
+    In { ids: Vec<u32> },
+    /// Pools.
+    #[command(subcommand)]
+    Pool(PoolCmd),
+}
+
+#[derive(Subcommand)]
+pub enum PoolCmd {
+    /// Create a pool: replicated (default, size 3) or erasure-coded (--erasure --k K --m M).
+    Create(PoolCreateArgs),
+    /// List pools.
+    Ls,
+    /// Show a pool's properties.
+    Get { name: String },
+    /// Change a pool property (min_size).
+    Set {
+        name: String,
+        key: String,
+        value: String,
+    },
+    /// Remove a pool and all its objects.
+    Rm {
+        name: String,
+        #[arg(long = "yes-i-really-mean-it")]
+        confirm: bool,
+    },
+}
+
+#[derive(Args)]
+pub struct PoolCreateArgs {
+    pub name: String,
+    #[arg(long, default_value_t = 64)]
+    pub pg_num: u32,
+    /// Full copies (the default kind).
+    #[arg(long, conflicts_with = "erasure")]
+    pub replicated: bool,
+    /// Copies of a replicated pool.
+    #[arg(long, default_value_t = 3)]
+    pub size: u32,
+    /// Members a PG needs to take writes (default: size − 1, or k + min(1, m − 1)).
+    #[arg(long)]
+    pub min_size: Option<u32>,
+    /// Reed–Solomon erasure coding with --k data and --m coding chunks.
+    #[arg(long, requires_all = ["k", "m"])]
+    pub erasure: bool,
+    #[arg(long)]
+    pub k: Option<u32>,
+    #[arg(long)]
+    pub m: Option<u32>,
+    /// Bytes of each chunk in a stripe.
+    #[arg(long, default_value_t = 4096)]
+    pub stripe_unit: u32,
+    /// host (default) or osd (for one-host clusters); default `client.pool_failure_domain`.
+    #[arg(long)]
+    pub failure_domain: Option<FailureDomain>,
+}
+
+impl PoolCreateArgs {
+    fn kind(&self) -> anyhow::Result<PoolKind> {
+        if self.erasure {
+            let (k, m) = (self.k.unwrap_or(0), self.m.unwrap_or(0));
+            return Ok(PoolKind::Erasure {
+                k,
+                m,
+                stripe_unit: self.stripe_unit,
+                min_size: self.min_size.unwrap_or(default_min_size(true, k, m)),
+            });
+        }
+        if self.k.is_some() || self.m.is_some() {
+            anyhow::bail!("--k and --m are for erasure-coded pools: add --erasure");
+        }
+        Ok(PoolKind::Replicated {
+            size: self.size,
+            min_size: self
+                .min_size
+                .unwrap_or(default_min_size(false, self.size, 0)),
+        })
+    }
+}
+
+pub async fn run(
+    client: &MonClient,
+    cmd: &OsdCmd,
+    default_domain: FailureDomain,
+    format: Format,
+) -> anyhow::Result<()> {
+    match cmd {
+        OsdCmd::Tree => {
+            let osdmap = client.maps().await?.osdmap;
+            emit(format, &tree_json(&osdmap), || render_tree(&osdmap))
+        }
+        OsdCmd::Down { ids } => {
+            change(
+                client,
+                Command::OsdDown {
+                    ids: ids.clone(),
+                    reason: "marked down by an admin".into(),
+                    at_ms: cairn_common::now_ms(),
+                },
+                format,
+            )
+            .await
+        }
+        OsdCmd::Out { ids } => change(client, Command::OsdOut { ids: ids.clone() }, format).await,
+        OsdCmd::In { ids } => change(client, Command::OsdIn { ids: ids.clone() }, format).await,
+        OsdCmd::Pool(p) => pool(client, p, default_domain, format).await,
+    }
+}
+
+async fn change(client: &MonClient, cmd: Command, format: Format) -> anyhow::Result<()> {
+    let (epoch, message) = client.command(cmd).await?;
+    emit(
+        format,
+        &json!({ "epoch": epoch, "message": message }),
+        || format!("{message}\n"),
+    )
+}
+
+async fn pool(
+    client: &MonClient,
+    cmd: &PoolCmd,
+    default_domain: FailureDomain,
+    format: Format,
+) -> anyhow::Result<()> {
+    match cmd {
+        PoolCmd::Create(a) => {
+            let cmd = Command::PoolCreate {
+                name: a.name.clone(),
+                pg_num: a.pg_num,
+                kind: a.kind()?,
+                failure_domain: a.failure_domain.unwrap_or(default_domain),
+            };
+            change(client, cmd, format).await
+        }
+        PoolCmd::Ls => {
+            let osdmap = client.maps().await?.osdmap;
+            let pools: Vec<_> = osdmap
+                .pools
+                .iter()
+                .map(|(id, p)| json!({ "id": id, "name": p.name }))
+                .collect();
+            emit(format, &pools, || {
+                osdmap
+                    .pools
+                    .values()
+                    .map(|p| format!("{}\n", p.name))
+                    .collect()
+            })
+        }
+        PoolCmd::Get { name } => {
+            let osdmap = client.maps().await?.osdmap;
+            let (id, p) = osdmap
+                .pool_by_name(name)
+                .ok_or_else(|| anyhow::anyhow!("pool '{name}' does not exist"))?;
+            emit(format, &json!({ "id": id, "pool": p }), || {
+                let mut out = format!(
+                    "pool {id} '{}'\npg_num: {}\nfailure_domain: {}\n",
+                    p.name, p.pg_num, p.failure_domain
+                );
+                match &p.kind {
+                    PoolKind::Replicated { size, min_size } => {
+                        let _ =
+                            writeln!(out, "type: replicated\nsize: {size}\nmin_size: {min_size}");
+                    }
+                    PoolKind::Erasure {
+                        k,
+                        m,
+                        stripe_unit,
+                        min_size,
+                    } => {
+                        let _ = writeln!(out, "type: erasure\nk: {k}\nm: {m}\nstripe_unit: {stripe_unit}\nmin_size: {min_size}");
+                    }
+                }
+                out
+            })
+        }
+        PoolCmd::Set { name, key, value } => {
+            let cmd = Command::PoolSet {
+                name: name.clone(),
+                key: key.clone(),
+                value: value.clone(),
+            };
+            change(client, cmd, format).await
+        }
+        PoolCmd::Rm { name, confirm } => {
+            if !confirm {
+                anyhow::bail!(
+                    "removing pool '{name}' destroys all its objects: add --yes-i-really-mean-it"
+                );
+            }
+            change(client, Command::PoolRm { name: name.clone() }, format).await
+        }
+    }
+}
+
+fn status_word(up: bool) -> &'static str {
+    if up {
+        "up"
+    } else {
+        "down"
+    }
+}
+
+/// `cairn osd tree --format json`: every OSD with its status, for scripts.
+fn tree_json(map: &OsdMap) -> serde_json::Value {
+    let nodes: Vec<_> = map
+        .osds
+        .iter()
+        .map(|(id, o)| {
+            json!({
+                "id": id,
+                "name": format!("osd.{id}"),
+                "type": "osd",
+                "host": o.host,
+                "status": status_word(o.up),
+                "in": o.in_cluster,
+                "weight": o.weight,
+                "addr": o.addr,
+                "capacity_bytes": o.capacity_bytes,
+            })
+        })
+        .collect();
+    json!({ "epoch": map.epoch, "nodes": nodes })
+}
+
+fn render_tree(map: &OsdMap) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<5} {:>9}  {:<20} {:<6} {:<4} {:>10}",
+        "ID", "WEIGHT", "TYPE NAME", "STATUS", "IN", "CAPACITY"
+    );
+    let total: f64 = map.osds.values().map(|o| o.weight).sum();
+    let _ = writeln!(out, "{:<5} {:>9.5}  {:<20}", "-1", total, "root default");
+    for (host, ids) in &map.hosts {
+        let weight: f64 = ids
+            .iter()
+            .filter_map(|i| map.osds.get(i))
+            .map(|o| o.weight)
+            .sum();
+        let _ = writeln!(
+            out,
+            "{:<5} {:>9.5}      {:<16}",
+            "",
+            weight,
+            format!("host {host}")
+        );
+        for id in ids {
+            let Some(o) = map.osds.get(id) else { continue };
+            let _ = writeln!(
+                out,
+                "{:<5} {:>9.5}          {:<12} {:<6} {:<4} {:>10}",
+                id,
+                o.weight,
+                format!("osd.{id}"),
+                status_word(o.up),
+                if o.in_cluster { "in" } else { "out" },
+                human_bytes(o.capacity_bytes)
+            );
+        }
+    }
+    out
+}
+
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}

@@ -1,0 +1,158 @@
+//! Heartbeats between OSDs and beacons to the mons. Every `osd.heartbeat_interval_ms` this
+//! OSD pings every other up OSD; a peer whose port refuses the connection (its process is
+//! gone) or that stayed silent for `osd.heartbeat_grace_ms` is reported in the next beacon,
+//! sent at once when the set of failures grows and every `osd.beacon_interval_ms` anyway.
+//! The mons decide (see `cairn-mon`'s `osd_liveness`).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{watch, Notify};
+
+use cairn_common::proto::{HeartbeatRequest, OsdBeaconRequest, PeerFailure};
+
+use crate::node::OsdNode;
+
+/// What this OSD knows of one peer's liveness.
+struct PeerHealth {
+    /// The peer's boot epoch: a restarted peer starts with a clean slate.
+    up_from: u64,
+    last_ok: Instant,
+    refused: bool,
+}
+
+#[derive(Default)]
+pub struct Heartbeats {
+    peers: std::sync::Mutex<HashMap<u32, PeerHealth>>,
+    /// Wakes the beacon loop when a new failure appears.
+    pub failure_seen: Notify,
+}
+
+/// Whether a failed call means nothing listens on the peer's port any more.
+fn is_refused(status: &tonic::Status) -> bool {
+    let text = format!("{status:?}").to_ascii_lowercase();
+    text.contains("connection refused") || text.contains("connectionrefused")
+}
+
+impl Heartbeats {
+    /// Current failures: peers refused or silent beyond the grace.
+    pub fn failures(&self, grace: Duration) -> Vec<PeerFailure> {
+        let now = Instant::now();
+        let peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        peers
+            .iter()
+            .filter_map(|(id, h)| {
+                let silent = now.duration_since(h.last_ok);
+                (h.refused || silent >= grace).then_some(PeerFailure {
+                    osd: *id,
+                    refused: h.refused,
+                    silent_ms: silent.as_millis() as u64,
+                })
+            })
+            .collect()
+    }
+
+    /// Keeps one entry per up peer, resetting those that restarted.
+    fn track(&self, up: &BTreeMap<u32, u64>) {
+        let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        peers.retain(|id, h| up.get(id) == Some(&h.up_from));
+        for (id, up_from) in up {
+            peers.entry(*id).or_insert_with(|| PeerHealth {
+                up_from: *up_from,
+                last_ok: Instant::now(),
+                refused: false,
+            });
+        }
+    }
+
+    fn record(&self, id: u32, result: Result<(), bool>) {
+        let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(h) = peers.get_mut(&id) {
+            match result {
+                Ok(()) => {
+                    h.last_ok = Instant::now();
+                    h.refused = false;
+                }
+                Err(refused) => h.refused = refused,
+            }
+        }
+    }
+}
+
+/// Pings every up peer each interval until `stop`.
+pub async fn run_heartbeats(
+    node: Arc<OsdNode>,
+    hb: Arc<Heartbeats>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let interval = Duration::from_millis(node.settings.heartbeat_interval_ms);
+    let grace = Duration::from_millis(node.settings.heartbeat_grace_ms);
+    loop {
+        let maps = node.maps();
+        let up: BTreeMap<u32, u64> = maps
+            .osdmap
+            .osds
+            .iter()
+            .filter(|(id, o)| o.up && **id != node.id)
+            .map(|(id, o)| (*id, o.up_from))
+            .collect();
+        hb.track(&up);
+        let before = hb.failures(grace).len();
+        let pings = up.keys().map(|id| ping(&node, &hb, *id, interval));
+        futures::future::join_all(pings).await;
+        if hb.failures(grace).len() > before {
+            hb.failure_seen.notify_one();
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+async fn ping(node: &OsdNode, hb: &Heartbeats, id: u32, timeout: Duration) {
+    let Some(mut client) = node.peer(id) else {
+        return;
+    };
+    let result = match node
+        .peer_request(HeartbeatRequest {
+            from: node.id,
+            osdmap_epoch: node.maps().osdmap.epoch,
+        })
+        .await
+    {
+        Ok(mut req) => {
+            req.set_timeout(timeout);
+            client
+                .heartbeat(req)
+                .await
+                .map(|_| ())
+                .map_err(|s| is_refused(&s))
+        }
+        // No ticket: the mons are unreachable, which says nothing about the peer.
+        Err(_) => return,
+    };
+    hb.record(id, result);
+}
+
+/// Sends beacons until `stop`: at every interval, and at once when a failure appears.
+pub async fn run_beacons(node: Arc<OsdNode>, hb: Arc<Heartbeats>, mut stop: watch::Receiver<bool>) {
+    let interval = Duration::from_millis(node.settings.beacon_interval_ms);
+    let grace = Duration::from_millis(node.settings.heartbeat_grace_ms);
+    loop {
+        let req = OsdBeaconRequest {
+            osd: node.id,
+            failures: hb.failures(grace),
+            going_down: false,
+        };
+        if let Err(e) = node.monc.osd_beacon(req).await {
+            tracing::warn!(error = %e, "beacon not delivered");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = hb.failure_seen.notified() => {}
+            _ = stop.changed() => return,
+        }
+    }
+}

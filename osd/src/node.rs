@@ -1,0 +1,152 @@
+//! One running OSD: its store, its copy of the cluster maps, its PGs and its connections to
+//! peer OSDs. The op paths (`primary`, `replica`, `activate`) and the services work on it.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tonic::transport::{Channel, Endpoint};
+
+use cairn_client::MonClient;
+use cairn_common::config::OsdSettings;
+use cairn_common::maps::ClusterMaps;
+use cairn_common::placement::PgId;
+use cairn_common::proto::osd_client::OsdClient;
+
+use crate::error::StoreError;
+use crate::pg::Pg;
+use crate::ObjectStore;
+
+/// How long an op waits for a map at least as new as its sender's before the OSD asks the
+/// mons directly.
+const MAP_WAIT: Duration = Duration::from_secs(2);
+
+pub struct OsdNode {
+    pub id: u32,
+    pub store: Arc<ObjectStore>,
+    pub monc: Arc<MonClient>,
+    pub settings: OsdSettings,
+    maps_tx: watch::Sender<Arc<ClusterMaps>>,
+    pgs: Mutex<HashMap<(PgId, i32), Arc<Pg>>>,
+    peers: Mutex<HashMap<String, Channel>>,
+}
+
+impl OsdNode {
+    pub fn new(
+        id: u32,
+        store: Arc<ObjectStore>,
+        monc: Arc<MonClient>,
+        settings: OsdSettings,
+        maps: ClusterMaps,
+    ) -> OsdNode {
+        OsdNode {
+            id,
+            store,
+            monc,
+            settings,
+            maps_tx: watch::channel(Arc::new(maps)).0,
+            pgs: Mutex::new(HashMap::new()),
+            peers: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn maps(&self) -> Arc<ClusterMaps> {
+        self.maps_tx.borrow().clone()
+    }
+
+    pub fn subscribe_maps(&self) -> watch::Receiver<Arc<ClusterMaps>> {
+        self.maps_tx.subscribe()
+    }
+
+    /// Installs newer maps; older or equal ones (from a lagging mon) are ignored.
+    pub fn publish_maps(&self, maps: ClusterMaps) -> bool {
+        self.maps_tx.send_if_modified(|cur| {
+            if maps.epoch_sum() > cur.epoch_sum() && maps.osdmap.epoch >= cur.osdmap.epoch {
+                *cur = Arc::new(maps);
+                true
+            } else {
+                false
+            }
+        })
+    }
+
+    /// Maps with an OSD map at least `epoch`: waits for the subscription, then asks the mons.
+    pub async fn maps_at_least(&self, epoch: u64) -> Arc<ClusterMaps> {
+        let mut rx = self.subscribe_maps();
+        let newer = tokio::time::timeout(MAP_WAIT, async {
+            rx.wait_for(|m| m.osdmap.epoch >= epoch)
+                .await
+                .map(|m| m.clone())
+        })
+        .await;
+        if let Ok(Ok(maps)) = newer {
+            return maps;
+        }
+        match self.monc.maps().await {
+            Ok(maps) => {
+                self.publish_maps(maps);
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot fetch maps from the mons"),
+        }
+        self.maps()
+    }
+
+    /// The PG member this OSD holds for `(pg, shard)`, created in memory on first use.
+    pub fn pg(&self, pg: PgId, shard: i32) -> Arc<Pg> {
+        let mut pgs = self.pgs.lock().unwrap_or_else(|p| p.into_inner());
+        pgs.entry((pg, shard))
+            .or_insert_with(|| Pg::new(pg, shard))
+            .clone()
+    }
+
+    /// Runs blocking store work off the async threads.
+    pub async fn blocking<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(&ObjectStore) -> Result<T, StoreError> + Send + 'static,
+        T: Send + 'static,
+    {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || f(&store))
+            .await
+            .map_err(|e| StoreError::Invalid(format!("store task failed: {e}")))?
+    }
+
+    /// A client for the OSD `osd` as the current map places it.
+    pub fn peer(&self, osd: u32) -> Option<OsdClient<Channel>> {
+        let addr = self.maps().osdmap.osds.get(&osd)?.addr.clone();
+        let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        let channel = match peers.get(&addr) {
+            Some(c) => c.clone(),
+            None => {
+                let c = Endpoint::from_shared(format!("http://{addr}"))
+                    .ok()?
+                    .connect_timeout(Duration::from_millis(self.settings.heartbeat_interval_ms))
+                    .tcp_nodelay(true)
+                    .connect_lazy();
+                peers.insert(addr, c.clone());
+                c
+            }
+        };
+        Some(
+            OsdClient::new(channel)
+                .max_decoding_message_size(self.settings.message_bytes_max)
+                .max_encoding_message_size(self.settings.message_bytes_max),
+        )
+    }
+
+    /// A request to a peer OSD, with this OSD's ticket and the peer timeout.
+    pub async fn peer_request<T>(&self, body: T) -> Result<tonic::Request<T>, tonic::Status> {
+        let bearer = self
+            .monc
+            .osd_bearer()
+            .await
+            .map_err(|e| tonic::Status::unavailable(format!("no ticket: {e}")))?;
+        let mut req = tonic::Request::new(body);
+        req.set_timeout(Duration::from_millis(self.settings.peer_timeout_ms));
+        if let Ok(v) = bearer.parse() {
+            req.metadata_mut().insert("authorization", v);
+        }
+        Ok(req)
+    }
+}

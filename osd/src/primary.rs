@@ -1,0 +1,389 @@
+//! Client ops on the primary of their PG: check the op is for this OSD in the newest map,
+//! bring the PG in line for its interval, then read locally or resolve a write into
+//! mutations, apply them here and on every other member at once, and acknowledge only when
+//! all have them durable.
+
+use cairn_common::maps::{ClusterMaps, Pool};
+use cairn_common::placement::{object_pg, pg_acting, primary, PgId, NO_OSD};
+use cairn_common::proto::object_op::Op;
+use cairn_common::proto::{OpReply, OpRequest, OpResult, SubOpRequest};
+
+use crate::activate::ensure_active;
+use crate::error::StoreError;
+use crate::members::{self, Member};
+use crate::mutation::{self, decode_u64, user_attr, user_attrs, ATTR_VERSION};
+use crate::node::OsdNode;
+use crate::pg::{next_version, Interval, Pg, PgState, PG_META};
+use crate::replica::{self, result_of};
+
+/// Longest object name, in bytes.
+pub const OBJECT_NAME_BYTES_MAX: usize = 1024;
+/// Most entries one omap read or listing returns.
+pub const PAGE_ENTRIES_MAX: u32 = 10_000;
+
+pub fn reply(result: OpResult, message: impl Into<String>) -> OpReply {
+    OpReply {
+        result: result as i32,
+        message: message.into(),
+        ..OpReply::default()
+    }
+}
+
+/// A reply that ends an op before it is served (boxed: replies are large).
+fn refuse(result: OpResult, message: impl Into<String>) -> Box<OpReply> {
+    Box::new(reply(result, message))
+}
+
+fn store_error(e: &StoreError) -> OpReply {
+    reply(result_of(e), e.to_string())
+}
+
+/// Object names: 1 to 1024 bytes, no NUL (the store's key separator), not starting with the
+/// byte reserved for a PG's own bookkeeping.
+pub fn validate_object_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > OBJECT_NAME_BYTES_MAX {
+        return Err(format!(
+            "object names are 1 to {OBJECT_NAME_BYTES_MAX} bytes, not {}",
+            name.len()
+        ));
+    }
+    if name.contains('\0') || name.starts_with('\u{1}') {
+        return Err("object names cannot contain NUL or start with \\x01".into());
+    }
+    Ok(())
+}
+
+fn is_write(op: &Op) -> bool {
+    !matches!(
+        op,
+        Op::Read(_) | Op::Stat(_) | Op::GetXattrs(_) | Op::OmapGet(_) | Op::List(_)
+    )
+}
+
+/// Whether the op changes data (for the caps check).
+pub fn op_writes(req: &OpRequest) -> bool {
+    req.op
+        .as_ref()
+        .and_then(|o| o.op.as_ref())
+        .is_some_and(is_write)
+}
+
+/// The PG of an op, the members of its interval, and this OSD's place among them.
+struct Target {
+    pg: PgId,
+    members: Vec<Member>,
+    me: Member,
+    interval: Interval,
+}
+
+pub async fn handle_op(node: &OsdNode, req: OpRequest) -> OpReply {
+    let maps = node.maps_at_least(req.osdmap_epoch).await;
+    let mut out = match route(node, &maps, &req) {
+        Ok((pool, target)) => {
+            let Some(op) = req.op.and_then(|o| o.op) else {
+                return reply(OpResult::Invalid, "the request holds no op");
+            };
+            serve(node, &maps, pool, target, &req.object, &req.reqid, op).await
+        }
+        Err(refusal) => *refusal,
+    };
+    out.osdmap_epoch = maps.osdmap.epoch;
+    out
+}
+
+/// Checks the op belongs here, now: the pool exists, this OSD is the PG's primary, enough
+/// members are up.
+fn route<'a>(
+    node: &OsdNode,
+    maps: &'a ClusterMaps,
+    req: &OpRequest,
+) -> Result<(&'a Pool, Target), Box<OpReply>> {
+    let osdmap = &maps.osdmap;
+    let Some(pool) = osdmap.pools.get(&req.pool) else {
+        if req.osdmap_epoch < osdmap.epoch {
+            return Err(misdirected(
+                maps,
+                format!("pool {} does not exist", req.pool),
+            ));
+        }
+        return Err(refuse(
+            OpResult::NotFound,
+            format!("pool {} does not exist", req.pool),
+        ));
+    };
+    let pg = match req.op.as_ref().and_then(|o| o.op.as_ref()) {
+        Some(Op::List(l)) if l.pg < pool.pg_num => PgId {
+            pool: req.pool,
+            seed: l.pg,
+        },
+        Some(Op::List(l)) => {
+            return Err(refuse(
+                OpResult::Invalid,
+                format!("pool {} has no pg {:x}", pool.name, l.pg),
+            ))
+        }
+        _ => {
+            validate_object_name(&req.object).map_err(|e| refuse(OpResult::Invalid, e))?;
+            object_pg(req.pool, pool, &req.object)
+        }
+    };
+    let acting = pg_acting(osdmap, pool, pg);
+    if primary(&acting) != Some(node.id) {
+        return Err(misdirected(
+            maps,
+            format!(
+                "osd.{} is not the primary of pg {pg} at epoch {}",
+                node.id, osdmap.epoch
+            ),
+        ));
+    }
+    let erasure = pool.is_erasure();
+    let members: Vec<Member> = acting
+        .iter()
+        .enumerate()
+        .filter(|(_, osd)| **osd != NO_OSD)
+        .map(|(i, osd)| Member {
+            osd: *osd,
+            shard: if erasure { i as i32 } else { -1 },
+        })
+        .collect();
+    if members.len() < pool.min_size() {
+        return Err(refuse(
+            OpResult::Retry,
+            format!(
+                "pg {pg} has {} of {} members up and needs {} (min_size) to serve",
+                members.len(),
+                pool.width(),
+                pool.min_size()
+            ),
+        ));
+    }
+    let me = *members
+        .iter()
+        .find(|m| m.osd == node.id)
+        .expect("the primary is a member");
+    Ok((
+        pool,
+        Target {
+            pg,
+            interval: Interval::of(osdmap, &acting),
+            members,
+            me,
+        },
+    ))
+}
+
+fn misdirected(maps: &ClusterMaps, message: String) -> Box<OpReply> {
+    Box::new(OpReply {
+        maps_json: serde_json::to_vec(maps).unwrap_or_default(),
+        ..reply(OpResult::Misdirected, message)
+    })
+}
+
+async fn serve(
+    node: &OsdNode,
+    maps: &ClusterMaps,
+    pool: &Pool,
+    t: Target,
+    object: &str,
+    reqid: &str,
+    op: Op,
+) -> OpReply {
+    if pool.is_erasure() {
+        return reply(OpResult::Invalid, "erasure-coded pools do not take ops yet");
+    }
+    let pg = node.pg(t.pg, t.me.shard);
+    let mut st = pg.state.lock().await;
+    let epoch = maps.osdmap.epoch;
+    if let Err(why) = ensure_active(node, &pg, &mut st, &t.members, t.interval, epoch).await {
+        tracing::info!(pg = %t.pg, %why, "pg not active yet");
+        return reply(OpResult::Retry, format!("pg {} is peering: {why}", t.pg));
+    }
+    if is_write(&op) {
+        write(node, &pg, &mut st, &t.members, object, reqid, op).await
+    } else {
+        read(node, &pg, object, op).await
+    }
+}
+
+async fn read(node: &OsdNode, pg: &Pg, object: &str, op: Op) -> OpReply {
+    let coll = pg.coll.clone();
+    let oid = object.to_string();
+    let result = node
+        .blocking(move |store| {
+            let mut out = reply(OpResult::Ok, "");
+            match op {
+                Op::Read(r) => {
+                    out.data = store.read(&coll, &oid, r.offset, r.length)?;
+                    out.size = store.stat(&coll, &oid)?;
+                }
+                Op::Stat(_) => {
+                    out.size = store.stat(&coll, &oid)?;
+                    out.version = decode_u64(store.getattrs(&coll, &oid)?.get(ATTR_VERSION));
+                }
+                Op::GetXattrs(_) => out.xattrs = user_attrs(&store.getattrs(&coll, &oid)?),
+                Op::OmapGet(range) => {
+                    let after = (!range.after.is_empty()).then_some(range.after.as_slice());
+                    let max = range.max.clamp(1, PAGE_ENTRIES_MAX) as usize;
+                    out.omap = store
+                        .omap_get(&coll, &oid, after, max)?
+                        .into_iter()
+                        .map(|(key, value)| cairn_common::proto::BytesKeyValue { key, value })
+                        .collect();
+                }
+                Op::List(l) => {
+                    let after = (!l.after.is_empty()).then_some(l.after.as_str());
+                    let max = l.max.clamp(1, PAGE_ENTRIES_MAX) as usize;
+                    let (names, next) = store.list(&coll, after, max)?;
+                    out.objects = names.into_iter().filter(|n| n != PG_META).collect();
+                    out.next = next.unwrap_or_default();
+                }
+                _ => return Err(StoreError::Invalid("not a read".into())),
+            }
+            Ok(out)
+        })
+        .await;
+    result.unwrap_or_else(|e| {
+        if let StoreError::ChecksumMismatch { .. } = e {
+            metrics::counter!("cairn_osd_checksum_errors_total").increment(1);
+            tracing::error!(pg = %pg.id, object, error = %e, "read failed its checksum");
+        }
+        store_error(&e)
+    })
+}
+
+/// The object's size and whether it exists, as the PG holds it now.
+async fn current(node: &OsdNode, pg: &Pg, object: &str) -> Result<Option<u64>, StoreError> {
+    let (coll, oid) = (pg.coll.clone(), object.to_string());
+    node.blocking(move |store| match store.stat(&coll, &oid) {
+        Ok(size) => Ok(Some(size)),
+        Err(StoreError::NoObject { .. }) => Ok(None),
+        Err(e) => Err(e),
+    })
+    .await
+}
+
+/// Resolves a write op into mutations against the object's current state, or the reply
+/// that ends it (not found, invalid).
+fn resolve(
+    op: Op,
+    size: Option<u64>,
+    object: &str,
+) -> Result<Vec<cairn_common::proto::Mutation>, Box<OpReply>> {
+    use cairn_common::proto::mutation::M;
+    use cairn_common::proto::Mutation;
+    let missing = || {
+        reply(
+            OpResult::NotFound,
+            format!("object {object} does not exist"),
+        )
+    };
+    let m = |m: M| Mutation { m: Some(m) };
+    Ok(match op {
+        Op::WriteFull(data) => [mutation::touch(), mutation::truncate(0)]
+            .into_iter()
+            .chain(data_write(0, data))
+            .collect(),
+        Op::Write(w) => [mutation::touch()]
+            .into_iter()
+            .chain(data_write(w.offset, w.data))
+            .collect(),
+        Op::Append(data) => [mutation::touch()]
+            .into_iter()
+            .chain(data_write(size.unwrap_or(0), data))
+            .collect(),
+        Op::Truncate(n) => vec![mutation::touch(), mutation::truncate(n)],
+        Op::Remove(_) => {
+            size.ok_or_else(missing)?;
+            vec![mutation::remove()]
+        }
+        Op::SetXattr(kv) => {
+            if kv.key.is_empty() || kv.key.len() > 256 {
+                return Err(refuse(OpResult::Invalid, "xattr names are 1 to 256 bytes"));
+            }
+            vec![mutation::set_attr(&user_attr(&kv.key), kv.value)]
+        }
+        Op::RmXattr(name) => {
+            size.ok_or_else(missing)?;
+            vec![m(M::RmXattr(user_attr(&name)))]
+        }
+        Op::OmapSet(e) => vec![mutation::touch(), m(M::OmapSet(e))],
+        Op::OmapRm(k) => {
+            size.ok_or_else(missing)?;
+            vec![m(M::OmapRm(k))]
+        }
+        _ => return Err(refuse(OpResult::Invalid, "not a write")),
+    })
+}
+
+/// A write of `data` at `offset`, unless there is nothing to write.
+fn data_write(offset: u64, data: Vec<u8>) -> Option<cairn_common::proto::Mutation> {
+    (!data.is_empty()).then(|| mutation::write(offset, data))
+}
+
+async fn write(
+    node: &OsdNode,
+    pg: &Pg,
+    st: &mut PgState,
+    members: &[Member],
+    object: &str,
+    reqid: &str,
+    op: Op,
+) -> OpReply {
+    if let Some(version) = st.applied(reqid) {
+        return OpReply {
+            version,
+            ..reply(OpResult::Ok, "already applied")
+        };
+    }
+    let size = match current(node, pg, object).await {
+        Ok(s) => s,
+        Err(e) => return store_error(&e),
+    };
+    let mutations = match resolve(op, size, object) {
+        Ok(m) => m,
+        Err(r) => return *r,
+    };
+    let interval_epoch = st.active.as_ref().map(|(_, e)| *e).unwrap_or(0);
+    let version = next_version(st.last_update, interval_epoch);
+    let sub = SubOpRequest {
+        osdmap_epoch: interval_epoch,
+        pool: pg.id.pool,
+        pg: pg.id.seed,
+        shard: -1,
+        object: object.to_string(),
+        version,
+        mutations,
+        prior_version: st.last_update,
+        recovery: false,
+        reqid: reqid.to_string(),
+    };
+    let others = members.iter().filter(|m| m.osd != node.id).map(|m| {
+        let sub = sub.clone();
+        async move { members::remote_sub_op(node, *m, sub).await }
+    });
+    let (local, remote) = tokio::join!(
+        replica::apply_locked(node, pg, st, sub.clone()),
+        futures::future::join_all(others)
+    );
+    let remote_error = remote.into_iter().find_map(|r| r.err());
+    if local.result != OpResult::Ok as i32 || remote_error.is_some() {
+        // Members may now disagree: bring them in line before the next op.
+        st.active = None;
+        if local.result != OpResult::Ok as i32 {
+            return OpReply {
+                result: local.result,
+                message: local.message,
+                ..OpReply::default()
+            };
+        }
+        let why = remote_error.unwrap_or_default();
+        tracing::info!(pg = %pg.id, object, %why, "write not acknowledged by every member");
+        return reply(OpResult::Retry, why);
+    }
+    metrics::counter!("cairn_osd_writes_total").increment(1);
+    OpReply {
+        version,
+        ..reply(OpResult::Ok, "")
+    }
+}

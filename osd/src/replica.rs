@@ -1,0 +1,204 @@
+//! What a PG member does for its primary: apply a sub-op, describe its state (query), and
+//! hand over an object whole (pull). The primary calls the same functions on itself.
+
+use std::collections::HashMap;
+
+use cairn_common::placement::PgId;
+use cairn_common::proto::{
+    Mutation, OpResult, PgPullReply, PgQueryReply, SubOpReply, SubOpRequest,
+};
+
+use crate::error::StoreError;
+use crate::mutation::{self, decode_u64, ATTR_VERSION};
+use crate::node::OsdNode;
+use crate::pg::{Pg, PgState, PG_META};
+use crate::Transaction;
+
+/// Loads the member's PG state from the store once (creating its collection on first use).
+pub async fn ensure_loaded(node: &OsdNode, pg: &Pg, st: &mut PgState) -> Result<(), StoreError> {
+    if st.loaded {
+        return Ok(());
+    }
+    let coll = pg.coll.clone();
+    let loaded = node
+        .blocking(move |store| {
+            let mut fresh = PgState::default();
+            fresh.load(store, &coll)?;
+            Ok(fresh)
+        })
+        .await?;
+    *st = loaded;
+    Ok(())
+}
+
+pub fn result_of(e: &StoreError) -> OpResult {
+    match e {
+        StoreError::NoObject { .. } => OpResult::NotFound,
+        StoreError::NoSpace { .. } => OpResult::NoSpace,
+        StoreError::Invalid(_) => OpResult::Invalid,
+        StoreError::ChecksumMismatch { .. } | StoreError::Io(_) | StoreError::Corrupt(_) => {
+            OpResult::IoError
+        }
+        _ => OpResult::Retry,
+    }
+}
+
+fn sub_reply(result: OpResult, message: impl Into<String>) -> SubOpReply {
+    SubOpReply {
+        result: result as i32,
+        message: message.into(),
+    }
+}
+
+/// Applies a primary's change durably. A regular sub-op must follow the member's current
+/// version exactly (`prior_version`); a member out of step refuses, and the primary brings it
+/// in line before writing again.
+pub async fn apply_sub_op(node: &OsdNode, req: SubOpRequest) -> SubOpReply {
+    let pg = node.pg(
+        PgId {
+            pool: req.pool,
+            seed: req.pg,
+        },
+        req.shard,
+    );
+    let mut st = pg.state.lock().await;
+    apply_locked(node, &pg, &mut st, req).await
+}
+
+/// `apply_sub_op` with the PG's lock already held (the primary applying to itself).
+pub async fn apply_locked(
+    node: &OsdNode,
+    pg: &Pg,
+    st: &mut PgState,
+    req: SubOpRequest,
+) -> SubOpReply {
+    if let Err(e) = ensure_loaded(node, pg, st).await {
+        return sub_reply(result_of(&e), e.to_string());
+    }
+    if !req.recovery && st.last_update != req.prior_version {
+        return sub_reply(
+            OpResult::Retry,
+            format!(
+                "osd.{} is out of step in pg {}: at version {:#x}, the primary wrote after {:#x}",
+                node.id, pg.id, st.last_update, req.prior_version
+            ),
+        );
+    }
+    let mut txn = Transaction::new();
+    let set_version_only = req.recovery && req.object.is_empty();
+    if set_version_only {
+        PgState::set_last_update_ops(&mut txn, &pg.coll, req.version);
+    } else {
+        if let Err(e) =
+            mutation::to_store_ops(&mut txn, &pg.coll, &req.object, &req.mutations, req.version)
+        {
+            return sub_reply(OpResult::Invalid, e.to_string());
+        }
+        if !req.recovery {
+            st.log_ops(&mut txn, &pg.coll, req.version, &req.reqid);
+        }
+    }
+    match node.blocking(move |store| store.apply(&txn)).await {
+        Ok(()) => {
+            if set_version_only {
+                st.last_update = req.version;
+            } else if !req.recovery {
+                st.logged(req.version, &req.reqid);
+            }
+            sub_reply(OpResult::Ok, "")
+        }
+        Err(e) => {
+            tracing::warn!(pg = %pg.id, object = %req.object, error = %e, "sub-op failed");
+            sub_reply(result_of(&e), e.to_string())
+        }
+    }
+}
+
+/// The member's version of the PG and of every object in it.
+pub async fn query(node: &OsdNode, pg_id: PgId, shard: i32) -> PgQueryReply {
+    let pg = node.pg(pg_id, shard);
+    let mut st = pg.state.lock().await;
+    query_locked(node, &pg, &mut st).await
+}
+
+/// `query` with the PG's lock already held.
+pub async fn query_locked(node: &OsdNode, pg: &Pg, st: &mut PgState) -> PgQueryReply {
+    if let Err(e) = ensure_loaded(node, pg, st).await {
+        return PgQueryReply {
+            result: result_of(&e) as i32,
+            message: e.to_string(),
+            ..PgQueryReply::default()
+        };
+    }
+    let coll = pg.coll.clone();
+    let objects = node
+        .blocking(move |store| object_versions(store, &coll))
+        .await;
+    match objects {
+        Ok(objects) => PgQueryReply {
+            result: OpResult::Ok as i32,
+            message: String::new(),
+            last_update: st.last_update,
+            objects,
+        },
+        Err(e) => PgQueryReply {
+            result: result_of(&e) as i32,
+            message: e.to_string(),
+            ..PgQueryReply::default()
+        },
+    }
+}
+
+fn object_versions(
+    store: &crate::ObjectStore,
+    coll: &str,
+) -> Result<HashMap<String, u64>, StoreError> {
+    let mut out = HashMap::new();
+    let mut after: Option<String> = None;
+    loop {
+        let (names, next) = store.list(coll, after.as_deref(), 1024)?;
+        for name in names.into_iter().filter(|n| n != PG_META) {
+            let attrs = store.getattrs(coll, &name)?;
+            out.insert(name, decode_u64(attrs.get(ATTR_VERSION)));
+        }
+        match next {
+            Some(n) => after = Some(n),
+            None => return Ok(out),
+        }
+    }
+}
+
+/// One object of the member's PG, whole, as mutations that recreate it.
+pub async fn pull(node: &OsdNode, pg_id: PgId, shard: i32, object: String) -> PgPullReply {
+    let pg = node.pg(pg_id, shard);
+    let coll = pg.coll.clone();
+    let state = node
+        .blocking(move |store| {
+            let state = mutation::object_state(store, &coll, &object)?;
+            let version = match &state {
+                Some(_) => decode_u64(store.getattrs(&coll, &object)?.get(ATTR_VERSION)),
+                None => 0,
+            };
+            Ok((state, version))
+        })
+        .await;
+    match state {
+        Ok((state, version)) => PgPullReply {
+            result: OpResult::Ok as i32,
+            message: String::new(),
+            exists: state.is_some(),
+            mutations: state.unwrap_or_default(),
+            version,
+        },
+        Err(e) => PgPullReply {
+            result: result_of(&e) as i32,
+            message: e.to_string(),
+            ..PgPullReply::default()
+        },
+    }
+}
+
+/// Mutations from a pull reply: the object's state, or `None` when the source lacks it.
+pub fn pulled_state(reply: &PgPullReply) -> Option<Vec<Mutation>> {
+    reply.exists.then(|| reply.mutations.clone())
+}
