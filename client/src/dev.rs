@@ -338,8 +338,8 @@ impl DevCluster {
         let text = std::fs::read_to_string(self.pid_file(kind, name)).ok()?;
         let pid: i32 = text.trim().parse().ok().filter(|p| *p > 1)?;
         // SAFETY: kill with signal 0 only checks that the process exists.
-        let alive = unsafe { libc::kill(pid, 0) } == 0;
-        alive.then_some(pid as u32)
+        let exists = unsafe { libc::kill(pid, 0) } == 0;
+        (exists && !is_zombie(pid)).then_some(pid as u32)
     }
 
     /// Collects a child of ours that exited, so it does not linger as a zombie.
@@ -445,6 +445,15 @@ impl Drop for DevCluster {
             let _ = child.try_wait();
         }
     }
+}
+
+/// Whether a process has exited but not been reaped yet (its parent, here often init, has
+/// not collected it): it no longer runs, though signal 0 still finds it.
+fn is_zombie(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with('Z')))
+        .unwrap_or(false)
 }
 
 /// Runs a daemon's tool command to completion; its stderr explains a failure.

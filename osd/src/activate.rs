@@ -8,14 +8,22 @@
 //! them, and each interval's members overlap the previous one's while `min_size` is a
 //! majority of the pool's width, so the newest member holds every acknowledged write.
 //!
+//! In an erasure-coded PG members hold different shards: a member's shard of an object is
+//! rebuilt from any k members holding the authority's version of it. An object with fewer
+//! than k such shards keeps the PG inactive (it says which): the PG never guesses.
+//!
 //! This is the first form of peering: it does not yet remember past intervals, so a PG
 //! whose every member of the last interval is gone (e.g. all replaced after `out`) cannot
-//! tell it missed writes. Full peering with past intervals, log-based recovery and
-//! erasure-code shard rebuilds come with the self-healing issue.
+//! tell it missed writes; nor does it roll back a partial erasure-coded write to the
+//! previous version. Full peering with past intervals and log-based recovery come with the
+//! self-healing issue.
 
 use std::collections::BTreeSet;
 
-use cairn_common::proto::{Mutation, SubOpRequest};
+use cairn_common::proto::{Mutation, PgQueryReply, SubOpRequest};
+
+use crate::ec::Codec;
+use crate::erasure;
 
 use crate::members::{self, Member};
 use crate::mutation;
@@ -30,6 +38,7 @@ pub async fn ensure_active(
     pg: &Pg,
     st: &mut PgState,
     members: &[Member],
+    codec: Option<&Codec>,
     interval: Interval,
     epoch: u64,
 ) -> Result<(), String> {
@@ -70,12 +79,16 @@ pub async fn ensure_active(
             if have == want {
                 continue;
             }
-            let (state, version) = match want {
-                Some(_) => {
+            let (state, version) = match (want, codec) {
+                (Some(v), Some(codec)) => {
+                    let state = rebuild_shard(node, pg, &infos, *m, codec, name, *v).await?;
+                    (Some(state), *v)
+                }
+                (Some(_), None) => {
                     let reply = members::pull(node, pg, auth, name).await?;
                     (pulled_state(&reply), reply.version)
                 }
-                None => (None, 0),
+                (None, _) => (None, 0),
             };
             let muts = mutation::replace_with(have.is_some(), state);
             if muts.is_empty() {
@@ -98,6 +111,43 @@ pub async fn ensure_active(
     st.active = Some((interval, epoch));
     tracing::debug!(pg = %pg.id, epoch, "pg active");
     Ok(())
+}
+
+/// Member `target`'s shard of `object` at `version`, decoded from k members that hold it.
+async fn rebuild_shard(
+    node: &OsdNode,
+    pg: &Pg,
+    infos: &[(Member, PgQueryReply)],
+    target: Member,
+    codec: &Codec,
+    object: &str,
+    version: u64,
+) -> Result<Vec<Mutation>, String> {
+    let sources: Vec<Member> = infos
+        .iter()
+        .filter(|(m, info)| *m != target && info.objects.get(object) == Some(&version))
+        .map(|(m, _)| *m)
+        .take(codec.k())
+        .collect();
+    if sources.len() < codec.k() {
+        return Err(format!(
+            "object {object} has {} shards at version {version:#x}, {} needed to rebuild it",
+            sources.len(),
+            codec.k()
+        ));
+    }
+    let mut shards: Vec<Option<Vec<u8>>> = vec![None; codec.shard_count()];
+    let mut attrs = Vec::new();
+    for m in &sources {
+        let reply = members::pull(node, pg, *m, object).await?;
+        shards[m.shard as usize] = Some(erasure::state_data(&reply.mutations));
+        attrs = reply.mutations;
+    }
+    codec
+        .decode(&mut shards)
+        .map_err(|e| format!("cannot rebuild {object}: {e}"))?;
+    let shard = shards[target.shard as usize].take().unwrap_or_default();
+    Ok(erasure::with_shard_data(&attrs, shard))
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -2,8 +2,8 @@
 //! engine: object data in a block device or preallocated file, managed by an extent allocator
 //! and written through io_uring; all metadata in RocksDB (`store` and the modules it uses).
 //! The daemon (`daemon`, `node`, `service`) serves PGs: as primary (`primary`, `activate`,
-//! `members`) and as member (`replica`), over the store (`pg`, `mutation`); erasure coding is
-//! `ec`; `heartbeat` watches the peers.
+//! `members`) and as member (`replica`), over the store (`pg`, `mutation`); erasure-coded
+//! PGs use `erasure` over the `ec` codec; `heartbeat` watches the peers.
 
 pub mod activate;
 pub mod aligned;
@@ -11,6 +11,7 @@ pub mod allocator;
 pub mod apply;
 pub mod daemon;
 pub mod ec;
+pub mod erasure;
 pub mod error;
 pub mod extents;
 pub mod fsck;

@@ -3,7 +3,8 @@
 //! RETRY: the member may be down, and the map will say so shortly.
 
 use cairn_common::proto::{
-    OpResult, PgPullReply, PgPullRequest, PgQueryReply, PgQueryRequest, SubOpRequest,
+    OpResult, PgPullReply, PgPullRequest, PgQueryReply, PgQueryRequest, ShardReadReply,
+    ShardReadRequest, SubOpRequest,
 };
 
 use crate::node::OsdNode;
@@ -118,5 +119,42 @@ pub async fn pull(node: &OsdNode, pg: &Pg, m: Member, object: &str) -> Result<Pg
             .into_inner()
     };
     check(reply.result, &reply.message, "pull", m)?;
+    Ok(reply)
+}
+
+/// A byte range of a member's shard of `object` (erasure-coded pools).
+pub async fn shard_read(
+    node: &OsdNode,
+    pg: &Pg,
+    m: Member,
+    object: &str,
+    offset: u64,
+    length: u64,
+) -> Result<ShardReadReply, String> {
+    let req = ShardReadRequest {
+        pool: pg.id.pool,
+        pg: pg.id.seed,
+        shard: m.shard,
+        object: object.to_string(),
+        offset,
+        length,
+    };
+    let reply = if m.osd == node.id {
+        replica::shard_read(node, req).await
+    } else {
+        let mut client = node
+            .peer(m.osd)
+            .ok_or_else(|| failed("shard read", m, "not in the map"))?;
+        let request = node
+            .peer_request(req)
+            .await
+            .map_err(|e| failed("shard read", m, e))?;
+        client
+            .shard_read(request)
+            .await
+            .map_err(|e| failed("shard read", m, e.message()))?
+            .into_inner()
+    };
+    check(reply.result, &reply.message, "shard read", m)?;
     Ok(reply)
 }

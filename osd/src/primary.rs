@@ -6,9 +6,11 @@
 use cairn_common::maps::{ClusterMaps, Pool};
 use cairn_common::placement::{object_pg, pg_acting, primary, PgId, NO_OSD};
 use cairn_common::proto::object_op::Op;
-use cairn_common::proto::{OpReply, OpRequest, OpResult, SubOpRequest};
+use cairn_common::proto::{Mutation, OpReply, OpRequest, OpResult, SubOpRequest};
 
 use crate::activate::ensure_active;
+use crate::ec::Codec;
+use crate::erasure;
 use crate::error::StoreError;
 use crate::members::{self, Member};
 use crate::mutation::{self, decode_u64, user_attr, user_attrs, ATTR_VERSION};
@@ -189,20 +191,42 @@ async fn serve(
     reqid: &str,
     op: Op,
 ) -> OpReply {
-    if pool.is_erasure() {
-        return reply(OpResult::Invalid, "erasure-coded pools do not take ops yet");
-    }
+    let codec = match erasure::codec_of(pool) {
+        Ok(c) => c,
+        Err(e) => return reply(OpResult::Invalid, e),
+    };
     let pg = node.pg(t.pg, t.me.shard);
     let mut st = pg.state.lock().await;
     let epoch = maps.osdmap.epoch;
-    if let Err(why) = ensure_active(node, &pg, &mut st, &t.members, t.interval, epoch).await {
+    let activated = ensure_active(
+        node,
+        &pg,
+        &mut st,
+        &t.members,
+        codec.as_ref(),
+        t.interval,
+        epoch,
+    );
+    if let Err(why) = activated.await {
         tracing::info!(pg = %t.pg, %why, "pg not active yet");
         return reply(OpResult::Retry, format!("pg {} is peering: {why}", t.pg));
     }
-    if is_write(&op) {
-        write(node, &pg, &mut st, &t.members, object, reqid, op).await
-    } else {
-        read(node, &pg, object, op).await
+    match (is_write(&op), &codec) {
+        (true, _) => {
+            write(
+                node,
+                &pg,
+                &mut st,
+                &t.members,
+                codec.as_ref(),
+                object,
+                reqid,
+                op,
+            )
+            .await
+        }
+        (false, Some(c)) => erasure::read(node, &pg, &t.members, c, object, op).await,
+        (false, None) => read(node, &pg, object, op).await,
     }
 }
 
@@ -321,11 +345,17 @@ fn data_write(offset: u64, data: Vec<u8>) -> Option<cairn_common::proto::Mutatio
     (!data.is_empty()).then(|| mutation::write(offset, data))
 }
 
+/// What each member applies for one write: the same mutations on every replica, or each
+/// erasure-code shard its own.
+pub type Plan = Vec<(Member, Vec<Mutation>)>;
+
+#[allow(clippy::too_many_arguments)]
 async fn write(
     node: &OsdNode,
     pg: &Pg,
     st: &mut PgState,
     members: &[Member],
+    codec: Option<&Codec>,
     object: &str,
     reqid: &str,
     op: Op,
@@ -336,21 +366,47 @@ async fn write(
             ..reply(OpResult::Ok, "already applied")
         };
     }
-    let size = match current(node, pg, object).await {
-        Ok(s) => s,
-        Err(e) => return store_error(&e),
+    let plan = match codec {
+        Some(codec) => erasure::plan_write(node, pg, members, codec, object, op).await,
+        None => plan_replicated(node, pg, members, object, op).await,
     };
-    let mutations = match resolve(op, size, object) {
-        Ok(m) => m,
-        Err(r) => return *r,
-    };
+    match plan {
+        Ok(plan) => commit(node, pg, st, object, reqid, plan).await,
+        Err(r) => *r,
+    }
+}
+
+async fn plan_replicated(
+    node: &OsdNode,
+    pg: &Pg,
+    members: &[Member],
+    object: &str,
+    op: Op,
+) -> Result<Plan, Box<OpReply>> {
+    let size = current(node, pg, object)
+        .await
+        .map_err(|e| Box::new(store_error(&e)))?;
+    let mutations = resolve(op, size, object)?;
+    Ok(members.iter().map(|m| (*m, mutations.clone())).collect())
+}
+
+/// Applies a planned write here and on every other member at once, at the PG's next
+/// version; acknowledges only when all have it durable.
+async fn commit(
+    node: &OsdNode,
+    pg: &Pg,
+    st: &mut PgState,
+    object: &str,
+    reqid: &str,
+    plan: Plan,
+) -> OpReply {
     let interval_epoch = st.active.as_ref().map(|(_, e)| *e).unwrap_or(0);
     let version = next_version(st.last_update, interval_epoch);
-    let sub = SubOpRequest {
+    let sub = |m: &Member, mutations: Vec<Mutation>| SubOpRequest {
         osdmap_epoch: interval_epoch,
         pool: pg.id.pool,
         pg: pg.id.seed,
-        shard: -1,
+        shard: m.shard,
         object: object.to_string(),
         version,
         mutations,
@@ -358,13 +414,22 @@ async fn write(
         recovery: false,
         reqid: reqid.to_string(),
     };
-    let others = members.iter().filter(|m| m.osd != node.id).map(|m| {
-        let sub = sub.clone();
-        async move { members::remote_sub_op(node, *m, sub).await }
-    });
+    let mut local = None;
+    let mut remote = Vec::new();
+    for (m, mutations) in plan {
+        let req = sub(&m, mutations);
+        if m.osd == node.id {
+            local = Some(req);
+        } else {
+            remote.push(async move { members::remote_sub_op(node, m, req).await });
+        }
+    }
+    let Some(local) = local else {
+        return reply(OpResult::Retry, "the primary is not in its own plan");
+    };
     let (local, remote) = tokio::join!(
-        replica::apply_locked(node, pg, st, sub.clone()),
-        futures::future::join_all(others)
+        replica::apply_locked(node, pg, st, local),
+        futures::future::join_all(remote)
     );
     let remote_error = remote.into_iter().find_map(|r| r.err());
     if local.result != OpResult::Ok as i32 || remote_error.is_some() {

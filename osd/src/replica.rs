@@ -5,7 +5,8 @@ use std::collections::HashMap;
 
 use cairn_common::placement::PgId;
 use cairn_common::proto::{
-    Mutation, OpResult, PgPullReply, PgQueryReply, SubOpReply, SubOpRequest,
+    Mutation, OpResult, PgPullReply, PgQueryReply, ShardReadReply, ShardReadRequest, SubOpReply,
+    SubOpRequest,
 };
 
 use crate::error::StoreError;
@@ -195,6 +196,44 @@ pub async fn pull(node: &OsdNode, pg_id: PgId, shard: i32, object: String) -> Pg
             message: e.to_string(),
             ..PgPullReply::default()
         },
+    }
+}
+
+/// A byte range of the member's shard of `object`, with the object's version.
+pub async fn shard_read(node: &OsdNode, req: ShardReadRequest) -> ShardReadReply {
+    let pg = node.pg(
+        PgId {
+            pool: req.pool,
+            seed: req.pg,
+        },
+        req.shard,
+    );
+    let coll = pg.coll.clone();
+    let result = node
+        .blocking(move |store| {
+            let version = decode_u64(store.getattrs(&coll, &req.object)?.get(ATTR_VERSION));
+            let data = store.read(&coll, &req.object, req.offset, req.length)?;
+            Ok((data, version))
+        })
+        .await;
+    match result {
+        Ok((data, version)) => ShardReadReply {
+            result: OpResult::Ok as i32,
+            message: String::new(),
+            data,
+            version,
+        },
+        Err(e) => {
+            if let StoreError::ChecksumMismatch { .. } = e {
+                metrics::counter!("cairn_osd_checksum_errors_total").increment(1);
+                tracing::error!(pg = %pg.id, shard = pg.shard, error = %e, "shard read failed its checksum");
+            }
+            ShardReadReply {
+                result: result_of(&e) as i32,
+                message: e.to_string(),
+                ..ShardReadReply::default()
+            }
+        }
     }
 }
 

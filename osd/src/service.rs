@@ -167,6 +167,16 @@ impl Osd for OsdService {
         ))
     }
 
+    async fn shard_read(
+        &self,
+        req: Request<ShardReadRequest>,
+    ) -> Result<Response<ShardReadReply>, Status> {
+        require_peer(&req)?;
+        Ok(Response::new(
+            replica::shard_read(&self.node, req.into_inner()).await,
+        ))
+    }
+
     async fn heartbeat(
         &self,
         req: Request<HeartbeatRequest>,

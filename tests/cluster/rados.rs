@@ -1,4 +1,5 @@
-//! Objects through real OSDs: 3 mons and 3 OSDs on loopback, a replicated pool of size 3.
+//! Objects through real OSDs: 3 mons and 3 OSDs on loopback, a replicated pool of size 3 and
+//! an erasure-coded 2+1 pool.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -12,6 +13,7 @@ use cairn_common::maps::{FailureDomain, PoolKind};
 use cairn_tests::{seed, wait_for, TestCluster};
 
 const POOL: &str = "rep";
+const EC_POOL: &str = "ec";
 
 async fn cluster_with_pool() -> (TestCluster, Rados) {
     let c = TestCluster::start_with_osds(3, 3, &[]).await;
@@ -28,6 +30,20 @@ async fn cluster_with_pool() -> (TestCluster, Rados) {
         })
         .await
         .expect("create pool");
+    admin
+        .command(Command::PoolCreate {
+            name: EC_POOL.into(),
+            pg_num: 16,
+            kind: PoolKind::Erasure {
+                k: 2,
+                m: 1,
+                stripe_unit: 4096,
+                min_size: 2,
+            },
+            failure_domain: FailureDomain::Osd,
+        })
+        .await
+        .expect("create ec pool");
     let rados = Rados::connect(&c.config()).await.expect("connect");
     (c, rados)
 }
@@ -48,15 +64,83 @@ async fn objects_round_trip_with_overwrites_appends_and_metadata() {
     let seed = seed("rados_round_trip");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let (_c, rados) = cluster_with_pool().await;
+    for pool in [POOL, EC_POOL] {
+        let model = random_objects(&rados, pool, &mut rng).await;
+        let listed = list_all(&rados, pool).await;
+        assert_eq!(listed, model.keys().cloned().collect::<Vec<_>>(), "{pool}");
+    }
 
-    // A model of what each object should hold.
+    // Attributes everywhere; omap on replicated pools only.
+    for pool in [POOL, EC_POOL] {
+        rados
+            .set_xattr(pool, "obj-1", "color", b"blue".to_vec())
+            .await
+            .unwrap();
+        let xattrs = rados.get_xattrs(pool, "obj-1").await.unwrap();
+        assert_eq!(xattrs, vec![("color".to_string(), b"blue".to_vec())]);
+    }
+    let entries = vec![
+        (b"a".to_vec(), b"1".to_vec()),
+        (b"b".to_vec(), b"2".to_vec()),
+    ];
+    rados.omap_set(POOL, "dir", entries.clone()).await.unwrap();
+    rados
+        .omap_rm(POOL, "dir", vec![b"a".to_vec()])
+        .await
+        .unwrap();
+    let omap = rados.omap_get(POOL, "dir", b"", 100).await.unwrap();
+    assert_eq!(omap, vec![(b"b".to_vec(), b"2".to_vec())]);
+    assert!(matches!(
+        rados.omap_set(EC_POOL, "dir", entries).await,
+        Err(ClientError::Invalid(_))
+    ));
+
+    // Removal works and a missing object is NotFound.
+    for pool in [POOL, EC_POOL] {
+        rados.remove(pool, "obj-0").await.unwrap();
+        assert!(matches!(
+            rados.stat(pool, "obj-0").await,
+            Err(ClientError::NotFound(_))
+        ));
+        assert!(matches!(
+            rados.remove(pool, "obj-0").await,
+            Err(ClientError::NotFound(_))
+        ));
+        assert!(matches!(
+            rados.read(pool, "no-such", 0, 10).await,
+            Err(ClientError::NotFound(_))
+        ));
+    }
+    assert!(matches!(
+        rados.write_full("no-such-pool", "x", vec![1]).await,
+        Err(ClientError::NotFound(_))
+    ));
+}
+
+/// Writes objects of odd sizes, overwrites at odd offsets, appends and truncates, checking
+/// every object byte for byte against a model; returns the model.
+async fn random_objects(
+    rados: &Rados,
+    pool: &str,
+    rng: &mut rand::rngs::StdRng,
+) -> BTreeMap<String, Vec<u8>> {
     let mut model: BTreeMap<String, Vec<u8>> = BTreeMap::new();
-    let sizes = [0usize, 1, 4095, 4096, 4097, 65_537, 1 << 20, (3 << 20) + 17];
+    let sizes = [
+        0usize,
+        1,
+        4095,
+        4096,
+        4097,
+        8193,
+        65_537,
+        1 << 20,
+        (3 << 20) + 17,
+    ];
     for (i, size) in sizes.iter().enumerate() {
         let name = format!("obj-{i}");
-        let data = payload(&mut rng, *size);
+        let data = payload(rng, *size);
         rados
-            .write_full(POOL, &name, data.clone())
+            .write_full(pool, &name, data.clone())
             .await
             .expect("write_full");
         model.insert(name, data);
@@ -64,66 +148,66 @@ async fn objects_round_trip_with_overwrites_appends_and_metadata() {
     for _ in 0..60 {
         let name = format!("obj-{}", rng.gen_range(0..sizes.len()));
         let cur = model.get_mut(&name).unwrap();
-        if rng.gen_bool(0.5) {
-            let offset = rng.gen_range(0..=cur.len() + 5000);
-            let data = random_len(&mut rng, 1..20_000);
-            rados
-                .write(POOL, &name, offset as u64, data.clone())
-                .await
-                .expect("write");
-            if cur.len() < offset + data.len() {
-                cur.resize(offset + data.len(), 0);
+        match rng.gen_range(0..5) {
+            0 | 1 => {
+                let offset = rng.gen_range(0..=cur.len() + 5000);
+                let data = random_len(rng, 1..20_000);
+                rados
+                    .write(pool, &name, offset as u64, data.clone())
+                    .await
+                    .expect("write");
+                if cur.len() < offset + data.len() {
+                    cur.resize(offset + data.len(), 0);
+                }
+                cur[offset..offset + data.len()].copy_from_slice(&data);
             }
-            cur[offset..offset + data.len()].copy_from_slice(&data);
-        } else {
-            let data = random_len(&mut rng, 0..9000);
-            rados
-                .append(POOL, &name, data.clone())
-                .await
-                .expect("append");
-            cur.extend_from_slice(&data);
+            2 | 3 => {
+                let data = random_len(rng, 0..9000);
+                rados
+                    .append(pool, &name, data.clone())
+                    .await
+                    .expect("append");
+                cur.extend_from_slice(&data);
+            }
+            _ => {
+                let size = rng.gen_range(0..=cur.len() + 10_000);
+                rados
+                    .truncate(pool, &name, size as u64)
+                    .await
+                    .expect("truncate");
+                cur.resize(size, 0);
+            }
         }
     }
     for (name, want) in &model {
-        let got = rados.read_all(POOL, name, 1 << 20).await.expect("read");
-        assert_eq!(got.len(), want.len(), "{name} size");
-        assert!(got == *want, "{name} differs");
+        let got = rados.read_all(pool, name, 1 << 20).await.expect("read");
+        assert_eq!(got.len(), want.len(), "{pool}/{name} size");
+        assert!(got == *want, "{pool}/{name} differs");
         assert_eq!(
-            rados.stat(POOL, name).await.unwrap().size,
+            rados.stat(pool, name).await.unwrap().size,
             want.len() as u64
         );
+        if want.len() > 10 {
+            let at = rng.gen_range(0..want.len() - 5);
+            let len = rng.gen_range(1..=(want.len() - at).min(30_000));
+            let part = rados
+                .read(pool, name, at as u64, len as u64)
+                .await
+                .expect("range");
+            assert!(
+                part == want[at..at + len],
+                "{pool}/{name} range {at}+{len} differs"
+            );
+        }
     }
+    model
+}
 
-    // Attributes and omap.
-    rados
-        .set_xattr(POOL, "obj-1", "color", b"blue".to_vec())
-        .await
-        .unwrap();
-    let xattrs = rados.get_xattrs(POOL, "obj-1").await.unwrap();
-    assert_eq!(xattrs, vec![("color".to_string(), b"blue".to_vec())]);
-    rados
-        .omap_set(
-            POOL,
-            "dir",
-            vec![
-                (b"a".to_vec(), b"1".to_vec()),
-                (b"b".to_vec(), b"2".to_vec()),
-            ],
-        )
-        .await
-        .unwrap();
-    rados
-        .omap_rm(POOL, "dir", vec![b"a".to_vec()])
-        .await
-        .unwrap();
-    let omap = rados.omap_get(POOL, "dir", b"", 100).await.unwrap();
-    assert_eq!(omap, vec![(b"b".to_vec(), b"2".to_vec())]);
-
-    // Listing sees every object once; removal works and a missing object is NotFound.
+async fn list_all(rados: &Rados, pool: &str) -> Vec<String> {
     let mut listed = Vec::new();
     let mut cursor = None;
     loop {
-        let page = rados.list(POOL, cursor, 3).await.unwrap();
+        let page = rados.list(pool, cursor, 3).await.unwrap();
         listed.extend(page.objects);
         match page.next {
             Some(c) => cursor = Some(c),
@@ -131,62 +215,44 @@ async fn objects_round_trip_with_overwrites_appends_and_metadata() {
         }
     }
     listed.sort();
-    let mut expected: Vec<String> = model.keys().cloned().chain(["dir".to_string()]).collect();
-    expected.sort();
-    assert_eq!(listed, expected);
-    rados.remove(POOL, "obj-0").await.unwrap();
-    assert!(matches!(
-        rados.stat(POOL, "obj-0").await,
-        Err(ClientError::NotFound(_))
-    ));
-    assert!(matches!(
-        rados.remove(POOL, "obj-0").await,
-        Err(ClientError::NotFound(_))
-    ));
-    assert!(matches!(
-        rados.read(POOL, "no-such", 0, 10).await,
-        Err(ClientError::NotFound(_))
-    ));
-    assert!(matches!(
-        rados.write_full("no-such-pool", "x", vec![1]).await,
-        Err(ClientError::NotFound(_))
-    ));
+    listed
 }
 
-/// Kills an OSD in the middle of writes: every acknowledged write reads back while it is down
-/// and after it restarts, and the map marks it down quickly.
+/// Kills an OSD in the middle of writes to both pools: every acknowledged write reads back
+/// while it is down and after it restarts, and the map marks it down quickly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_killed_osd_is_marked_down_and_loses_nothing() {
     let seed = seed("rados_osd_kill");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let (c, rados) = cluster_with_pool().await;
     let rados = std::sync::Arc::new(rados);
+    let pools = [POOL, EC_POOL];
 
-    let mut acked: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    let mut acked: BTreeMap<(&str, String), Vec<u8>> = BTreeMap::new();
     for i in 0..40 {
-        let name = format!("k-{i}");
+        let key = (pools[i % 2], format!("k-{i}"));
         let data = random_len(&mut rng, 0..200_000);
         rados
-            .write_full(POOL, &name, data.clone())
+            .write_full(key.0, &key.1, data.clone())
             .await
             .expect("write");
-        acked.insert(name, data);
+        acked.insert(key, data);
     }
 
-    // Writers keep going while osd.1 dies.
+    // A writer keeps going while osd.1 dies.
     let writer = {
         let rados = rados.clone();
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ 1);
         tokio::spawn(async move {
             let mut done = BTreeMap::new();
             for i in 0..60 {
-                let name = format!("w-{i}");
+                let key = (pools[i % 2], format!("w-{i}"));
                 let data = random_len(&mut rng, 1..100_000);
                 rados
-                    .write_full(POOL, &name, data.clone())
+                    .write_full(key.0, &key.1, data.clone())
                     .await
                     .expect("write during failure");
-                done.insert(name, data);
+                done.insert(key, data);
             }
             done
         })
@@ -218,29 +284,95 @@ async fn a_killed_osd_is_marked_down_and_loses_nothing() {
     );
 
     acked.extend(writer.await.unwrap());
-    for (name, want) in &acked {
+    for ((pool, name), want) in &acked {
         let got = rados
-            .read_all(POOL, name, 1 << 20)
+            .read_all(pool, name, 1 << 20)
             .await
             .expect("read while down");
-        assert!(got == *want, "{name} differs while osd.1 is down");
+        assert!(got == *want, "{pool}/{name} differs while osd.1 is down");
     }
     // Overwrite some while it is down: after its restart it must not serve the old bytes.
     for i in 0..20 {
-        let name = format!("k-{i}");
+        let key = (pools[i % 2], format!("k-{i}"));
         let data = random_len(&mut rng, 0..50_000);
-        rados.write_full(POOL, &name, data.clone()).await.unwrap();
-        acked.insert(name, data);
+        rados.write_full(key.0, &key.1, data.clone()).await.unwrap();
+        acked.insert(key, data);
     }
     c.cluster.start(Kind::Osd, "1").unwrap();
     c.wait_healthy(Duration::from_secs(30)).await;
-    for (name, want) in &acked {
+    for ((pool, name), want) in &acked {
         let got = rados
-            .read_all(POOL, name, 1 << 20)
+            .read_all(pool, name, 1 << 20)
             .await
             .expect("read after restart");
-        assert!(got == *want, "{name} differs after osd.1 restarted");
+        assert!(got == *want, "{pool}/{name} differs after osd.1 restarted");
     }
+    // With another OSD down, the restarted one serves its share intact.
+    assert!(c.cluster.kill(Kind::Osd, "2").unwrap());
+    for ((pool, name), want) in &acked {
+        let got = rados
+            .read_all(pool, name, 1 << 20)
+            .await
+            .expect("read with osd.2 down");
+        assert!(got == *want, "{pool}/{name} differs with osd.2 down");
+    }
+}
+
+/// A corrupt shard on disk: the read still returns the right bytes, reconstructed from the
+/// other shards, and the OSD logs the bad shard.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_corrupt_shard_is_read_around() {
+    let (c, rados) = cluster_with_pool().await;
+    let data: Vec<u8> = (0..100_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    rados
+        .write_full(EC_POOL, "victim", data.clone())
+        .await
+        .unwrap();
+    let (pg, acting) = rados.locate(EC_POOL, "victim").unwrap();
+    let holder = acting[0];
+    let name = holder.to_string();
+    c.cluster
+        .stop(Kind::Osd, &name, Duration::from_secs(10))
+        .unwrap();
+
+    // Flip bytes in the block file under shard 0 of the object.
+    let dir = c.dir().join(format!("osd.{holder}"));
+    let coll = format!("pg.{pg}s0");
+    let offset = {
+        let store = cairn_osd::ObjectStore::open(&dir, &cairn_osd::StoreConfig::default()).unwrap();
+        let extents = store.object_extents(&coll, "victim").unwrap();
+        extents.first().expect("shard data").pblock * cairn_osd::BLOCK_BYTES as u64
+    };
+    corrupt(&dir.join("block"), offset);
+    c.cluster.start(Kind::Osd, &name).unwrap();
+    c.wait_healthy(Duration::from_secs(30)).await;
+
+    let got = rados
+        .read_all(EC_POOL, "victim", 1 << 20)
+        .await
+        .expect("read");
+    assert!(got == data, "reconstructed data differs");
+    let log = std::fs::read_to_string(c.cluster.log_file(Kind::Osd, &name)).unwrap();
+    assert!(
+        log.contains("checksum"),
+        "the OSD log does not name the bad shard"
+    );
+}
+
+fn corrupt(block: &std::path::Path, offset: u64) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .read(true)
+        .open(block)
+        .unwrap();
+    let mut buf = [0u8; 16];
+    f.read_exact_at(&mut buf, offset).unwrap();
+    for b in &mut buf {
+        *b = !*b;
+    }
+    f.write_all_at(&buf, offset).unwrap();
+    f.sync_all().unwrap();
 }
 
 /// A client without a key, with a wrong key, or without OSD caps gets nothing from the OSDs.

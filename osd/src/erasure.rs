@@ -1,0 +1,477 @@
+//! Erasure-coded PGs on the primary: reads gather the k data shards of the stripes a range
+//! covers (no decoding on the healthy path) and reconstruct from any k when a shard is
+//! missing, unreachable, stale or fails its checksum; writes read-modify-write the stripes
+//! they touch and give each shard its own chunk; activation rebuilds the shards a member
+//! lacks from any k others.
+//!
+//! Each shard holds chunk i of every stripe of its object (`ec::Codec`), the object's version
+//! (`_v`), its logical size (`_size`: the shard holds whole stripes) and the user xattrs.
+//! Bytes past the logical size within the last stripe are kept zero, so growing an object
+//! never needs a read and parity stays consistent.
+
+use cairn_common::maps::{Pool, PoolKind};
+use cairn_common::proto::mutation::M;
+use cairn_common::proto::object_op::Op;
+use cairn_common::proto::{Mutation, OpReply, OpResult};
+
+use crate::ec::Codec;
+use crate::error::StoreError;
+use crate::members::{self, Member};
+use crate::mutation::{
+    self, decode_u64, encode_u64, user_attr, user_attrs, ATTR_LOGICAL_SIZE, ATTR_VERSION,
+};
+use crate::node::OsdNode;
+use crate::pg::{Pg, PG_META};
+use crate::primary::{reply, Plan, PAGE_ENTRIES_MAX};
+
+/// The pool's codec, or `None` for a replicated pool.
+pub fn codec_of(pool: &Pool) -> Result<Option<Codec>, String> {
+    match pool.kind {
+        PoolKind::Replicated { .. } => Ok(None),
+        PoolKind::Erasure {
+            k, m, stripe_unit, ..
+        } => Codec::new(k as usize, m as usize, stripe_unit as usize)
+            .map(Some)
+            .map_err(|e| e.to_string()),
+    }
+}
+
+fn refuse(result: OpResult, message: impl Into<String>) -> Box<OpReply> {
+    Box::new(reply(result, message))
+}
+
+/// An object's logical size and version as this primary's own shard records them, or
+/// `None` when the object does not exist.
+async fn head(node: &OsdNode, pg: &Pg, object: &str) -> Result<Option<(u64, u64)>, StoreError> {
+    let (coll, oid) = (pg.coll.clone(), object.to_string());
+    node.blocking(move |store| match store.getattrs(&coll, &oid) {
+        Ok(a) => Ok(Some((
+            decode_u64(a.get(ATTR_LOGICAL_SIZE)),
+            decode_u64(a.get(ATTR_VERSION)),
+        ))),
+        Err(StoreError::NoObject { .. }) => Ok(None),
+        Err(e) => Err(e),
+    })
+    .await
+}
+
+fn missing(object: &str) -> Box<OpReply> {
+    refuse(
+        OpResult::NotFound,
+        format!("object {object} does not exist"),
+    )
+}
+
+/// Read ops of an erasure-coded PG.
+pub async fn read(
+    node: &OsdNode,
+    pg: &Pg,
+    members: &[Member],
+    codec: &Codec,
+    object: &str,
+    op: Op,
+) -> OpReply {
+    match read_inner(node, pg, members, codec, object, op).await {
+        Ok(r) => r,
+        Err(r) => *r,
+    }
+}
+
+async fn read_inner(
+    node: &OsdNode,
+    pg: &Pg,
+    members: &[Member],
+    codec: &Codec,
+    object: &str,
+    op: Op,
+) -> Result<OpReply, Box<OpReply>> {
+    let io = |e: StoreError| refuse(crate::replica::result_of(&e), e.to_string());
+    if let Op::List(l) = op {
+        let coll = pg.coll.clone();
+        let (names, next) = node
+            .blocking(move |store| {
+                let after = (!l.after.is_empty()).then_some(l.after.as_str());
+                store.list(&coll, after, l.max.clamp(1, PAGE_ENTRIES_MAX) as usize)
+            })
+            .await
+            .map_err(io)?;
+        return Ok(OpReply {
+            objects: names.into_iter().filter(|n| n != PG_META).collect(),
+            next: next.unwrap_or_default(),
+            ..reply(OpResult::Ok, "")
+        });
+    }
+    let (size, version) = head(node, pg, object)
+        .await
+        .map_err(io)?
+        .ok_or_else(|| missing(object))?;
+    match op {
+        Op::Stat(_) => Ok(OpReply {
+            size,
+            version,
+            ..reply(OpResult::Ok, "")
+        }),
+        Op::GetXattrs(_) => {
+            let (coll, oid) = (pg.coll.clone(), object.to_string());
+            let attrs = node
+                .blocking(move |s| s.getattrs(&coll, &oid))
+                .await
+                .map_err(io)?;
+            Ok(OpReply {
+                xattrs: user_attrs(&attrs),
+                ..reply(OpResult::Ok, "")
+            })
+        }
+        Op::Read(r) => {
+            let end = r.offset.saturating_add(r.length).min(size);
+            if r.offset >= end {
+                return Ok(OpReply {
+                    size,
+                    ..reply(OpResult::Ok, "")
+                });
+            }
+            let (first, count) = codec.stripe_range(r.offset, end - r.offset);
+            let stripes =
+                read_stripes(node, pg, members, codec, object, version, first, count).await?;
+            let skip = (r.offset - first * codec.stripe_width() as u64) as usize;
+            Ok(OpReply {
+                data: stripes[skip..skip + (end - r.offset) as usize].to_vec(),
+                size,
+                ..reply(OpResult::Ok, "")
+            })
+        }
+        _ => Err(refuse(
+            OpResult::Invalid,
+            "erasure-coded pools keep no omap",
+        )),
+    }
+}
+
+/// Logical bytes of stripes `[first, first + count)` of an object at `version`: the data
+/// shards when they all answer intact, else a reconstruction from any k shards.
+#[allow(clippy::too_many_arguments)]
+pub async fn read_stripes(
+    node: &OsdNode,
+    pg: &Pg,
+    members: &[Member],
+    codec: &Codec,
+    object: &str,
+    version: u64,
+    first: u64,
+    count: u64,
+) -> Result<Vec<u8>, Box<OpReply>> {
+    let su = codec.stripe_unit() as u64;
+    let (offset, length) = (first * su, count * su);
+    let mut shards: Vec<Option<Vec<u8>>> = vec![None; codec.shard_count()];
+    let data_first: Vec<Member> = (0..codec.shard_count())
+        .filter_map(|pos| members.iter().find(|m| m.shard == pos as i32).copied())
+        .collect();
+    let (wanted, spare): (Vec<Member>, Vec<Member>) = data_first
+        .into_iter()
+        .partition(|m| (m.shard as usize) < codec.k());
+    fetch(
+        node,
+        pg,
+        &wanted,
+        object,
+        version,
+        offset,
+        length,
+        &mut shards,
+    )
+    .await;
+    let present = |s: &[Option<Vec<u8>>]| s.iter().filter(|x| x.is_some()).count();
+    if shards[..codec.k()].iter().all(|s| s.is_some()) {
+        return join(codec, &shards, length);
+    }
+    fetch(
+        node,
+        pg,
+        &spare,
+        object,
+        version,
+        offset,
+        length,
+        &mut shards,
+    )
+    .await;
+    if present(&shards) < codec.k() {
+        return Err(refuse(
+            OpResult::Retry,
+            format!(
+                "only {} of the {} shards of {object} needed could be read intact",
+                present(&shards),
+                codec.k()
+            ),
+        ));
+    }
+    codec.reconstruct_data(&mut shards).map_err(|e| {
+        refuse(
+            OpResult::IoError,
+            format!("cannot reconstruct {object}: {e}"),
+        )
+    })?;
+    metrics::counter!("cairn_osd_ec_reconstructed_reads_total").increment(1);
+    join(codec, &shards, length)
+}
+
+fn join(
+    codec: &Codec,
+    shards: &[Option<Vec<u8>>],
+    shard_len: u64,
+) -> Result<Vec<u8>, Box<OpReply>> {
+    let data: Vec<&[u8]> = shards[..codec.k()]
+        .iter()
+        .map(|s| s.as_deref().unwrap_or_default())
+        .collect();
+    codec
+        .join_data(&data, (shard_len as usize) * codec.k())
+        .map_err(|e| refuse(OpResult::IoError, e.to_string()))
+}
+
+/// Reads the range from each member's shard; keeps intact answers at `version` (zero-padded
+/// to the full range: a shard's object ends with its last stripe). Failures are logged and
+/// counted, and leave the position empty.
+#[allow(clippy::too_many_arguments)]
+async fn fetch(
+    node: &OsdNode,
+    pg: &Pg,
+    from: &[Member],
+    object: &str,
+    version: u64,
+    offset: u64,
+    length: u64,
+    shards: &mut [Option<Vec<u8>>],
+) {
+    let reads = from.iter().map(|m| async move {
+        (
+            *m,
+            members::shard_read(node, pg, *m, object, offset, length).await,
+        )
+    });
+    for (m, result) in futures::future::join_all(reads).await {
+        match result {
+            Ok(r) if r.version == version => {
+                let mut data = r.data;
+                data.resize(length as usize, 0);
+                shards[m.shard as usize] = Some(data);
+            }
+            Ok(r) => {
+                tracing::warn!(pg = %pg.id, object, shard = m.shard, osd = m.osd, found = r.version, version, "shard at another version: not used")
+            }
+            Err(e) => {
+                metrics::counter!("cairn_osd_ec_shard_errors_total").increment(1);
+                tracing::warn!(pg = %pg.id, object, shard = m.shard, osd = m.osd, error = %e, "bad or missing shard: reading around it");
+            }
+        }
+    }
+}
+
+/// Each shard's mutations for a write op, reading the stripes it changes only in part.
+pub async fn plan_write(
+    node: &OsdNode,
+    pg: &Pg,
+    members: &[Member],
+    codec: &Codec,
+    object: &str,
+    op: Op,
+) -> Result<Plan, Box<OpReply>> {
+    let io = |e: StoreError| refuse(crate::replica::result_of(&e), e.to_string());
+    let head = head(node, pg, object).await.map_err(io)?;
+    let (size, version) = head.unwrap_or((0, 0));
+    let same =
+        |muts: Vec<Mutation>| -> Plan { members.iter().map(|m| (*m, muts.clone())).collect() };
+    let ctx = Stripes {
+        node,
+        pg,
+        members,
+        codec,
+        object,
+        version,
+        size,
+    };
+    match op {
+        Op::WriteFull(data) => {
+            let len = data.len() as u64;
+            let shards = codec.encode(&data);
+            Ok(per_shard(members, |pos| {
+                let mut muts = vec![mutation::touch(), mutation::truncate(0)];
+                if len > 0 {
+                    muts.push(mutation::write(0, shards[pos].clone()));
+                }
+                muts.push(size_attr(len));
+                muts
+            }))
+        }
+        Op::Write(w) => ctx.overwrite(w.offset, w.data).await,
+        Op::Append(data) => ctx.overwrite(size, data).await,
+        Op::Truncate(n) => ctx.truncate(n).await,
+        Op::Remove(_) => {
+            head.ok_or_else(|| missing(object))?;
+            Ok(same(vec![mutation::remove()]))
+        }
+        Op::SetXattr(kv) => {
+            if kv.key.is_empty() || kv.key.len() > 256 {
+                return Err(refuse(OpResult::Invalid, "xattr names are 1 to 256 bytes"));
+            }
+            let mut muts = vec![mutation::set_attr(&user_attr(&kv.key), kv.value)];
+            if head.is_none() {
+                muts.insert(0, mutation::touch());
+                muts.push(size_attr(0));
+            }
+            Ok(same(muts))
+        }
+        Op::RmXattr(name) => {
+            head.ok_or_else(|| missing(object))?;
+            Ok(same(vec![Mutation {
+                m: Some(M::RmXattr(user_attr(&name))),
+            }]))
+        }
+        _ => Err(refuse(
+            OpResult::Invalid,
+            "erasure-coded pools keep no omap",
+        )),
+    }
+}
+
+fn size_attr(size: u64) -> Mutation {
+    mutation::set_attr(ATTR_LOGICAL_SIZE, encode_u64(size))
+}
+
+fn per_shard(members: &[Member], muts: impl Fn(usize) -> Vec<Mutation>) -> Plan {
+    members
+        .iter()
+        .map(|m| (*m, muts(m.shard as usize)))
+        .collect()
+}
+
+/// One object's stripes, for read-modify-write.
+struct Stripes<'a> {
+    node: &'a OsdNode,
+    pg: &'a Pg,
+    members: &'a [Member],
+    codec: &'a Codec,
+    object: &'a str,
+    version: u64,
+    size: u64,
+}
+
+impl Stripes<'_> {
+    fn width(&self) -> u64 {
+        self.codec.stripe_width() as u64
+    }
+
+    /// The logical bytes of stripe `s` as stored now (zeros past the object's end).
+    async fn stripe(&self, s: u64) -> Result<Vec<u8>, Box<OpReply>> {
+        if s * self.width() >= self.size {
+            return Ok(vec![0; self.width() as usize]);
+        }
+        read_stripes(
+            self.node,
+            self.pg,
+            self.members,
+            self.codec,
+            self.object,
+            self.version,
+            s,
+            1,
+        )
+        .await
+    }
+
+    /// Writes `data` at `offset`: stripes it covers in part are read first.
+    async fn overwrite(&self, offset: u64, data: Vec<u8>) -> Result<Plan, Box<OpReply>> {
+        let end = offset
+            .checked_add(data.len() as u64)
+            .ok_or_else(|| refuse(OpResult::Invalid, "write past the largest offset"))?;
+        let new_size = self.size.max(end);
+        if data.is_empty() {
+            return Ok(per_shard(self.members, |_| {
+                vec![mutation::touch(), size_attr(new_size)]
+            }));
+        }
+        let (first, count) = self.codec.stripe_range(offset, data.len() as u64);
+        let w = self.width();
+        let base = first * w;
+        let mut buf = vec![0u8; (count * w) as usize];
+        if !offset.is_multiple_of(w) {
+            buf[..w as usize].copy_from_slice(&self.stripe(first).await?);
+        }
+        let last = first + count - 1;
+        if !end.is_multiple_of(w) && (last != first || offset.is_multiple_of(w)) {
+            let at = ((last - first) * w) as usize;
+            buf[at..at + w as usize].copy_from_slice(&self.stripe(last).await?);
+        }
+        let at = (offset - base) as usize;
+        buf[at..at + data.len()].copy_from_slice(&data);
+        let shards = self.codec.encode(&buf);
+        let shard_offset = first * self.codec.stripe_unit() as u64;
+        Ok(per_shard(self.members, |pos| {
+            vec![
+                mutation::touch(),
+                mutation::write(shard_offset, shards[pos].clone()),
+                size_attr(new_size),
+            ]
+        }))
+    }
+
+    /// Cuts or extends the object; a cut inside a stripe zeroes the rest of that stripe.
+    async fn truncate(&self, n: u64) -> Result<Plan, Box<OpReply>> {
+        let w = self.width();
+        let shard_len = self.codec.shard_len(n);
+        let mut tail = None;
+        if n < self.size && !n.is_multiple_of(w) {
+            let s = n / w;
+            let mut stripe = self.stripe(s).await?;
+            stripe[(n % w) as usize..].fill(0);
+            tail = Some((
+                s * self.codec.stripe_unit() as u64,
+                self.codec.encode(&stripe),
+            ));
+        }
+        Ok(per_shard(self.members, |pos| {
+            let mut muts = vec![mutation::touch()];
+            if let Some((at, shards)) = &tail {
+                muts.push(mutation::write(*at, shards[pos].clone()));
+            }
+            muts.push(mutation::truncate(shard_len));
+            muts.push(size_attr(n));
+            muts
+        }))
+    }
+}
+
+/// The shard data in a pulled object state (its writes, up to its final size).
+pub fn state_data(muts: &[Mutation]) -> Vec<u8> {
+    let mut data = Vec::new();
+    for m in muts {
+        match &m.m {
+            Some(M::Write(w)) => {
+                let end = w.offset as usize + w.data.len();
+                if data.len() < end {
+                    data.resize(end, 0);
+                }
+                data[w.offset as usize..end].copy_from_slice(&w.data);
+            }
+            Some(M::Truncate(n)) => data.resize(*n as usize, 0),
+            _ => {}
+        }
+    }
+    data
+}
+
+/// The pulled state with its data replaced by `shard` (attributes kept).
+pub fn with_shard_data(muts: &[Mutation], shard: Vec<u8>) -> Vec<Mutation> {
+    let len = shard.len() as u64;
+    let mut out = vec![mutation::touch()];
+    if len > 0 {
+        out.push(mutation::write(0, shard));
+    }
+    out.push(mutation::truncate(len));
+    out.extend(
+        muts.iter()
+            .filter(|m| matches!(m.m, Some(M::SetXattr(_)) | Some(M::OmapSet(_))))
+            .cloned(),
+    );
+    out
+}
