@@ -201,8 +201,10 @@ async fn serve(
     tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .add_service(service)
+        // The server's own tcp_nodelay applies only to listeners it binds: set it here, or
+        // small replies wait for delayed ACKs (~40 ms each).
         .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
             stopped(stop),
         )
         .await

@@ -48,9 +48,24 @@ fn dev_cluster_and_admin_commands_work_from_the_command_line() {
     let top = tmp.path();
     let dir = top.join("c1");
     let _down = Down(&dir);
-    let up = ok(top, &["dev", "up", "--mons", "3", "--dir", "c1"]);
+    let up = ok(
+        top,
+        &[
+            "dev",
+            "up",
+            "--mons",
+            "3",
+            "--osds",
+            "3",
+            "--osd-size",
+            "134217728",
+            "--dir",
+            "c1",
+        ],
+    );
     assert!(up.contains("health: HEALTH_OK"), "{up}");
     assert!(up.contains("mon: 3 daemons, quorum a,b,c (leader "), "{up}");
+    assert!(up.contains("osd: 3 osds: 3 up, 3 in"), "{up}");
     for mon in ["a", "b", "c"] {
         assert!(dir.join(format!("run/mon.{mon}.pid")).exists());
     }
@@ -106,6 +121,62 @@ fn dev_cluster_and_admin_commands_work_from_the_command_line() {
 
     let stat = ok(&dir, &["mon", "stat"]);
     assert!(stat.contains("3 mons at {a=127.0.0.1:"), "{stat}");
+
+    // Pools and objects for people.
+    ok(&dir, &["osd", "pool", "create", "data", "--pg-num", "8"]);
+    ok(
+        &dir,
+        &[
+            "osd",
+            "pool",
+            "create",
+            "ec",
+            "--erasure",
+            "--k",
+            "2",
+            "--m",
+            "1",
+        ],
+    );
+    assert!(fails(
+        &dir,
+        &[
+            "osd",
+            "pool",
+            "create",
+            "wide",
+            "--erasure",
+            "--k",
+            "3",
+            "--m",
+            "2"
+        ]
+    )
+    .contains("failure domains"));
+    assert!(fails(&dir, &["osd", "pool", "rm", "data"]).contains("--yes-i-really-mean-it"));
+    assert_eq!(ok(&dir, &["osd", "pool", "ls"]), "data\nec\n");
+    std::fs::write(dir.join("hello.txt"), b"hello, cairn\n").unwrap();
+    for pool in ["data", "ec"] {
+        ok(&dir, &["rados", "put", pool, "greeting", "hello.txt"]);
+        ok(&dir, &["rados", "get", pool, "greeting", "back.txt"]);
+        assert_eq!(
+            std::fs::read(dir.join("back.txt")).unwrap(),
+            b"hello, cairn\n"
+        );
+        assert_eq!(ok(&dir, &["rados", "ls", pool]), "greeting\n");
+    }
+    let status = ok(&dir, &["status"]);
+    assert!(status.contains("pools:   2 pools, 72 pgs"), "{status}");
+    assert!(status.contains("pgs:     72 active+clean"), "{status}");
+    let tree: serde_json::Value =
+        serde_json::from_str(&ok(&dir, &["osd", "tree", "--format", "json"])).unwrap();
+    let statuses: Vec<&str> = tree["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(statuses, ["up", "up", "up"]);
 
     // A dead mon shows in health detail; dev start brings it back.
     ok(&dir, &["dev", "kill", "mon", "c"]);

@@ -1,6 +1,7 @@
 //! The `cairn` commands.
 
 pub mod admin;
+pub mod bench;
 pub mod dev;
 pub mod osd;
 pub mod rados;
@@ -30,6 +31,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::Rados(cmd) => rados::run(&connect_rados(&cli).await?, cmd, cli.format).await,
         Cmd::Pg(cmd) => rados::pg(&connect_rados(&cli).await?, cmd, cli.format).await,
+        Cmd::Bench(args) => {
+            let rados = std::sync::Arc::new(connect_rados(&cli).await?);
+            bench::run(rados, args, cli.format).await
+        }
     }
 }
 
