@@ -68,6 +68,8 @@ pub enum Cmd {
     /// Placement groups.
     #[command(subcommand)]
     Pg(cli::rados::PgCmd),
+    /// Raw space of the OSDs, and the pools.
+    Df,
     /// Benchmark a pool like `rados bench`: write, seq or rand for SECONDS.
     Bench(cli::bench::BenchArgs),
     /// Create a new cluster's config and keyring (fsid, initial mons, client.admin key).

@@ -171,6 +171,8 @@ pub enum Forwarded {
         osd: u32,
         failures: Vec<PeerFailureReport>,
         going_down: bool,
+        #[serde(default)]
+        usage: crate::status::Usage,
     },
 }
 

@@ -22,6 +22,11 @@ pub struct ClusterStatus {
     /// PG state → count (see `pg_states`).
     #[serde(default)]
     pub pg_states: std::collections::BTreeMap<String, u64>,
+    /// Data devices of the OSDs in the map, as their last beacons reported them.
+    #[serde(default)]
+    pub usage: Usage,
+    #[serde(default)]
+    pub osd_usage: std::collections::BTreeMap<u32, Usage>,
     pub raft: RaftSummary,
 }
 
@@ -45,6 +50,35 @@ pub struct OsdSummary {
     pub total: u32,
     pub up: u32,
     pub in_cluster: u32,
+}
+
+/// Bytes of a data device (or of all of them).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    pub used_bytes: u64,
+    pub total_bytes: u64,
+}
+
+impl Usage {
+    pub fn available(&self) -> u64 {
+        self.total_bytes.saturating_sub(self.used_bytes)
+    }
+}
+
+/// `1.5 GiB`: sizes as `ceph status` prints them.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -103,6 +137,14 @@ impl ClusterStatus {
         let _ = writeln!(out);
         let _ = writeln!(out, "  data:");
         let _ = writeln!(out, "    pools:   {} pools, {} pgs", self.pools, self.pgs);
+        let u = &self.usage;
+        let _ = writeln!(
+            out,
+            "    usage:   {} used, {} / {} avail",
+            human_bytes(u.used_bytes),
+            human_bytes(u.available()),
+            human_bytes(u.total_bytes)
+        );
         let mut first = true;
         for (state, n) in &self.pg_states {
             let label = if first {
@@ -181,6 +223,8 @@ mod tests {
             pools: 0,
             pgs: 0,
             pg_states: Default::default(),
+            usage: Usage::default(),
+            osd_usage: Default::default(),
             raft: RaftSummary::default(),
         }
     }

@@ -1,7 +1,7 @@
 //! One monitor's request handling: runs a request here when this mon leads, forwards it to the
 //! leader otherwise, and retries across leader changes until `commit_timeout_ms` runs out.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -21,7 +21,7 @@ use cairn_common::maps::{mon_node_id, validate_daemon_name, MonInfo};
 use cairn_common::proto::mon_client::MonClient as MonRpcClient;
 use cairn_common::proto::mon_peer_client::MonPeerClient;
 use cairn_common::proto::{ForwardRequest, PingRequest};
-use cairn_common::status::{ClusterStatus, Epochs, MonStatus, OsdSummary, RaftSummary};
+use cairn_common::status::{ClusterStatus, Epochs, MonStatus, OsdSummary, RaftSummary, Usage};
 
 use crate::network::peer_channel;
 use crate::osd_liveness::OsdLiveness;
@@ -52,6 +52,8 @@ pub struct MonNode {
     pub credentials: Arc<MonCredentials>,
     pub liveness: Arc<Liveness>,
     pub osd_liveness: OsdLiveness,
+    /// Each OSD's data device as its last beacon reported it (on the leader).
+    osd_usage: Mutex<BTreeMap<u32, Usage>>,
     /// Signs the second copy of each ticket, the one OSDs verify.
     pub osd_authority: TicketAuthority,
     /// Handed to OSDs (`ServiceKey`) so they can verify tickets.
@@ -76,6 +78,7 @@ impl MonNode {
     ) -> MonNode {
         MonNode {
             osd_liveness: OsdLiveness::default(),
+            osd_usage: Mutex::new(BTreeMap::new()),
             osd_authority: TicketAuthority::from_service_key(osd_service_key.clone()),
             osd_service_key,
             id,
@@ -174,7 +177,14 @@ impl MonNode {
                 osd,
                 failures,
                 going_down,
-            } => self.osd_beacon(*osd, failures, *going_down).await,
+                usage,
+            } => {
+                self.osd_usage
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(*osd, *usage);
+                self.osd_beacon(*osd, failures, *going_down).await
+            }
             Forwarded::MonAdd { name, addr } => self.mon_add(name, addr).await,
             Forwarded::MonRm { name } => self.mon_rm(name).await,
         }
@@ -411,6 +421,18 @@ impl MonNode {
         });
         let metrics = self.raft.metrics().borrow().clone();
         let osdmap = &maps.osdmap;
+        let osd_usage: BTreeMap<u32, Usage> = self
+            .osd_usage
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|(id, _)| osdmap.osds.contains_key(id))
+            .map(|(id, u)| (*id, *u))
+            .collect();
+        let usage = osd_usage.values().fold(Usage::default(), |a, u| Usage {
+            used_bytes: a.used_bytes + u.used_bytes,
+            total_bytes: a.total_bytes + u.total_bytes,
+        });
         let mut mons: Vec<MonStatus> = maps
             .monmap
             .mons
@@ -442,6 +464,8 @@ impl MonNode {
             pools: osdmap.pools.len() as u32,
             pgs: osdmap.pools.values().map(|p| p.pg_num as u64).sum(),
             pg_states: cairn_common::pg_states::summarize(osdmap).states,
+            usage,
+            osd_usage,
             raft: RaftSummary {
                 term: metrics.current_term,
                 last_log_index: metrics.last_log_index.unwrap_or(0),

@@ -79,8 +79,9 @@ impl OsdLiveness {
             .collect();
         let mut out = Vec::new();
         for &osd in &up {
-            let last_beacon = h.beacons.get(&osd).copied().unwrap_or(since).max(since);
-            let silent = now.duration_since(last_beacon);
+            let beaconed = h.beacons.get(&osd).copied();
+            // The grace runs from this mon's start at the earliest (see the module comment).
+            let silent = now.duration_since(beaconed.unwrap_or(since).max(since));
             if silent >= Duration::from_millis(s.osd_beacon_grace_ms) {
                 out.push((osd, format!("no beacon for {} ms", silent.as_millis())));
                 continue;
@@ -98,7 +99,7 @@ impl OsdLiveness {
                 .unwrap_or_default();
             if let Some((reporter, _)) = reports
                 .iter()
-                .find(|(_, r)| r.refused && r.at > last_beacon)
+                .find(|(_, r)| r.refused && beaconed.is_none_or(|b| r.at > b))
             {
                 out.push((
                     osd,

@@ -284,6 +284,10 @@ impl Mon for MonService {
             osd: req.osd,
             failures,
             going_down: req.going_down,
+            usage: cairn_common::status::Usage {
+                used_bytes: req.used_bytes,
+                total_bytes: req.total_bytes,
+            },
         };
         let v = self.node.execute(&ticket.entity, &fwd).await?;
         Ok(Response::new(OsdBeaconReply {

@@ -127,8 +127,8 @@ pub async fn run(
     let _ = stop_tx.send(true);
     let going_down = OsdBeaconRequest {
         osd: id,
-        failures: Vec::new(),
         going_down: true,
+        ..OsdBeaconRequest::default()
     };
     if tokio::time::timeout(Duration::from_secs(3), monc.osd_beacon(going_down))
         .await

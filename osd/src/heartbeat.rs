@@ -141,10 +141,13 @@ pub async fn run_beacons(node: Arc<OsdNode>, hb: Arc<Heartbeats>, mut stop: watc
     let interval = Duration::from_millis(node.settings.beacon_interval_ms);
     let grace = Duration::from_millis(node.settings.heartbeat_grace_ms);
     loop {
+        let space = node.store.statfs();
         let req = OsdBeaconRequest {
             osd: node.id,
             failures: hb.failures(grace),
             going_down: false,
+            used_bytes: space.used,
+            total_bytes: space.total,
         };
         if let Err(e) = node.monc.osd_beacon(req).await {
             tracing::warn!(error = %e, "beacon not delivered");

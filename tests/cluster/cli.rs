@@ -178,6 +178,30 @@ fn dev_cluster_and_admin_commands_work_from_the_command_line() {
         .collect();
     assert_eq!(statuses, ["up", "up", "up"]);
 
+    // A clean stop marks the OSD down at once; out and in are an admin's decisions.
+    let osd2 = |dir: &std::path::Path| {
+        let tree: serde_json::Value =
+            serde_json::from_str(&ok(dir, &["osd", "tree", "--format", "json"])).unwrap();
+        tree["nodes"][2].clone()
+    };
+    ok(&dir, &["dev", "stop", "osd", "2"]);
+    assert_eq!(osd2(&dir)["status"], "down");
+    ok(&dir, &["osd", "out", "2"]);
+    assert_eq!(osd2(&dir)["in"], false);
+    ok(&dir, &["osd", "in", "2"]);
+    assert_eq!(osd2(&dir)["in"], true);
+    ok(&dir, &["dev", "start", "osd", "2"]);
+    while osd2(&dir)["status"] != "up" {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // df and pg stat read the space the OSDs report.
+    let df = ok(&dir, &["df"]);
+    assert!(
+        df.contains("--- RAW STORAGE ---") && df.contains("erasure 2+1"),
+        "{df}"
+    );
+    assert!(ok(&dir, &["pg", "stat"]).starts_with("72 pgs: 72 active+clean; "));
+
     // A dead mon shows in health detail; dev start brings it back.
     ok(&dir, &["dev", "kill", "mon", "c"]);
     let detail = loop {

@@ -31,6 +31,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::Rados(cmd) => rados::run(&connect_rados(&cli).await?, cmd, cli.format).await,
         Cmd::Pg(cmd) => rados::pg(&connect_rados(&cli).await?, cmd, cli.format).await,
+        Cmd::Df => osd::df(&connect(&cli)?, cli.format).await,
         Cmd::Bench(args) => {
             let rados = std::sync::Arc::new(connect_rados(&cli).await?);
             bench::run(rados, args, cli.format).await

@@ -1,5 +1,6 @@
 //! `cairn osd …` and `cairn osd pool …`: OSD states, the placement hierarchy, pools.
 
+use std::collections::BTreeMap;
 use std::fmt::Write;
 
 use clap::{Args, Subcommand};
@@ -8,6 +9,7 @@ use serde_json::json;
 use cairn_client::MonClient;
 use cairn_common::command::Command;
 use cairn_common::maps::{default_min_size, FailureDomain, OsdMap, PoolKind};
+use cairn_common::status::{human_bytes, Usage};
 
 use super::emit;
 use crate::Format;
@@ -110,7 +112,10 @@ pub async fn run(
     match cmd {
         OsdCmd::Tree => {
             let osdmap = client.maps().await?.osdmap;
-            emit(format, &tree_json(&osdmap), || render_tree(&osdmap))
+            let usage = client.status().await?.osd_usage;
+            emit(format, &tree_json(&osdmap, &usage), || {
+                render_tree(&osdmap, &usage)
+            })
         }
         OsdCmd::Down { ids } => {
             change(
@@ -225,7 +230,7 @@ fn status_word(up: bool) -> &'static str {
 }
 
 /// `cairn osd tree --format json`: every OSD with its status, for scripts.
-fn tree_json(map: &OsdMap) -> serde_json::Value {
+fn tree_json(map: &OsdMap, usage: &BTreeMap<u32, Usage>) -> serde_json::Value {
     let nodes: Vec<_> = map
         .osds
         .iter()
@@ -240,18 +245,19 @@ fn tree_json(map: &OsdMap) -> serde_json::Value {
                 "weight": o.weight,
                 "addr": o.addr,
                 "capacity_bytes": o.capacity_bytes,
+                "used_bytes": usage.get(id).map(|u| u.used_bytes),
             })
         })
         .collect();
     json!({ "epoch": map.epoch, "nodes": nodes })
 }
 
-fn render_tree(map: &OsdMap) -> String {
+fn render_tree(map: &OsdMap, usage: &BTreeMap<u32, Usage>) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<5} {:>9}  {:<20} {:<6} {:<4} {:>10}",
-        "ID", "WEIGHT", "TYPE NAME", "STATUS", "IN", "CAPACITY"
+        "{:<5} {:>9}  {:<20} {:<6} {:<4} {:>10} {:>10}",
+        "ID", "WEIGHT", "TYPE NAME", "STATUS", "IN", "SIZE", "USED"
     );
     let total: f64 = map.osds.values().map(|o| o.weight).sum();
     let _ = writeln!(out, "{:<5} {:>9.5}  {:<20}", "-1", total, "root default");
@@ -270,32 +276,105 @@ fn render_tree(map: &OsdMap) -> String {
         );
         for id in ids {
             let Some(o) = map.osds.get(id) else { continue };
+            let used = usage
+                .get(id)
+                .map(|u| human_bytes(u.used_bytes))
+                .unwrap_or_else(|| "-".into());
             let _ = writeln!(
                 out,
-                "{:<5} {:>9.5}          {:<12} {:<6} {:<4} {:>10}",
+                "{:<5} {:>9.5}          {:<12} {:<6} {:<4} {:>10} {:>10}",
                 id,
                 o.weight,
                 format!("osd.{id}"),
                 status_word(o.up),
                 if o.in_cluster { "in" } else { "out" },
-                human_bytes(o.capacity_bytes)
+                human_bytes(o.capacity_bytes),
+                used
             );
         }
     }
     out
 }
 
-pub fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
+/// `cairn df`: raw space of the OSDs and the pools.
+pub async fn df(client: &MonClient, format: Format) -> anyhow::Result<()> {
+    let status = client.status().await?;
+    let osdmap = client.maps().await?.osdmap;
+    let u = status.usage;
+    let pools: Vec<_> = osdmap
+        .pools
+        .iter()
+        .map(|(id, p)| json!({ "id": id, "name": p.name, "pg_num": p.pg_num, "kind": kind_label(&p.kind) }))
+        .collect();
+    let value = json!({
+        "total_bytes": u.total_bytes,
+        "used_bytes": u.used_bytes,
+        "available_bytes": u.available(),
+        "pools": pools,
+    });
+    emit(format, &value, || {
+        let mut out = String::from("--- RAW STORAGE ---\n");
+        let pct = if u.total_bytes == 0 {
+            0.0
+        } else {
+            100.0 * u.used_bytes as f64 / u.total_bytes as f64
+        };
+        let _ = writeln!(
+            out,
+            "{:>10} {:>10} {:>10} {:>8}",
+            "SIZE", "AVAIL", "USED", "%USED"
+        );
+        let _ = writeln!(
+            out,
+            "{:>10} {:>10} {:>10} {:>7.2}%",
+            human_bytes(u.total_bytes),
+            human_bytes(u.available()),
+            human_bytes(u.used_bytes),
+            pct
+        );
+        let _ = writeln!(
+            out,
+            "\n--- POOLS ---\n{:<16} {:>4} {:>6}  KIND",
+            "POOL", "ID", "PGS"
+        );
+        for (id, p) in &osdmap.pools {
+            let _ = writeln!(
+                out,
+                "{:<16} {:>4} {:>6}  {}",
+                p.name,
+                id,
+                p.pg_num,
+                kind_label(&p.kind)
+            );
+        }
+        out
+    })
+}
+
+fn kind_label(kind: &PoolKind) -> String {
+    match kind {
+        PoolKind::Replicated { size, .. } => format!("replicated size {size}"),
+        PoolKind::Erasure { k, m, .. } => format!("erasure {k}+{m}"),
     }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
+}
+
+/// `cairn pg stat`: PG states and space in one line, like `ceph pg stat`.
+pub async fn pg_stat(client: &MonClient, format: Format) -> anyhow::Result<()> {
+    let s = client.status().await?;
+    let value = json!({ "pgs": s.pgs, "states": s.pg_states, "usage": s.usage });
+    emit(format, &value, || {
+        let states: Vec<String> = s
+            .pg_states
+            .iter()
+            .map(|(k, v)| format!("{v} {k}"))
+            .collect();
+        format!(
+            "{} pgs: {}; {} used, {} / {} avail\n",
+            s.pgs,
+            states.join(", "),
+            human_bytes(s.usage.used_bytes),
+            human_bytes(s.usage.available()),
+            human_bytes(s.usage.total_bytes)
+        )
+    })
 }

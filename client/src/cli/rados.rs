@@ -41,6 +41,8 @@ pub enum RadosCmd {
 pub enum PgCmd {
     /// The PG an object maps to and the OSDs serving it.
     Map { pool: String, object: String },
+    /// PG states and space in one line.
+    Stat,
 }
 
 pub async fn run(rados: &Rados, cmd: &RadosCmd, format: Format) -> anyhow::Result<()> {
@@ -110,6 +112,7 @@ pub async fn pg(rados: &Rados, cmd: &PgCmd, format: Format) -> anyhow::Result<()
                 || format!("osdmap e{epoch} pg {pg} object '{object}' -> acting {acting:?}\n"),
             )
         }
+        PgCmd::Stat => super::osd::pg_stat(rados.monc(), format).await,
     }
 }
 
