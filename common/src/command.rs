@@ -173,6 +173,8 @@ pub enum Forwarded {
         going_down: bool,
         #[serde(default)]
         usage: crate::status::Usage,
+        #[serde(default)]
+        io: crate::status::IoTotals,
     },
 }
 

@@ -27,6 +27,9 @@ pub struct ClusterStatus {
     pub usage: Usage,
     #[serde(default)]
     pub osd_usage: std::collections::BTreeMap<u32, Usage>,
+    /// Client I/O of the last seconds, over every OSD.
+    #[serde(default)]
+    pub io: IoRates,
     pub raft: RaftSummary,
 }
 
@@ -50,6 +53,50 @@ pub struct OsdSummary {
     pub total: u32,
     pub up: u32,
     pub in_cluster: u32,
+}
+
+/// Client ops an OSD served as primary since it started (counters only grow).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IoTotals {
+    pub reads: u64,
+    pub writes: u64,
+    pub read_bytes: u64,
+    pub written_bytes: u64,
+}
+
+/// Client I/O per second, from the change of the OSDs' totals between beacons.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct IoRates {
+    pub read_ops: f64,
+    pub write_ops: f64,
+    pub read_bytes: f64,
+    pub write_bytes: f64,
+}
+
+impl IoRates {
+    /// The rates between two samples `secs` apart; none when the counters went back (the OSD
+    /// restarted) or no time passed.
+    pub fn between(old: &IoTotals, new: &IoTotals, secs: f64) -> Option<IoRates> {
+        let d = |a: u64, b: u64| b.checked_sub(a).map(|v| v as f64 / secs);
+        if secs <= 0.0 {
+            return None;
+        }
+        Some(IoRates {
+            read_ops: d(old.reads, new.reads)?,
+            write_ops: d(old.writes, new.writes)?,
+            read_bytes: d(old.read_bytes, new.read_bytes)?,
+            write_bytes: d(old.written_bytes, new.written_bytes)?,
+        })
+    }
+
+    pub fn add(&self, o: &IoRates) -> IoRates {
+        IoRates {
+            read_ops: self.read_ops + o.read_ops,
+            write_ops: self.write_ops + o.write_ops,
+            read_bytes: self.read_bytes + o.read_bytes,
+            write_bytes: self.write_bytes + o.write_bytes,
+        }
+    }
 }
 
 /// Bytes of a data device (or of all of them).
@@ -146,6 +193,8 @@ impl ClusterStatus {
             human_bytes(u.total_bytes)
         );
         let mut first = true;
+        let io = self.io;
+        let has_io = io != IoRates::default();
         for (state, n) in &self.pg_states {
             let label = if first {
                 "    pgs:     "
@@ -154,6 +203,18 @@ impl ClusterStatus {
             };
             first = false;
             let _ = writeln!(out, "{label}{n} {state}");
+        }
+        if has_io {
+            let _ = writeln!(out);
+            let _ = writeln!(out, "  io:");
+            let _ = writeln!(
+                out,
+                "    client:   {}/s rd, {}/s wr, {:.0} op/s rd, {:.0} op/s wr",
+                human_bytes(io.read_bytes as u64),
+                human_bytes(io.write_bytes as u64),
+                io.read_ops,
+                io.write_ops
+            );
         }
         out
     }
@@ -225,6 +286,7 @@ mod tests {
             pg_states: Default::default(),
             usage: Usage::default(),
             osd_usage: Default::default(),
+            io: IoRates::default(),
             raft: RaftSummary::default(),
         }
     }
@@ -242,6 +304,32 @@ mod tests {
             text.contains("quorum a,b (leader a) (age 75s), out of quorum: c"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn io_rates_come_from_growing_totals() {
+        let old = IoTotals {
+            reads: 10,
+            writes: 20,
+            read_bytes: 1000,
+            written_bytes: 4000,
+        };
+        let new = IoTotals {
+            reads: 30,
+            writes: 20,
+            read_bytes: 3000,
+            written_bytes: 4000,
+        };
+        let r = IoRates::between(&old, &new, 2.0).unwrap();
+        assert_eq!((r.read_ops, r.write_ops, r.read_bytes), (10.0, 0.0, 1000.0));
+        // A restarted OSD's counters start again: no rate from that pair.
+        assert!(IoRates::between(&new, &old, 2.0).is_none());
+        assert!(IoRates::between(&old, &new, 0.0).is_none());
+        let mut st = status([true; 3]);
+        st.io = r;
+        assert!(st
+            .render()
+            .contains("  io:\n    client:   1000 B/s rd, 0 B/s wr, 10 op/s rd, 0 op/s wr\n"));
     }
 
     #[test]

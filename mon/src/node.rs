@@ -21,7 +21,9 @@ use cairn_common::maps::{mon_node_id, validate_daemon_name, MonInfo};
 use cairn_common::proto::mon_client::MonClient as MonRpcClient;
 use cairn_common::proto::mon_peer_client::MonPeerClient;
 use cairn_common::proto::{ForwardRequest, PingRequest};
-use cairn_common::status::{ClusterStatus, Epochs, MonStatus, OsdSummary, RaftSummary, Usage};
+use cairn_common::status::{
+    ClusterStatus, Epochs, IoRates, IoTotals, MonStatus, OsdSummary, RaftSummary, Usage,
+};
 
 use crate::network::peer_channel;
 use crate::osd_liveness::OsdLiveness;
@@ -29,6 +31,15 @@ use crate::quorum::{Liveness, QuorumAge};
 use crate::raft_types::{NodeId, Raft};
 use crate::state_machine::SharedState;
 use crate::ticket_check::MonCredentials;
+
+/// An OSD's I/O rates count in status while its last beacon is this recent.
+const IO_SAMPLE_FRESH: Duration = Duration::from_secs(5);
+
+struct IoSample {
+    at: Instant,
+    totals: IoTotals,
+    rates: IoRates,
+}
 
 /// How long to wait between attempts while there is no leader or it is changing.
 const RETRY_PAUSE: Duration = Duration::from_millis(50);
@@ -54,6 +65,8 @@ pub struct MonNode {
     pub osd_liveness: OsdLiveness,
     /// Each OSD's data device as its last beacon reported it (on the leader).
     osd_usage: Mutex<BTreeMap<u32, Usage>>,
+    /// Each OSD's last I/O totals, when they arrived, and the rates since the sample before.
+    osd_io: Mutex<BTreeMap<u32, IoSample>>,
     /// Signs the second copy of each ticket, the one OSDs verify.
     pub osd_authority: TicketAuthority,
     /// Handed to OSDs (`ServiceKey`) so they can verify tickets.
@@ -79,6 +92,7 @@ impl MonNode {
         MonNode {
             osd_liveness: OsdLiveness::default(),
             osd_usage: Mutex::new(BTreeMap::new()),
+            osd_io: Mutex::new(BTreeMap::new()),
             osd_authority: TicketAuthority::from_service_key(osd_service_key.clone()),
             osd_service_key,
             id,
@@ -178,11 +192,13 @@ impl MonNode {
                 failures,
                 going_down,
                 usage,
+                io,
             } => {
                 self.osd_usage
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .insert(*osd, *usage);
+                self.record_io(*osd, *io);
                 self.osd_beacon(*osd, failures, *going_down).await
             }
             Forwarded::MonAdd { name, addr } => self.mon_add(name, addr).await,
@@ -239,6 +255,35 @@ impl MonNode {
             self.mark_failed_osds_down().await?;
         }
         Ok(json!(self.shared.read(|a| a.state.maps.osdmap.epoch)))
+    }
+
+    fn record_io(&self, osd: u32, totals: IoTotals) {
+        let now = Instant::now();
+        let mut samples = self.osd_io.lock().unwrap_or_else(|p| p.into_inner());
+        let rates = samples.get(&osd).and_then(|old| {
+            IoRates::between(
+                &old.totals,
+                &totals,
+                now.duration_since(old.at).as_secs_f64(),
+            )
+        });
+        samples.insert(
+            osd,
+            IoSample {
+                at: now,
+                totals,
+                rates: rates.unwrap_or_default(),
+            },
+        );
+    }
+
+    /// Client I/O over the OSDs whose beacons are recent.
+    fn io_rates(&self) -> IoRates {
+        let samples = self.osd_io.lock().unwrap_or_else(|p| p.into_inner());
+        samples
+            .values()
+            .filter(|s| s.at.elapsed() < IO_SAMPLE_FRESH)
+            .fold(IoRates::default(), |sum, s| sum.add(&s.rates))
     }
 
     /// Marks down the OSDs the liveness rules condemn now.
@@ -466,6 +511,7 @@ impl MonNode {
             pg_states: cairn_common::pg_states::summarize(osdmap).states,
             usage,
             osd_usage,
+            io: self.io_rates(),
             raft: RaftSummary {
                 term: metrics.current_term,
                 last_log_index: metrics.last_log_index.unwrap_or(0),

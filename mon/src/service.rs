@@ -288,6 +288,12 @@ impl Mon for MonService {
                 used_bytes: req.used_bytes,
                 total_bytes: req.total_bytes,
             },
+            io: cairn_common::status::IoTotals {
+                reads: req.reads,
+                writes: req.writes,
+                read_bytes: req.read_bytes,
+                written_bytes: req.written_bytes,
+            },
         };
         let v = self.node.execute(&ticket.entity, &fwd).await?;
         Ok(Response::new(OsdBeaconReply {

@@ -142,12 +142,17 @@ pub async fn run_beacons(node: Arc<OsdNode>, hb: Arc<Heartbeats>, mut stop: watc
     let grace = Duration::from_millis(node.settings.heartbeat_grace_ms);
     loop {
         let space = node.store.statfs();
+        let io = node.io.totals();
         let req = OsdBeaconRequest {
             osd: node.id,
             failures: hb.failures(grace),
             going_down: false,
             used_bytes: space.used,
             total_bytes: space.total,
+            reads: io.reads,
+            writes: io.writes,
+            read_bytes: io.read_bytes,
+            written_bytes: io.written_bytes,
         };
         if let Err(e) = node.monc.osd_beacon(req).await {
             tracing::warn!(error = %e, "beacon not delivered");

@@ -2,6 +2,7 @@
 //! peer OSDs. The op paths (`primary`, `replica`, `activate`) and the services work on it.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -13,6 +14,7 @@ use cairn_common::config::OsdSettings;
 use cairn_common::maps::ClusterMaps;
 use cairn_common::placement::PgId;
 use cairn_common::proto::osd_client::OsdClient;
+use cairn_common::status::IoTotals;
 
 use crate::error::StoreError;
 use crate::pg::Pg;
@@ -22,8 +24,29 @@ use crate::ObjectStore;
 /// mons directly.
 const MAP_WAIT: Duration = Duration::from_secs(2);
 
+/// Client ops served as primary, for the beacons' I/O totals.
+#[derive(Default)]
+pub struct IoCounters {
+    pub reads: AtomicU64,
+    pub writes: AtomicU64,
+    pub read_bytes: AtomicU64,
+    pub written_bytes: AtomicU64,
+}
+
+impl IoCounters {
+    pub fn totals(&self) -> IoTotals {
+        IoTotals {
+            reads: self.reads.load(Ordering::Relaxed),
+            writes: self.writes.load(Ordering::Relaxed),
+            read_bytes: self.read_bytes.load(Ordering::Relaxed),
+            written_bytes: self.written_bytes.load(Ordering::Relaxed),
+        }
+    }
+}
+
 pub struct OsdNode {
     pub id: u32,
+    pub io: IoCounters,
     pub store: Arc<ObjectStore>,
     pub monc: Arc<MonClient>,
     pub settings: OsdSettings,
@@ -42,6 +65,7 @@ impl OsdNode {
     ) -> OsdNode {
         OsdNode {
             id,
+            io: IoCounters::default(),
             store,
             monc,
             settings,

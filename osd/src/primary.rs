@@ -79,6 +79,27 @@ struct Target {
 }
 
 pub async fn handle_op(node: &OsdNode, req: OpRequest) -> OpReply {
+    let writes = op_writes(&req);
+    let written = match req.op.as_ref().and_then(|o| o.op.as_ref()) {
+        Some(Op::WriteFull(d) | Op::Append(d)) => d.len(),
+        Some(Op::Write(w)) => w.data.len(),
+        _ => 0,
+    } as u64;
+    let out = handle_op_inner(node, req).await;
+    if out.result == OpResult::Ok as i32 {
+        let io = &node.io;
+        let (ops, bytes, n) = if writes {
+            (&io.writes, &io.written_bytes, written)
+        } else {
+            (&io.reads, &io.read_bytes, out.data.len() as u64)
+        };
+        ops.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        bytes.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    }
+    out
+}
+
+async fn handle_op_inner(node: &OsdNode, req: OpRequest) -> OpReply {
     let maps = node.maps_at_least(req.osdmap_epoch).await;
     let mut out = match route(node, &maps, &req) {
         Ok((pool, target)) => {
