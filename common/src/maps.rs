@@ -179,14 +179,16 @@ impl Pool {
     }
 }
 
-/// Ceph's defaults: a replicated pool takes writes with one member missing (size − 1, at least
-/// 1); an erasure-coded one needs k plus one spare when m allows (k + min(1, m − 1)), so an
-/// EC 2+1 pool keeps taking writes with one OSD down.
+/// Defaults as in Ceph where safe: a replicated pool takes writes with one member missing
+/// (size − 1), but always with a majority of its members (so size 2 needs both: two writers'
+/// sets must overlap until past intervals are tracked); an erasure-coded one needs k plus one
+/// spare when m allows (k + min(1, m − 1)), so an EC 2+1 pool keeps taking writes with one OSD
+/// down.
 pub fn default_min_size(kind_is_erasure: bool, size_or_k: u32, m: u32) -> u32 {
     if kind_is_erasure {
         size_or_k + 1.min(m.saturating_sub(1))
     } else {
-        size_or_k.saturating_sub(1).max(1)
+        size_or_k.saturating_sub(1).max(size_or_k / 2 + 1)
     }
 }
 
@@ -259,6 +261,8 @@ mod tests {
     #[test]
     fn min_size_defaults_follow_ceph() {
         assert_eq!(default_min_size(false, 3, 0), 2);
+        assert_eq!(default_min_size(false, 2, 0), 2);
+        assert_eq!(default_min_size(false, 5, 0), 4);
         assert_eq!(default_min_size(false, 1, 0), 1);
         assert_eq!(default_min_size(true, 2, 1), 2);
         assert_eq!(default_min_size(true, 4, 2), 5);

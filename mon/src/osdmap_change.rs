@@ -252,9 +252,12 @@ fn check_kind(kind: &PoolKind) -> Result<(), String> {
                     "size {size} is out of range: use 1 to {POOL_WIDTH_MAX}"
                 ));
             }
-            if !(1..=size).contains(&min_size) {
+            // A majority, so every interval that takes writes overlaps the one before it
+            // (until PGs remember their past intervals, this is what keeps writes safe).
+            let majority = size / 2 + 1;
+            if !(majority..=size).contains(&min_size) {
                 return Err(format!(
-                    "min_size {min_size} must be between 1 and size {size}"
+                    "min_size {min_size} must be between {majority} (a majority of size {size}) and {size}"
                 ));
             }
         }
@@ -452,10 +455,14 @@ mod tests {
             value: v.into(),
         };
         assert!(matches!(
-            apply(&mut map, set("1")),
+            apply(&mut map, set("3")),
             CommandOutcome::Done { .. }
         ));
-        assert_eq!(map.pool_by_name("p").unwrap().1.min_size(), 1);
+        assert_eq!(map.pool_by_name("p").unwrap().1.min_size(), 3);
+        assert!(matches!(
+            apply(&mut map, set("1")),
+            CommandOutcome::Refused { .. }
+        ));
         assert!(matches!(
             apply(&mut map, set("4")),
             CommandOutcome::Refused { .. }

@@ -123,7 +123,8 @@ async fn read_inner(
             })
         }
         Op::Read(r) => {
-            let end = r.offset.saturating_add(r.length).min(size);
+            let length = r.length.min(crate::IO_BYTES_MAX);
+            let end = r.offset.saturating_add(length).min(size);
             if r.offset >= end {
                 return Ok(OpReply {
                     size,
@@ -279,6 +280,7 @@ pub async fn plan_write(
     let io = |e: StoreError| refuse(crate::replica::result_of(&e), e.to_string());
     let head = head(node, pg, object).await.map_err(io)?;
     let (size, version) = head.unwrap_or((0, 0));
+    crate::primary::check_object_end(&op, head.map(|(s, _)| s))?;
     let same =
         |muts: Vec<Mutation>| -> Plan { members.iter().map(|m| (*m, muts.clone())).collect() };
     let ctx = Stripes {
@@ -386,8 +388,9 @@ impl Stripes<'_> {
             .ok_or_else(|| refuse(OpResult::Invalid, "write past the largest offset"))?;
         let new_size = self.size.max(end);
         if data.is_empty() {
+            // As on replicated pools: an empty write creates the object, nothing more.
             return Ok(per_shard(self.members, |_| {
-                vec![mutation::touch(), size_attr(new_size)]
+                vec![mutation::touch(), size_attr(self.size)]
             }));
         }
         let (first, count) = self.codec.stripe_range(offset, data.len() as u64);

@@ -72,7 +72,7 @@ pub async fn query(
     epoch: u64,
 ) -> Result<PgQueryReply, String> {
     let reply = if m.osd == node.id {
-        replica::query_locked(node, pg, st).await
+        replica::query_locked(node, pg, st, epoch).await
     } else {
         let mut client = node
             .peer(m.osd)

@@ -90,27 +90,29 @@ pub fn ends_removed(muts: &[Mutation]) -> bool {
 
 /// Appends the store ops for `muts` on `coll/oid`, then stamps the object with `version`
 /// (unless the mutations remove it). Attribute names in `SetXattr`/`RmXattr` are store
-/// attribute names: callers map user names through `user_attr`.
+/// attribute names: callers map user names through `user_attr`. Takes the mutations, so
+/// their data moves into the transaction without a copy.
 pub fn to_store_ops(
     txn: &mut Transaction,
     coll: &str,
     oid: &str,
-    muts: &[Mutation],
+    muts: Vec<Mutation>,
     version: u64,
 ) -> Result<(), StoreError> {
     let (c, o) = (coll.to_string(), oid.to_string());
+    let removed = ends_removed(&muts);
     for m in muts {
-        let op = match m.m.as_ref() {
+        let op = match m.m {
             Some(M::Write(w)) => Op::Write {
                 coll: c.clone(),
                 oid: o.clone(),
                 offset: w.offset,
-                data: w.data.clone(),
+                data: w.data,
             },
             Some(M::Truncate(size)) => Op::Truncate {
                 coll: c.clone(),
                 oid: o.clone(),
-                size: *size,
+                size,
             },
             Some(M::Remove(_)) => Op::Remove {
                 coll: c.clone(),
@@ -123,32 +125,28 @@ pub fn to_store_ops(
             Some(M::SetXattr(kv)) => Op::SetAttrs {
                 coll: c.clone(),
                 oid: o.clone(),
-                attrs: BTreeMap::from([(kv.key.clone(), kv.value.clone())]),
+                attrs: BTreeMap::from([(kv.key, kv.value)]),
             },
             Some(M::RmXattr(name)) => Op::RmAttr {
                 coll: c.clone(),
                 oid: o.clone(),
-                name: name.clone(),
+                name,
             },
             Some(M::OmapSet(e)) => Op::OmapSet {
                 coll: c.clone(),
                 oid: o.clone(),
-                entries: e
-                    .entries
-                    .iter()
-                    .map(|kv| (kv.key.clone(), kv.value.clone()))
-                    .collect(),
+                entries: e.entries.into_iter().map(|kv| (kv.key, kv.value)).collect(),
             },
             Some(M::OmapRm(k)) => Op::OmapRm {
                 coll: c.clone(),
                 oid: o.clone(),
-                keys: k.keys.clone(),
+                keys: k.keys,
             },
             None => return Err(StoreError::Invalid("an empty mutation".into())),
         };
         txn.push(op);
     }
-    if !ends_removed(muts) {
+    if !removed {
         txn.push(Op::SetAttrs {
             coll: c,
             oid: o,

@@ -74,6 +74,10 @@ pub struct PgState {
     reqids: HashMap<String, u64>,
     /// On the primary: the interval this PG was brought in line for, and its epoch.
     pub active: Option<(Interval, u64)>,
+    /// The newest interval epoch a primary has queried this member for: sub-ops from a
+    /// primary of an older interval (one with an old map) are refused, so it cannot write
+    /// behind the back of its successor.
+    pub min_epoch: u64,
 }
 
 pub struct Pg {

@@ -20,6 +20,28 @@ use crate::replica::{self, result_of};
 
 /// Longest object name, in bytes.
 pub const OBJECT_NAME_BYTES_MAX: usize = 1024;
+/// Largest object: recovery moves an object whole in one message and one transaction
+/// (Ceph's `osd_max_object_size` is 128 MiB), so this bound keeps every object recoverable.
+pub const OBJECT_BYTES_MAX: u64 = crate::IO_BYTES_MAX;
+
+/// Refuses a write or truncate that would make the object larger than `OBJECT_BYTES_MAX`.
+pub fn check_object_end(op: &Op, size: Option<u64>) -> Result<(), Box<OpReply>> {
+    let end = match op {
+        Op::WriteFull(d) => Some(d.len() as u64),
+        Op::Write(w) => w.offset.checked_add(w.data.len() as u64),
+        Op::Append(d) => size.unwrap_or(0).checked_add(d.len() as u64),
+        Op::Truncate(n) => Some(*n),
+        _ => return Ok(()),
+    };
+    match end {
+        Some(end) if end <= OBJECT_BYTES_MAX => Ok(()),
+        _ => Err(refuse(
+            OpResult::Invalid,
+            format!("objects are limited to {OBJECT_BYTES_MAX} bytes"),
+        )),
+    }
+}
+
 /// Most entries one omap read or listing returns.
 pub const PAGE_ENTRIES_MAX: u32 = 10_000;
 
@@ -219,6 +241,18 @@ async fn serve(
     let pg = node.pg(t.pg, t.me.shard);
     let mut st = pg.state.lock().await;
     let epoch = maps.osdmap.epoch;
+    // The op was routed with the map of its arrival; a newer one may have moved the PG while
+    // it waited for the lock: route it again.
+    let now = node.maps();
+    if now.osdmap.epoch != epoch {
+        return *misdirected(
+            &now,
+            format!(
+                "the map moved to epoch {} while the op waited",
+                now.osdmap.epoch
+            ),
+        );
+    }
     let activated = ensure_active(
         node,
         &pg,
@@ -317,6 +351,7 @@ fn resolve(
 ) -> Result<Vec<cairn_common::proto::Mutation>, Box<OpReply>> {
     use cairn_common::proto::mutation::M;
     use cairn_common::proto::Mutation;
+    check_object_end(&op, size)?;
     let missing = || {
         reply(
             OpResult::NotFound,
@@ -408,7 +443,16 @@ async fn plan_replicated(
         .await
         .map_err(|e| Box::new(store_error(&e)))?;
     let mutations = resolve(op, size, object)?;
-    Ok(members.iter().map(|m| (*m, mutations.clone())).collect())
+    // Every member but one needs its own copy for its request; the first takes the original.
+    let mut plan: Plan = members
+        .iter()
+        .skip(1)
+        .map(|m| (*m, mutations.clone()))
+        .collect();
+    if let Some(first) = members.first() {
+        plan.push((*first, mutations));
+    }
+    Ok(plan)
 }
 
 /// Applies a planned write here and on every other member at once, at the PG's next
@@ -452,11 +496,14 @@ async fn commit(
         replica::apply_locked(node, pg, st, local),
         futures::future::join_all(remote)
     );
+    let remote_applied = remote.iter().any(|r| r.is_ok());
     let remote_error = remote.into_iter().find_map(|r| r.err());
     if local.result != OpResult::Ok as i32 || remote_error.is_some() {
         // Members may now disagree: bring them in line before the next op.
         st.active = None;
-        if local.result != OpResult::Ok as i32 {
+        // A member that applied it may become the authority, so the write may yet appear:
+        // only a failure every member shares is definitive.
+        if local.result != OpResult::Ok as i32 && !remote_applied {
             return OpReply {
                 result: local.result,
                 message: local.message,

@@ -76,6 +76,15 @@ pub async fn apply_locked(
     if let Err(e) = ensure_loaded(node, pg, st).await {
         return sub_reply(result_of(&e), e.to_string());
     }
+    if req.osdmap_epoch < st.min_epoch {
+        return sub_reply(
+            OpResult::Retry,
+            format!(
+                "osd.{} serves pg {} for an interval of epoch {}; this change is from epoch {}",
+                node.id, pg.id, st.min_epoch, req.osdmap_epoch
+            ),
+        );
+    }
     if !req.recovery && st.last_update != req.prior_version {
         return sub_reply(
             OpResult::Retry,
@@ -91,7 +100,7 @@ pub async fn apply_locked(
         PgState::set_last_update_ops(&mut txn, &pg.coll, req.version);
     } else {
         if let Err(e) =
-            mutation::to_store_ops(&mut txn, &pg.coll, &req.object, &req.mutations, req.version)
+            mutation::to_store_ops(&mut txn, &pg.coll, &req.object, req.mutations, req.version)
         {
             return sub_reply(OpResult::Invalid, e.to_string());
         }
@@ -116,14 +125,26 @@ pub async fn apply_locked(
 }
 
 /// The member's version of the PG and of every object in it.
-pub async fn query(node: &OsdNode, pg_id: PgId, shard: i32) -> PgQueryReply {
+pub async fn query(node: &OsdNode, pg_id: PgId, shard: i32, epoch: u64) -> PgQueryReply {
     let pg = node.pg(pg_id, shard);
     let mut st = pg.state.lock().await;
-    query_locked(node, &pg, &mut st).await
+    query_locked(node, &pg, &mut st, epoch).await
 }
 
-/// `query` with the PG's lock already held.
-pub async fn query_locked(node: &OsdNode, pg: &Pg, st: &mut PgState) -> PgQueryReply {
+/// `query` with the PG's lock already held. The querying primary's interval `epoch` fences
+/// primaries of older intervals from then on.
+pub async fn query_locked(node: &OsdNode, pg: &Pg, st: &mut PgState, epoch: u64) -> PgQueryReply {
+    if epoch < st.min_epoch {
+        return PgQueryReply {
+            result: OpResult::Retry as i32,
+            message: format!(
+                "osd.{} serves pg {} for an interval of epoch {}, newer than {epoch}",
+                node.id, pg.id, st.min_epoch
+            ),
+            ..PgQueryReply::default()
+        };
+    }
+    st.min_epoch = epoch;
     if let Err(e) = ensure_loaded(node, pg, st).await {
         return PgQueryReply {
             result: result_of(&e) as i32,

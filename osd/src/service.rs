@@ -54,6 +54,20 @@ impl tonic::service::Interceptor for OsdTicketCheck {
     }
 }
 
+/// Longest request id a client may send.
+const REQID_BYTES_MAX: usize = 256;
+
+/// Runs a handler's work in its own task, so it completes even when the caller goes away
+/// (a client's deadline passes, a connection drops): an op cancelled half-way would leave
+/// the store ahead of the PG's state in memory.
+async fn to_completion<T: Send + 'static>(
+    work: impl std::future::Future<Output = T> + Send + 'static,
+) -> Result<T, Status> {
+    tokio::spawn(work)
+        .await
+        .map_err(|e| Status::internal(format!("the op failed: {e}")))
+}
+
 fn ticket_of<T>(req: &Request<T>) -> Result<Ticket, Status> {
     req.extensions()
         .get::<Ticket>()
@@ -121,23 +135,44 @@ impl Osd for OsdService {
                 self.node.id
             )));
         }
-        let _permit = self
+        let mut req = req.into_inner();
+        if req.reqid.len() > REQID_BYTES_MAX {
+            return Err(Status::invalid_argument(format!(
+                "request ids are at most {REQID_BYTES_MAX} bytes"
+            )));
+        }
+        // A request id means something only for the entity that sent it.
+        if !req.reqid.is_empty() {
+            req.reqid = format!("{}|{}", ticket.entity, req.reqid);
+        }
+        let permit = self
             .running
-            .acquire()
+            .clone()
+            .acquire_owned()
             .await
             .map_err(|_| Status::unavailable("the osd is shutting down"))?;
-        let started = std::time::Instant::now();
-        let reply = primary::handle_op(&self.node, req.into_inner()).await;
-        metrics::histogram!("cairn_osd_op_seconds").record(started.elapsed().as_secs_f64());
-        drop(admission);
+        let node = self.node.clone();
+        let reply = to_completion(async move {
+            let _held = (permit, admission);
+            let started = std::time::Instant::now();
+            let reply = primary::handle_op(&node, req).await;
+            metrics::histogram!("cairn_osd_op_seconds").record(started.elapsed().as_secs_f64());
+            reply
+        })
+        .await?;
         Ok(Response::new(reply))
     }
 
     async fn sub_op(&self, req: Request<SubOpRequest>) -> Result<Response<SubOpReply>, Status> {
         require_peer(&req)?;
         let req = req.into_inner();
-        self.node.maps_at_least(req.osdmap_epoch).await;
-        Ok(Response::new(replica::apply_sub_op(&self.node, req).await))
+        let node = self.node.clone();
+        let reply = to_completion(async move {
+            node.maps_at_least(req.osdmap_epoch).await;
+            replica::apply_sub_op(&node, req).await
+        })
+        .await?;
+        Ok(Response::new(reply))
     }
 
     async fn pg_query(
@@ -150,9 +185,13 @@ impl Osd for OsdService {
             pool: req.pool,
             seed: req.pg,
         };
-        Ok(Response::new(
-            replica::query(&self.node, pg, req.shard).await,
-        ))
+        let node = self.node.clone();
+        let reply =
+            to_completion(
+                async move { replica::query(&node, pg, req.shard, req.osdmap_epoch).await },
+            )
+            .await?;
+        Ok(Response::new(reply))
     }
 
     async fn pg_pull(&self, req: Request<PgPullRequest>) -> Result<Response<PgPullReply>, Status> {
