@@ -138,6 +138,18 @@ impl Rados {
             .ok_or_else(|| ClientError::NotFound(format!("pool '{name}' does not exist")))
     }
 
+    /// Like `pool`, but a pool this client has not seen yet (just created) is looked up in
+    /// the mons' current maps before it counts as missing.
+    async fn current_pool(&self, name: &str) -> Result<(u32, Pool), ClientError> {
+        match self.pool(name) {
+            Err(ClientError::NotFound(_)) => {
+                self.shared.update(self.shared.monc.maps().await?);
+                self.pool(name)
+            }
+            found => found,
+        }
+    }
+
     pub async fn write_full(
         &self,
         pool: &str,
@@ -298,7 +310,7 @@ impl Rados {
         cursor: Option<ListCursor>,
         max: u32,
     ) -> Result<ListPage, ClientError> {
-        let (_, p) = self.pool(pool)?;
+        let (_, p) = self.current_pool(pool).await?;
         let mut cursor = cursor.unwrap_or_default();
         let mut page = ListPage::default();
         while cursor.pg < p.pg_num && (page.objects.len() as u32) < max {
@@ -398,7 +410,13 @@ impl Rados {
         remaining: Duration,
     ) -> Result<OpReply, Attempt> {
         let s = &self.shared;
-        let (pool_id, p) = self.pool(pool).map_err(Attempt::Fail)?;
+        let (pool_id, p) = self.current_pool(pool).await.map_err(|e| {
+            if e.is_retryable() {
+                Attempt::Later(e.to_string())
+            } else {
+                Attempt::Fail(e)
+            }
+        })?;
         let maps = s.maps();
         let pg_id = match pg {
             Some(seed) => PgId {

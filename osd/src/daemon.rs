@@ -3,6 +3,7 @@
 //! down (so it is marked down at once) and exit.
 
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -222,6 +223,7 @@ async fn stopped(mut stop: watch::Receiver<bool>) {
 /// Keeps the node's maps current from a mon subscription (moving to another mon when one
 /// goes away), and boots again if a map shows this OSD down while it runs.
 async fn follow_maps(node: Arc<OsdNode>, boot: Command, mut stop: watch::Receiver<bool>) {
+    let background = Arc::new(Background::default());
     loop {
         match node.monc.subscribe().await {
             Ok(stream) => {
@@ -230,7 +232,9 @@ async fn follow_maps(node: Arc<OsdNode>, boot: Command, mut stop: watch::Receive
                     tokio::select! {
                         item = stream.next() => match item {
                             Some(Ok(maps)) => {
-                                node.publish_maps(maps);
+                                if node.publish_maps(maps) {
+                                    after_map_change(&node, &background);
+                                }
                                 reboot_if_marked_down(&node, &boot).await;
                             }
                             Some(Err(e)) => {
@@ -250,6 +254,23 @@ async fn follow_maps(node: Arc<OsdNode>, boot: Command, mut stop: watch::Receive
             _ = stop.changed() => return,
         }
     }
+}
+
+/// Work a map change starts in the background, one run of each at a time.
+#[derive(Default)]
+struct Background {
+    activating: AtomicBool,
+    activate_again: AtomicBool,
+    cleaning: AtomicBool,
+}
+
+fn after_map_change(node: &Arc<OsdNode>, background: &Arc<Background>) {
+    let (n, b) = (node.clone(), background.clone());
+    tokio::spawn(async move {
+        crate::primary::activate_primaries(&n, &b.activating, &b.activate_again).await
+    });
+    let (n, b) = (node.clone(), background.clone());
+    tokio::spawn(async move { crate::cleanup::collect_deleted_pools(&n, &b.cleaning).await });
 }
 
 async fn reboot_if_marked_down(node: &OsdNode, boot: &Command) {

@@ -3,12 +3,14 @@
 //! and written through io_uring; all metadata in RocksDB (`store` and the modules it uses).
 //! The daemon (`daemon`, `node`, `service`) serves PGs: as primary (`primary`, `activate`,
 //! `members`) and as member (`replica`), over the store (`pg`, `mutation`); erasure-coded
-//! PGs use `erasure` over the `ec` codec; `heartbeat` watches the peers.
+//! PGs use `erasure` over the `ec` codec; `heartbeat` watches the peers; `cleanup` frees
+//! deleted pools.
 
 pub mod activate;
 pub mod aligned;
 pub mod allocator;
 pub mod apply;
+pub mod cleanup;
 pub mod daemon;
 pub mod ec;
 pub mod erasure;

@@ -124,6 +124,12 @@ impl OsdNode {
             .clone()
     }
 
+    /// Drops the in-memory state of a PG member whose collection is gone.
+    pub fn forget_pg_collection(&self, coll: &str) {
+        let mut pgs = self.pgs.lock().unwrap_or_else(|p| p.into_inner());
+        pgs.retain(|_, pg| pg.coll != coll);
+    }
+
     /// Runs blocking store work off the async threads.
     pub async fn blocking<T, F>(&self, f: F) -> Result<T, StoreError>
     where

@@ -3,8 +3,10 @@
 //! mutations, apply them here and on every other member at once, and acknowledge only when
 //! all have them durable.
 
-use cairn_common::maps::{ClusterMaps, Pool};
-use cairn_common::placement::{object_pg, pg_acting, primary, PgId, NO_OSD};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use cairn_common::maps::{ClusterMaps, OsdMap, Pool};
+use cairn_common::placement::{all_pgs, object_pg, pg_acting, primary, PgId, NO_OSD};
 use cairn_common::proto::object_op::Op;
 use cairn_common::proto::{Mutation, OpReply, OpRequest, OpResult, SubOpRequest};
 
@@ -172,15 +174,34 @@ fn route<'a>(
             object_pg(req.pool, pool, &req.object)
         }
     };
-    let acting = pg_acting(osdmap, pool, pg);
-    if primary(&acting) != Some(node.id) {
-        return Err(misdirected(
+    let target = target_of(node.id, osdmap, pool, pg).ok_or_else(|| {
+        misdirected(
             maps,
             format!(
                 "osd.{} is not the primary of pg {pg} at epoch {}",
                 node.id, osdmap.epoch
             ),
+        )
+    })?;
+    if target.members.len() < pool.min_size() {
+        return Err(refuse(
+            OpResult::Retry,
+            format!(
+                "pg {pg} has {} of {} members up and needs {} (min_size) to serve",
+                target.members.len(),
+                pool.width(),
+                pool.min_size()
+            ),
         ));
+    }
+    Ok((pool, target))
+}
+
+/// The PG's members in `osdmap` when OSD `me` is its primary there.
+fn target_of(me: u32, osdmap: &OsdMap, pool: &Pool, pg: PgId) -> Option<Target> {
+    let acting = pg_acting(osdmap, pool, pg);
+    if primary(&acting) != Some(me) {
+        return None;
     }
     let erasure = pool.is_erasure();
     let members: Vec<Member> = acting
@@ -192,30 +213,59 @@ fn route<'a>(
             shard: if erasure { i as i32 } else { -1 },
         })
         .collect();
-    if members.len() < pool.min_size() {
-        return Err(refuse(
-            OpResult::Retry,
-            format!(
-                "pg {pg} has {} of {} members up and needs {} (min_size) to serve",
-                members.len(),
-                pool.width(),
-                pool.min_size()
-            ),
-        ));
+    let me = *members.iter().find(|m| m.osd == me)?;
+    Some(Target {
+        pg,
+        interval: Interval::of(osdmap, &acting),
+        members,
+        me,
+    })
+}
+
+/// Activates every PG this OSD is primary of in the current map, so members catch up after
+/// a change without waiting for a client op. One pass at a time; a map that arrives during a
+/// pass starts another.
+pub async fn activate_primaries(node: &OsdNode, running: &AtomicBool, again: &AtomicBool) {
+    again.store(true, Ordering::Release);
+    if running.swap(true, Ordering::AcqRel) {
+        return;
     }
-    let me = *members
-        .iter()
-        .find(|m| m.osd == node.id)
-        .expect("the primary is a member");
-    Ok((
-        pool,
-        Target {
-            pg,
-            interval: Interval::of(osdmap, &acting),
-            members,
-            me,
-        },
-    ))
+    while again.swap(false, Ordering::AcqRel) {
+        let maps = node.maps();
+        let osdmap = &maps.osdmap;
+        for (pool_id, pool) in &osdmap.pools {
+            let Ok(codec) = erasure::codec_of(pool) else {
+                continue;
+            };
+            for pg in all_pgs(*pool_id, pool) {
+                if node.maps().osdmap.epoch != osdmap.epoch {
+                    break;
+                }
+                let Some(t) = target_of(node.id, osdmap, pool, pg) else {
+                    continue;
+                };
+                if t.members.len() < pool.min_size() {
+                    continue;
+                }
+                let pg_state = node.pg(pg, t.me.shard);
+                let mut st = pg_state.state.lock().await;
+                let activated = ensure_active(
+                    node,
+                    &pg_state,
+                    &mut st,
+                    &t.members,
+                    codec.as_ref(),
+                    t.interval,
+                    osdmap.epoch,
+                )
+                .await;
+                if let Err(why) = activated {
+                    tracing::info!(pg = %pg, %why, "pg not active yet");
+                }
+            }
+        }
+    }
+    running.store(false, Ordering::Release);
 }
 
 fn misdirected(maps: &ClusterMaps, message: String) -> Box<OpReply> {

@@ -474,3 +474,51 @@ async fn a_thousand_objects_of_every_size_read_back() {
         assert!(got == content(*size, *s), "{pool}/{name} differs");
     }
 }
+
+/// Removing a pool frees its space on every OSD.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn deleting_a_pool_frees_its_space() {
+    let (c, rados) = cluster_with_pool().await;
+    let admin = c.admin();
+    admin
+        .command(Command::PoolCreate {
+            name: "scratch".into(),
+            pg_num: 8,
+            kind: PoolKind::Replicated {
+                size: 3,
+                min_size: 2,
+            },
+            failure_domain: FailureDomain::Osd,
+        })
+        .await
+        .unwrap();
+    let used = || async { admin.status().await.unwrap().usage.used_bytes };
+    wait_for(Duration::from_secs(10), "usage reports", || async {
+        (admin.status().await.ok()?.osd_usage.len() == 3).then_some(())
+    })
+    .await;
+    let before = used().await;
+    for i in 0..10 {
+        rados
+            .write_full("scratch", &format!("big-{i}"), vec![i as u8; 4 << 20])
+            .await
+            .unwrap();
+    }
+    let grown = 100 << 20;
+    wait_for(Duration::from_secs(10), "usage to grow", || async {
+        (used().await >= before + grown).then_some(())
+    })
+    .await;
+    admin
+        .command(Command::PoolRm {
+            name: "scratch".into(),
+        })
+        .await
+        .unwrap();
+    wait_for(
+        Duration::from_secs(20),
+        "the space to come back",
+        || async { (used().await < before + (16 << 20)).then_some(()) },
+    )
+    .await;
+}
