@@ -4,11 +4,11 @@
 //!
 //! Rules (decided by `OsdLiveness::verdicts`, a pure function of what was heard and when):
 //! - an OSD whose beacons stopped for `osd_beacon_grace_ms` is down;
-//! - a peer reporting that the OSD's port refused a connection (the process is gone) is
-//!   enough, provided the report is newer than the OSD's last beacon (a restarted OSD's
-//!   beacon voids reports about its previous life);
-//! - otherwise `osd_min_reporters` distinct peers (fewer if fewer are up) reporting it silent.
-//!   Reports expire after `osd_report_ttl_ms`.
+//! - so is one that `osd_min_reporters` distinct up peers (fewer if fewer are up) report as
+//!   refusing connections (the process is gone: peers report it at their next heartbeat) or
+//!   silent beyond their heartbeat grace. A refused-connection report counts only if newer
+//!   than the OSD's last beacon (a restarted OSD's beacon voids reports about its previous
+//!   life). Reports expire after `osd_report_ttl_ms`.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -86,32 +86,32 @@ impl OsdLiveness {
                 out.push((osd, format!("no beacon for {} ms", silent.as_millis())));
                 continue;
             }
-            // Only up peers' word counts: a down reporter may be the broken one.
+            // Only up peers' word counts (a down reporter may be the broken one), and a report
+            // of a refused connection only if newer than the OSD's last beacon (a restarted
+            // OSD's beacon voids reports about its previous life).
             let reports: Vec<(u32, Report)> = h
                 .reports
                 .get(&osd)
                 .map(|r| {
                     r.iter()
                         .filter(|(reporter, _)| up.contains(reporter))
+                        .filter(|(_, r)| !r.refused || beaconed.is_none_or(|b| r.at > b))
                         .map(|(k, v)| (*k, *v))
                         .collect()
                 })
                 .unwrap_or_default();
-            if let Some((reporter, _)) = reports
-                .iter()
-                .find(|(_, r)| r.refused && beaconed.is_none_or(|b| r.at > b))
-            {
-                out.push((
-                    osd,
-                    format!("connection refused (reported by osd.{reporter})"),
-                ));
-                continue;
-            }
+            // One peer's word is not enough while others can speak: a one-sided network
+            // fault would make the OSD flap.
             let peers_up = up.len().saturating_sub(1);
             let needed = (s.osd_min_reporters as usize).min(peers_up).max(1);
             if reports.len() >= needed {
+                let how = if reports.iter().all(|(_, r)| r.refused) {
+                    "connection refused"
+                } else {
+                    "silent"
+                };
                 let by: Vec<String> = reports.iter().map(|(r, _)| format!("osd.{r}")).collect();
-                out.push((osd, format!("silent to {}", by.join(", "))));
+                out.push((osd, format!("{how} (reported by {})", by.join(", "))));
             }
         }
         out
@@ -165,7 +165,7 @@ mod tests {
     }
 
     #[test]
-    fn one_refused_report_is_enough_unless_a_beacon_follows() {
+    fn refused_reports_count_unless_a_beacon_follows() {
         let s = MonSettings::default();
         let l = OsdLiveness::default();
         let m = map(3);
@@ -175,8 +175,13 @@ mod tests {
         }
         let t1 = t0 + Duration::from_millis(10);
         l.beacon(0, &[report(2, true)], t1);
+        assert!(
+            l.verdicts(&m, &s, t1).is_empty(),
+            "one peer of two is not enough"
+        );
+        l.beacon(1, &[report(2, true)], t1);
         assert_eq!(ids(l.verdicts(&m, &s, t1)), vec![2]);
-        // osd.2 restarted and beaconed after the report: the report is about its old life.
+        // osd.2 restarted and beaconed after the reports: they are about its old life.
         l.beacon(2, &[], t1 + Duration::from_millis(5));
         assert!(l.verdicts(&m, &s, t1 + Duration::from_millis(6)).is_empty());
     }

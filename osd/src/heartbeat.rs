@@ -88,7 +88,15 @@ pub async fn run_heartbeats(
 ) {
     let interval = Duration::from_millis(node.settings.heartbeat_interval_ms);
     let grace = Duration::from_millis(node.settings.heartbeat_grace_ms);
+    // A fixed period: a round whose pings wait out their timeout (a hung peer) does not
+    // stretch the next one, nor the time until that peer's silence is reported.
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            _ = stop.changed() => return,
+        }
         let maps = node.maps();
         let up: BTreeMap<u32, u64> = maps
             .osdmap
@@ -103,10 +111,6 @@ pub async fn run_heartbeats(
         futures::future::join_all(pings).await;
         if hb.failures(grace).len() > before {
             hb.failure_seen.notify_one();
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(interval) => {}
-            _ = stop.changed() => return,
         }
     }
 }

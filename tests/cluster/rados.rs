@@ -268,7 +268,8 @@ async fn a_killed_osd_is_marked_down_and_loses_nothing() {
     .await;
     let detect = killed_at.elapsed();
     eprintln!("osd.1 marked down {} ms after kill -9", detect.as_millis());
-    assert!(detect < Duration::from_secs(4), "took {detect:?}");
+    // The goal is 1 s; a little room for a loaded CI machine.
+    assert!(detect < Duration::from_millis(1500), "took {detect:?}");
     let status = admin.status().await.unwrap();
     assert!(
         status.health.checks.iter().any(|c| c.code == "OSD_DOWN"),
@@ -521,4 +522,24 @@ async fn deleting_a_pool_frees_its_space() {
         || async { (used().await < before + (16 << 20)).then_some(()) },
     )
     .await;
+}
+
+/// A hung OSD (SIGSTOP) is marked down from its peers' reports within the goal of 4 s, and
+/// boots again by itself once it runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hung_osd_is_marked_down() {
+    let (c, _rados) = cluster_with_pool().await;
+    let admin = c.admin();
+    let stopped_at = Instant::now();
+    assert!(c.cluster.pause(Kind::Osd, "2", true).unwrap());
+    wait_for(Duration::from_secs(10), "osd.2 marked down", || async {
+        let maps = admin.maps().await.ok()?;
+        (!maps.osdmap.osds.get(&2)?.up).then_some(())
+    })
+    .await;
+    let detect = stopped_at.elapsed();
+    eprintln!("osd.2 marked down {} ms after SIGSTOP", detect.as_millis());
+    assert!(detect < Duration::from_secs(4), "took {detect:?}");
+    c.cluster.pause(Kind::Osd, "2", false).unwrap();
+    c.wait_healthy(Duration::from_secs(30)).await;
 }
