@@ -280,6 +280,30 @@ impl TicketAuthority {
     }
 }
 
+/// The gRPC status of an authentication failure: PERMISSION_DENIED when caps are missing,
+/// UNAUTHENTICATED otherwise.
+pub fn grpc_status(e: AuthError) -> tonic::Status {
+    match e {
+        AuthError::PermissionDenied { .. } => tonic::Status::permission_denied(e.to_string()),
+        _ => tonic::Status::unauthenticated(e.to_string()),
+    }
+}
+
+/// The verified ticket a call carries as `authorization: Bearer <ticket>`.
+pub fn bearer_ticket(
+    metadata: &tonic::metadata::MetadataMap,
+    authority: &TicketAuthority,
+) -> Result<Ticket, tonic::Status> {
+    let token = metadata
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(|| grpc_status(AuthError::NoTicket))?;
+    authority
+        .verify(token, crate::now_ms())
+        .map_err(grpc_status)
+}
+
 /// Whether a ticket still says what the auth map says: a ticket of an entity since removed, or
 /// whose caps changed, is revoked (its holder authenticates again and gets the current caps).
 pub fn ticket_is_current(ticket: &Ticket, auth: &crate::maps::AuthMap) -> bool {

@@ -12,12 +12,7 @@ use crate::state_machine::SharedState;
 /// Metadata key carrying `Bearer <ticket>`.
 pub const AUTHORIZATION: &str = "authorization";
 
-pub fn auth_status(e: AuthError) -> Status {
-    match e {
-        AuthError::PermissionDenied { .. } => Status::permission_denied(e.to_string()),
-        _ => Status::unauthenticated(e.to_string()),
-    }
-}
+pub use cairn_common::auth::grpc_status as auth_status;
 
 /// A tonic interceptor: verifies the ticket and stores it in the request's extensions. A
 /// ticket of an entity since removed, or whose caps changed, is refused as revoked (the
@@ -30,16 +25,7 @@ pub struct TicketCheck {
 
 impl tonic::service::Interceptor for TicketCheck {
     fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
-        let token = req
-            .metadata()
-            .get(AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or_else(|| auth_status(AuthError::NoTicket))?;
-        let ticket = self
-            .authority
-            .verify(token, cairn_common::now_ms())
-            .map_err(auth_status)?;
+        let ticket = cairn_common::auth::bearer_ticket(req.metadata(), &self.authority)?;
         // Mons hold no entry in the auth map: their tickets are minted from the mon. secret.
         // A mon that has not joined yet has no auth map to judge by.
         if !ticket.entity.starts_with("mon.") {

@@ -55,6 +55,11 @@ async fn head(node: &OsdNode, pg: &Pg, object: &str) -> Result<Option<(u64, u64)
     .await
 }
 
+/// A store error as the reply that ends the op.
+fn store_refusal(e: StoreError) -> Box<OpReply> {
+    refuse(crate::replica::result_of(&e), e.to_string())
+}
+
 fn missing(object: &str) -> Box<OpReply> {
     refuse(
         OpResult::NotFound,
@@ -85,7 +90,7 @@ async fn read_inner(
     object: &str,
     op: Op,
 ) -> Result<OpReply, Box<OpReply>> {
-    let io = |e: StoreError| refuse(crate::replica::result_of(&e), e.to_string());
+    let io = store_refusal;
     if let Op::List(l) = op {
         let coll = pg.coll.clone();
         let (names, next) = node
@@ -277,8 +282,7 @@ pub async fn plan_write(
     object: &str,
     op: Op,
 ) -> Result<Plan, Box<OpReply>> {
-    let io = |e: StoreError| refuse(crate::replica::result_of(&e), e.to_string());
-    let head = head(node, pg, object).await.map_err(io)?;
+    let head = head(node, pg, object).await.map_err(store_refusal)?;
     let (size, version) = head.unwrap_or((0, 0));
     crate::primary::check_object_end(&op, head.map(|(s, _)| s))?;
     let same =

@@ -8,20 +8,16 @@ use std::sync::Arc;
 use tokio::sync::Semaphore;
 use tonic::{Request, Response, Status};
 
-use cairn_common::auth::{ticket_is_current, AuthError, Need, Ticket, TicketAuthority};
+use cairn_common::auth::grpc_status as auth_status;
+use cairn_common::auth::{
+    bearer_ticket, ticket_is_current, AuthError, Need, Ticket, TicketAuthority,
+};
 use cairn_common::placement::PgId;
 use cairn_common::proto::osd_server::Osd;
 use cairn_common::proto::*;
 
 use crate::node::OsdNode;
 use crate::{primary, replica};
-
-fn auth_status(e: AuthError) -> Status {
-    match e {
-        AuthError::PermissionDenied { .. } => Status::permission_denied(e.to_string()),
-        _ => Status::unauthenticated(e.to_string()),
-    }
-}
 
 /// Verifies the ticket of every call before its handler runs, and refuses tickets the auth
 /// map has revoked since they were issued.
@@ -33,16 +29,7 @@ pub struct OsdTicketCheck {
 
 impl tonic::service::Interceptor for OsdTicketCheck {
     fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
-        let token = req
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or_else(|| auth_status(AuthError::NoTicket))?;
-        let ticket = self
-            .authority
-            .verify(token, cairn_common::now_ms())
-            .map_err(auth_status)?;
+        let ticket = bearer_ticket(req.metadata(), &self.authority)?;
         if !ticket_is_current(&ticket, &self.node.maps().auth) {
             return Err(Status::unauthenticated(format!(
                 "ticket revoked: {} was removed or its caps changed; authenticate again",
