@@ -207,7 +207,8 @@ impl Rados {
         chunk: u64,
     ) -> Result<Vec<u8>, ClientError> {
         let size = self.stat(pool, object).await?.size;
-        let mut out = Vec::with_capacity(size as usize);
+        // The size comes from an OSD: reserve no more than one piece ahead of the data.
+        let mut out = Vec::with_capacity(size.min(chunk) as usize);
         while (out.len() as u64) < size {
             let piece = self.read(pool, object, out.len() as u64, chunk).await?;
             if piece.is_empty() {
