@@ -28,22 +28,21 @@ use crate::erasure;
 use crate::members::{self, Member};
 use crate::mutation;
 use crate::node::OsdNode;
-use crate::pg::{Interval, Pg, PgState};
+use crate::pg::{Pg, PgState};
 use crate::replica::pulled_state;
 
-/// Makes the PG active for `interval` under the map of `epoch`, bringing members in line
-/// first. Any map change re-activates (the PG's members may have changed and changed back in
-/// between). Errors say why the PG cannot serve yet (the client retries).
+/// Makes the PG active under the map of `epoch`, bringing members in line first. Any map
+/// change re-activates (the PG's members may have changed and changed back in between).
+/// Errors say why the PG cannot serve yet (the client retries).
 pub async fn ensure_active(
     node: &OsdNode,
     pg: &Pg,
     st: &mut PgState,
     members: &[Member],
     codec: Option<&Codec>,
-    interval: Interval,
     epoch: u64,
 ) -> Result<(), String> {
-    if st.active.as_ref() == Some(&(interval.clone(), epoch)) {
+    if st.active == Some(epoch) {
         return Ok(());
     }
     st.active = None;
@@ -91,7 +90,7 @@ pub async fn ensure_active(
     for (m, _) in &infos {
         recover(node, pg, st, *m, "", Vec::new(), start, epoch).await?;
     }
-    st.active = Some((interval, epoch));
+    st.active = Some(epoch);
     tracing::debug!(pg = %pg.id, epoch, "pg active");
     Ok(())
 }

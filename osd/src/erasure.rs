@@ -137,8 +137,16 @@ async fn read_inner(
                 });
             }
             let (first, count) = codec.stripe_range(r.offset, end - r.offset);
-            let stripes =
-                read_stripes(node, pg, members, codec, object, version, first, count).await?;
+            let object_stripes = Stripes {
+                node,
+                pg,
+                members,
+                codec,
+                object,
+                version,
+                size,
+            };
+            let stripes = object_stripes.read(first, count).await?;
             let skip = (r.offset - first * codec.stripe_width() as u64) as usize;
             Ok(OpReply {
                 data: stripes[skip..skip + (end - r.offset) as usize].to_vec(),
@@ -153,74 +161,6 @@ async fn read_inner(
     }
 }
 
-/// Logical bytes of stripes `[first, first + count)` of an object at `version`: the data
-/// shards when they all answer intact, else a reconstruction from any k shards.
-#[allow(clippy::too_many_arguments)]
-pub async fn read_stripes(
-    node: &OsdNode,
-    pg: &Pg,
-    members: &[Member],
-    codec: &Codec,
-    object: &str,
-    version: u64,
-    first: u64,
-    count: u64,
-) -> Result<Vec<u8>, Box<OpReply>> {
-    let su = codec.stripe_unit() as u64;
-    let (offset, length) = (first * su, count * su);
-    let mut shards: Vec<Option<Vec<u8>>> = vec![None; codec.shard_count()];
-    let data_first: Vec<Member> = (0..codec.shard_count())
-        .filter_map(|pos| members.iter().find(|m| m.shard == pos as i32).copied())
-        .collect();
-    let (wanted, spare): (Vec<Member>, Vec<Member>) = data_first
-        .into_iter()
-        .partition(|m| (m.shard as usize) < codec.k());
-    fetch(
-        node,
-        pg,
-        &wanted,
-        object,
-        version,
-        offset,
-        length,
-        &mut shards,
-    )
-    .await;
-    let present = |s: &[Option<Vec<u8>>]| s.iter().filter(|x| x.is_some()).count();
-    if shards[..codec.k()].iter().all(|s| s.is_some()) {
-        return join(codec, &shards, length);
-    }
-    fetch(
-        node,
-        pg,
-        &spare,
-        object,
-        version,
-        offset,
-        length,
-        &mut shards,
-    )
-    .await;
-    if present(&shards) < codec.k() {
-        return Err(refuse(
-            OpResult::Retry,
-            format!(
-                "only {} of the {} shards of {object} needed could be read intact",
-                present(&shards),
-                codec.k()
-            ),
-        ));
-    }
-    codec.reconstruct_data(&mut shards).map_err(|e| {
-        refuse(
-            OpResult::IoError,
-            format!("cannot reconstruct {object}: {e}"),
-        )
-    })?;
-    metrics::counter!("cairn_osd_ec_reconstructed_reads_total").increment(1);
-    join(codec, &shards, length)
-}
-
 fn join(
     codec: &Codec,
     shards: &[Option<Vec<u8>>],
@@ -233,44 +173,6 @@ fn join(
     codec
         .join_data(&data, (shard_len as usize) * codec.k())
         .map_err(|e| refuse(OpResult::IoError, e.to_string()))
-}
-
-/// Reads the range from each member's shard; keeps intact answers at `version` (zero-padded
-/// to the full range: a shard's object ends with its last stripe). Failures are logged and
-/// counted, and leave the position empty.
-#[allow(clippy::too_many_arguments)]
-async fn fetch(
-    node: &OsdNode,
-    pg: &Pg,
-    from: &[Member],
-    object: &str,
-    version: u64,
-    offset: u64,
-    length: u64,
-    shards: &mut [Option<Vec<u8>>],
-) {
-    let reads = from.iter().map(|m| async move {
-        (
-            *m,
-            members::shard_read(node, pg, *m, object, offset, length).await,
-        )
-    });
-    for (m, result) in futures::future::join_all(reads).await {
-        match result {
-            Ok(r) if r.version == version => {
-                let mut data = r.data;
-                data.resize(length as usize, 0);
-                shards[m.shard as usize] = Some(data);
-            }
-            Ok(r) => {
-                tracing::warn!(pg = %pg.id, object, shard = m.shard, osd = m.osd, found = r.version, version, "shard at another version: not used")
-            }
-            Err(e) => {
-                metrics::counter!("cairn_osd_ec_shard_errors_total").increment(1);
-                tracing::warn!(pg = %pg.id, object, shard = m.shard, osd = m.osd, error = %e, "bad or missing shard: reading around it");
-            }
-        }
-    }
 }
 
 /// Each shard's mutations for a write op, reading the stripes it changes only in part.
@@ -351,7 +253,7 @@ fn per_shard(members: &[Member], muts: impl Fn(usize) -> Vec<Mutation>) -> Plan 
         .collect()
 }
 
-/// One object's stripes, for read-modify-write.
+/// One object's stripes at one version: reads, and read-modify-write.
 struct Stripes<'a> {
     node: &'a OsdNode,
     pg: &'a Pg,
@@ -363,6 +265,80 @@ struct Stripes<'a> {
 }
 
 impl Stripes<'_> {
+    /// Logical bytes of stripes `[first, first + count)` of an object at `version`: the data
+    /// shards when they all answer intact, else a reconstruction from any k shards.
+    async fn read(&self, first: u64, count: u64) -> Result<Vec<u8>, Box<OpReply>> {
+        let (codec, members, object) = (self.codec, self.members, self.object);
+        let su = codec.stripe_unit() as u64;
+        let (offset, length) = (first * su, count * su);
+        let mut shards: Vec<Option<Vec<u8>>> = vec![None; codec.shard_count()];
+        let data_first: Vec<Member> = (0..codec.shard_count())
+            .filter_map(|pos| members.iter().find(|m| m.shard == pos as i32).copied())
+            .collect();
+        let (wanted, spare): (Vec<Member>, Vec<Member>) = data_first
+            .into_iter()
+            .partition(|m| (m.shard as usize) < codec.k());
+        self.fetch(&wanted, offset, length, &mut shards).await;
+        let present = |s: &[Option<Vec<u8>>]| s.iter().filter(|x| x.is_some()).count();
+        if shards[..codec.k()].iter().all(|s| s.is_some()) {
+            return join(codec, &shards, length);
+        }
+        self.fetch(&spare, offset, length, &mut shards).await;
+        if present(&shards) < codec.k() {
+            return Err(refuse(
+                OpResult::Retry,
+                format!(
+                    "only {} of the {} shards of {object} needed could be read intact",
+                    present(&shards),
+                    codec.k()
+                ),
+            ));
+        }
+        codec.reconstruct_data(&mut shards).map_err(|e| {
+            refuse(
+                OpResult::IoError,
+                format!("cannot reconstruct {object}: {e}"),
+            )
+        })?;
+        metrics::counter!("cairn_osd_ec_reconstructed_reads_total").increment(1);
+        join(codec, &shards, length)
+    }
+
+    /// Reads the range from each member's shard; keeps intact answers at `version` (zero-padded
+    /// to the full range: a shard's object ends with its last stripe). Failures are logged and
+    /// counted, and leave the position empty.
+    async fn fetch(
+        &self,
+        from: &[Member],
+        offset: u64,
+        length: u64,
+        shards: &mut [Option<Vec<u8>>],
+    ) {
+        let (node, pg, object, version) = (self.node, self.pg, self.object, self.version);
+        let reads = from.iter().map(|m| async move {
+            (
+                *m,
+                members::shard_read(node, pg, *m, object, offset, length).await,
+            )
+        });
+        for (m, result) in futures::future::join_all(reads).await {
+            match result {
+                Ok(r) if r.version == version => {
+                    let mut data = r.data;
+                    data.resize(length as usize, 0);
+                    shards[m.shard as usize] = Some(data);
+                }
+                Ok(r) => {
+                    tracing::warn!(pg = %pg.id, object, shard = m.shard, osd = m.osd, found = r.version, version, "shard at another version: not used")
+                }
+                Err(e) => {
+                    metrics::counter!("cairn_osd_ec_shard_errors_total").increment(1);
+                    tracing::warn!(pg = %pg.id, object, shard = m.shard, osd = m.osd, error = %e, "bad or missing shard: reading around it");
+                }
+            }
+        }
+    }
+
     fn width(&self) -> u64 {
         self.codec.stripe_width() as u64
     }
@@ -372,17 +348,7 @@ impl Stripes<'_> {
         if s * self.width() >= self.size {
             return Ok(vec![0; self.width() as usize]);
         }
-        read_stripes(
-            self.node,
-            self.pg,
-            self.members,
-            self.codec,
-            self.object,
-            self.version,
-            s,
-            1,
-        )
-        .await
+        self.read(s, 1).await
     }
 
     /// Writes `data` at `offset`: stripes it covers in part are read first.

@@ -1,5 +1,5 @@
 //! A placement group as one OSD holds it: its collection in the object store, its version
-//! and log, and (on the primary) the interval it was brought in line for.
+//! and log, and (on the primary) the map epoch it was brought in line under.
 //!
 //! Versions order every change of a PG: `(epoch << 32) | seq`, where epoch is the map epoch
 //! of the interval the primary activated in. A later interval's writes always sort after an
@@ -9,8 +9,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
-use cairn_common::maps::OsdMap;
-use cairn_common::placement::{PgId, NO_OSD};
+use cairn_common::placement::PgId;
 
 use crate::error::StoreError;
 use crate::mutation::{decode_u64, encode_u64};
@@ -41,27 +40,6 @@ pub fn next_version(last: u64, epoch: u64) -> u64 {
     }
 }
 
-/// Members of a PG in one interval: who (with the epoch each booted in, so a restarted
-/// member makes a new interval) and at which position.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Interval {
-    pub members: Vec<(u32, u64)>,
-}
-
-impl Interval {
-    pub fn of(map: &OsdMap, acting: &[u32]) -> Interval {
-        Interval {
-            members: acting
-                .iter()
-                .map(|id| {
-                    let up_from = map.osds.get(id).map(|o| o.up_from).unwrap_or(0);
-                    (*id, if *id == NO_OSD { 0 } else { up_from })
-                })
-                .collect(),
-        }
-    }
-}
-
 /// What one member knows of its PG, guarded by the PG's lock: writes, sub-ops and
 /// activation run one at a time per PG, which keeps every member's history a prefix of the
 /// primary's plus at most the one write in flight.
@@ -72,8 +50,9 @@ pub struct PgState {
     /// (version, request id) of the newest entries, oldest first.
     log: VecDeque<(u64, String)>,
     reqids: HashMap<String, u64>,
-    /// On the primary: the interval this PG was brought in line for, and its epoch.
-    pub active: Option<(Interval, u64)>,
+    /// On the primary: the map epoch it brought the PG in line under. A map's epoch fixes
+    /// the PG's members (and their boot epochs), so any change of them changes the epoch.
+    pub active: Option<u64>,
     /// The newest interval epoch a primary has queried this member for: sub-ops from a
     /// primary of an older interval (one with an old map) are refused, so it cannot write
     /// behind the back of its successor.

@@ -17,7 +17,7 @@ use crate::error::StoreError;
 use crate::members::{self, Member};
 use crate::mutation::{self, decode_u64, user_attr, user_attrs, ATTR_VERSION};
 use crate::node::OsdNode;
-use crate::pg::{next_version, Interval, Pg, PgState, PG_META};
+use crate::pg::{next_version, Pg, PgState, PG_META};
 use crate::replica::{self, result_of};
 
 /// Longest object name, in bytes.
@@ -94,12 +94,11 @@ pub fn op_writes(req: &OpRequest) -> bool {
         .is_some_and(is_write)
 }
 
-/// The PG of an op, the members of its interval, and this OSD's place among them.
+/// The PG of an op, its members, and this OSD's place among them.
 struct Target {
     pg: PgId,
     members: Vec<Member>,
     me: Member,
-    interval: Interval,
 }
 
 pub async fn handle_op(node: &OsdNode, req: OpRequest) -> OpReply {
@@ -216,7 +215,6 @@ fn target_of(me: u32, osdmap: &OsdMap, pool: &Pool, pg: PgId) -> Option<Target> 
     let me = *members.iter().find(|m| m.osd == me)?;
     Some(Target {
         pg,
-        interval: Interval::of(osdmap, &acting),
         members,
         me,
     })
@@ -255,7 +253,6 @@ pub async fn activate_primaries(node: &OsdNode, running: &AtomicBool, again: &At
                     &mut st,
                     &t.members,
                     codec.as_ref(),
-                    t.interval,
                     osdmap.epoch,
                 )
                 .await;
@@ -309,7 +306,6 @@ async fn serve(
         &mut st,
         &t.members,
         codec.as_ref(),
-        t.interval,
         epoch,
     );
     if let Err(why) = activated.await {
@@ -515,7 +511,7 @@ async fn commit(
     reqid: &str,
     plan: Plan,
 ) -> OpReply {
-    let interval_epoch = st.active.as_ref().map(|(_, e)| *e).unwrap_or(0);
+    let interval_epoch = st.active.unwrap_or(0);
     let version = next_version(st.last_update, interval_epoch);
     let sub = |m: &Member, mutations: Vec<Mutation>| SubOpRequest {
         osdmap_epoch: interval_epoch,
