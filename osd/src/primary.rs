@@ -213,11 +213,7 @@ fn target_of(me: u32, osdmap: &OsdMap, pool: &Pool, pg: PgId) -> Option<Target> 
         })
         .collect();
     let me = *members.iter().find(|m| m.osd == me)?;
-    Some(Target {
-        pg,
-        members,
-        me,
-    })
+    Some(Target { pg, members, me })
 }
 
 /// Activates every PG this OSD is primary of in the current map, so members catch up after
@@ -300,14 +296,7 @@ async fn serve(
             ),
         );
     }
-    let activated = ensure_active(
-        node,
-        &pg,
-        &mut st,
-        &t.members,
-        codec.as_ref(),
-        epoch,
-    );
+    let activated = ensure_active(node, &pg, &mut st, &t.members, codec.as_ref(), epoch);
     if let Err(why) = activated.await {
         tracing::info!(pg = %t.pg, %why, "pg not active yet");
         return reply(OpResult::Retry, format!("pg {} is peering: {why}", t.pg));
