@@ -254,6 +254,20 @@ impl DevCluster {
         run_tool(cmd, &format!("mkfs of osd.{id}"))
     }
 
+    /// Adds an entity's key to the cluster's keyring file (once the mons know it, by
+    /// `cairn auth add`), so a daemon started here can authenticate as it.
+    pub fn add_keyring_entry(
+        &self,
+        entity: &str,
+        key: SecretKey,
+        caps: BTreeMap<String, String>,
+    ) -> anyhow::Result<()> {
+        let path = self.dir.join(KEYRING_FILE);
+        let mut keyring = Keyring::load(&path)?;
+        keyring.add(entity, key, caps);
+        keyring.save(&path)
+    }
+
     /// OSD ids of the cluster: those with a store directory.
     pub fn osd_ids(&self) -> anyhow::Result<Vec<u32>> {
         let mut ids: Vec<u32> = std::fs::read_dir(&self.dir)?

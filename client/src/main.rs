@@ -67,7 +67,7 @@ pub enum Cmd {
     Rados(cli::rados::RadosCmd),
     /// Placement groups.
     #[command(subcommand)]
-    Pg(cli::rados::PgCmd),
+    Pg(cli::pg::PgCmd),
     /// Raw space of the OSDs, and the pools.
     Df,
     /// Benchmark a pool like `rados bench`: write, seq or rand for SECONDS.
@@ -80,6 +80,12 @@ pub enum Cmd {
 }
 
 fn main() {
+    // Output piped into `head` and the like: end quietly when the reader goes, as Unix tools
+    // do, instead of failing on every later write.
+    // SAFETY: restoring the default disposition of a signal, before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

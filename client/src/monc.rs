@@ -299,15 +299,40 @@ impl MonClient {
 
     pub async fn status(&self) -> Result<ClusterStatus, ClientError> {
         let reply = self
-            .call(|mut c, r| async move { c.status(with(r, StatusRequest {})).await })
+            .call(|mut c, r| async move { c.status(with(r, StatusRequest { pgs: false })).await })
             .await?;
         decode(&reply.into_inner().json)
+    }
+
+    /// Every PG's state and numbers, as the leader sees them (`cairn pg ls`).
+    pub async fn pg_list(&self) -> Result<Vec<cairn_common::pg_states::PgRow>, ClientError> {
+        let reply = self
+            .call(|mut c, r| async move { c.status(with(r, StatusRequest { pgs: true })).await })
+            .await?;
+        decode(&reply.into_inner().json)
+    }
+
+    /// The OSD maps of epochs `from..=to` the mons still keep (a bounded number per call,
+    /// oldest first).
+    pub async fn osdmap_history(
+        &self,
+        from: u64,
+        to: u64,
+    ) -> Result<Vec<cairn_common::maps::OsdMap>, ClientError> {
+        let req = GetMapsRequest {
+            osdmap_history_from: from,
+            osdmap_history_to: to,
+        };
+        let reply = self
+            .call(|mut c, r| async move { c.get_maps(with(r, req)).await })
+            .await?;
+        decode(&reply.into_inner().maps_json)
     }
 
     /// The current maps, read linearizably on the leader.
     pub async fn maps(&self) -> Result<ClusterMaps, ClientError> {
         let reply = self
-            .call(|mut c, r| async move { c.get_maps(with(r, GetMapsRequest {})).await })
+            .call(|mut c, r| async move { c.get_maps(with(r, GetMapsRequest::default())).await })
             .await?;
         decode(&reply.into_inner().maps_json)
     }

@@ -339,6 +339,31 @@ impl Rados {
         Ok(page)
     }
 
+    /// Scrubs one PG on its primary (with `deep`, reading every byte; with `repair`,
+    /// rewriting every inconsistent copy) and answers what it found.
+    pub async fn scrub(
+        &self,
+        pg: PgId,
+        deep: bool,
+        repair: bool,
+    ) -> Result<ScrubResult, ClientError> {
+        let maps = self.maps();
+        let pool = maps
+            .osdmap
+            .pools
+            .get(&pg.pool)
+            .ok_or_else(|| ClientError::NotFound(format!("pool {} does not exist", pg.pool)))?
+            .name
+            .clone();
+        let op = Op::Scrub(ScrubOp {
+            pg: pg.seed,
+            deep,
+            repair,
+        });
+        let r = self.op_on(&pool, "", Some(pg.seed), op).await?;
+        Ok(r.scrub.unwrap_or_default())
+    }
+
     /// The PG an object maps to and its acting OSDs (`cairn pg map`).
     pub fn locate(&self, pool: &str, object: &str) -> Result<(PgId, Vec<u32>), ClientError> {
         let (id, p) = self.pool(pool)?;
@@ -531,6 +556,7 @@ fn op_name(op: &Op) -> &'static str {
         Op::OmapRm(_) => "omap_rm",
         Op::OmapGet(_) => "omap_get",
         Op::List(_) => "list",
+        Op::Scrub(_) => "scrub",
     }
 }
 

@@ -175,6 +175,16 @@ pub enum Forwarded {
         usage: crate::status::Usage,
         #[serde(default)]
         io: crate::status::IoTotals,
+        /// The PGs it is the primary of.
+        #[serde(default)]
+        pgs: Vec<(crate::placement::PgId, crate::pg_states::PgReport)>,
+    },
+    /// Every PG's row (`cairn pg ls`, `cairn pg query`).
+    PgList,
+    /// Past OSD maps of epochs `from..=to` (bounded), for peering.
+    OsdMapHistory {
+        from: u64,
+        to: u64,
     },
 }
 

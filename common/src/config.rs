@@ -128,6 +128,14 @@ pub struct OsdSettings {
     pub message_bytes_max: usize,
     /// How long a sub-op to a peer may take before the op is answered RETRY.
     pub peer_timeout_ms: u64,
+    /// Each PG is scrubbed (copies compared) this often, and deep-scrubbed (every byte read
+    /// and checked) at `deep_scrub_interval_ms`; 0 turns the schedule off (on demand only).
+    pub scrub_interval_ms: u64,
+    pub deep_scrub_interval_ms: u64,
+    /// Scrubs rewrite copies that fail their checksums from good ones without being asked.
+    pub scrub_auto_repair: bool,
+    /// Objects compared per step of a scrub; client ops to the PG wait only for one step.
+    pub scrub_chunk_objects: u32,
 }
 
 impl Default for OsdSettings {
@@ -145,6 +153,10 @@ impl Default for OsdSettings {
             op_queue_max: 4096,
             message_bytes_max: 80 << 20,
             peer_timeout_ms: 10_000,
+            scrub_interval_ms: 24 * 3600 * 1000,
+            deep_scrub_interval_ms: 7 * 24 * 3600 * 1000,
+            scrub_auto_repair: true,
+            scrub_chunk_objects: 64,
         }
     }
 }
@@ -306,6 +318,9 @@ impl Config {
         if o.ops_in_flight_max == 0 || o.message_bytes_max < (1 << 20) || o.beacon_interval_ms == 0
         {
             bail!("osd.ops_in_flight_max and osd.beacon_interval_ms must be positive, osd.message_bytes_max at least 1 MiB");
+        }
+        if o.scrub_chunk_objects == 0 || o.scrub_chunk_objects > 10_000 {
+            bail!("osd.scrub_chunk_objects must be 1 to 10000");
         }
         if self.client.attempts_max == 0 || self.client.op_timeout_ms == 0 {
             bail!("client.attempts_max and client.op_timeout_ms must be positive");

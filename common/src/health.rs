@@ -6,6 +6,7 @@ use std::collections::BTreeSet;
 use serde::{Deserialize, Serialize};
 
 use crate::maps::ClusterMaps;
+use crate::pg_states::PgSummary;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Severity {
@@ -47,15 +48,19 @@ pub struct HealthInput<'a> {
     pub maps: &'a ClusterMaps,
     /// Node ids of the mons in quorum (heard from within the grace, the leader included).
     pub quorum: &'a BTreeSet<u64>,
+    /// What the PGs' primaries last reported.
+    pub pg_reports: &'a crate::pg_states::PgReports,
 }
 
 pub fn compute(input: &HealthInput) -> Health {
-    let pgs = crate::pg_states::summarize(&input.maps.osdmap);
+    let pgs = crate::pg_states::summarize(&input.maps.osdmap, input.pg_reports);
     let checks: Vec<HealthCheck> = [
         mon_down(input),
         osd_down(input),
-        pg_check(&pgs, crate::pg_states::INACTIVE),
-        pg_check(&pgs, crate::pg_states::DEGRADED),
+        pg_availability(&pgs),
+        pg_degraded(&pgs),
+        pg_damaged(&pgs),
+        scrub_errors(&pgs),
     ]
     .into_iter()
     .flatten()
@@ -118,35 +123,62 @@ fn osd_down(input: &HealthInput) -> Option<HealthCheck> {
     })
 }
 
-/// PG_AVAILABILITY (PGs that refuse ops) or PG_DEGRADED (PGs missing members).
-fn pg_check(pgs: &crate::pg_states::PgSummary, state: &str) -> Option<HealthCheck> {
-    let count = pgs.states.get(state).copied().unwrap_or(0);
-    if count == 0 {
-        return None;
+fn check(code: &str, severity: Severity, summary: String, detail: &[String]) -> HealthCheck {
+    HealthCheck {
+        code: code.into(),
+        severity,
+        summary,
+        detail: detail.to_vec(),
     }
-    let inactive = state == crate::pg_states::INACTIVE;
-    Some(HealthCheck {
-        code: if inactive {
-            "PG_AVAILABILITY"
-        } else {
-            "PG_DEGRADED"
-        }
-        .into(),
-        severity: if inactive {
-            Severity::Err
-        } else {
-            Severity::Warn
-        },
-        summary: if inactive {
-            format!("Reduced data availability: {count} pgs inactive")
-        } else {
-            format!("Degraded data redundancy: {count} pgs undersized")
-        },
-        detail: if inactive {
-            pgs.inactive.clone()
-        } else {
-            pgs.degraded.clone()
-        },
+}
+
+/// PGs that refuse ops: too few members, or members not brought in line yet.
+fn pg_availability(pgs: &PgSummary) -> Option<HealthCheck> {
+    let n = pgs.inactive_count;
+    (n > 0).then(|| {
+        check(
+            "PG_AVAILABILITY",
+            Severity::Err,
+            format!("Reduced data availability: {n} pgs inactive"),
+            &pgs.inactive,
+        )
+    })
+}
+
+fn pg_degraded(pgs: &PgSummary) -> Option<HealthCheck> {
+    let n = pgs.degraded_count;
+    (n > 0).then(|| {
+        check(
+            "PG_DEGRADED",
+            Severity::Warn,
+            format!("Degraded data redundancy: {n} pgs undersized"),
+            &pgs.degraded,
+        )
+    })
+}
+
+/// PGs whose last scrub found copies that disagree and left them so.
+fn pg_damaged(pgs: &PgSummary) -> Option<HealthCheck> {
+    let n = pgs.inconsistent_count;
+    (n > 0).then(|| {
+        check(
+            "PG_DAMAGED",
+            Severity::Err,
+            format!("Possible data damage: {n} pgs inconsistent"),
+            &pgs.inconsistent,
+        )
+    })
+}
+
+fn scrub_errors(pgs: &PgSummary) -> Option<HealthCheck> {
+    let n = pgs.scrub_errors;
+    (n > 0).then(|| {
+        check(
+            "OSD_SCRUB_ERRORS",
+            Severity::Err,
+            format!("{n} scrub errors"),
+            &[],
+        )
     })
 }
 
@@ -176,6 +208,7 @@ mod tests {
         let h = compute(&HealthInput {
             maps: &m,
             quorum: &q,
+            pg_reports: &Default::default(),
         });
         assert_eq!(h.status, Severity::Ok);
         assert!(h.checks.is_empty());
@@ -188,6 +221,7 @@ mod tests {
         let h = compute(&HealthInput {
             maps: &m,
             quorum: &q,
+            pg_reports: &Default::default(),
         });
         assert_eq!(h.status, Severity::Warn);
         assert_eq!(h.checks[0].code, "MON_DOWN");

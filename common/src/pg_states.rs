@@ -1,18 +1,66 @@
-//! PG states as the OSD map implies them: a PG with every member up is `active+clean`, one
-//! missing members but at `min_size` or above is `active+undersized+degraded`, one below
-//! `min_size` is `undersized+degraded+inactive` (it refuses ops). Recovery states come from
-//! the OSDs with the self-healing work; until then these are the map's view.
+//! PG states, from the OSD map and from what the PGs' primaries report in their beacons.
+//!
+//! The map alone says how many members a PG has up: all of them is `active+clean`, fewer but
+//! at least `min_size` is `active+undersized+degraded`, fewer than `min_size` is
+//! `undersized+degraded+inactive` (it refuses ops). The primary's report refines that: a PG
+//! whose members it has not brought in line yet is `peering` (with why), one whose past
+//! members that may hold the newest writes are all down is `down` (naming them), one being
+//! scrubbed gains `+scrubbing`, one whose last scrub left errors gains `+inconsistent`. A report counts
+//! only when it comes from the PG's primary in the current map.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::maps::OsdMap;
-use crate::placement::{all_pgs, pg_acting, PgId, NO_OSD};
+use crate::maps::{OsdMap, Pool};
+use crate::placement::{all_pgs, pg_acting, primary, PgId, NO_OSD};
 
 pub const ACTIVE_CLEAN: &str = "active+clean";
 pub const DEGRADED: &str = "active+undersized+degraded";
 pub const INACTIVE: &str = "undersized+degraded+inactive";
+pub const PEERING: &str = "peering";
+/// A PG whose past members that may hold the newest writes are all down.
+pub const DOWN: &str = "down";
+/// How a primary's `blocked` reason starts when the PG is down (waiting for past members).
+pub const DOWN_REASON_PREFIX: &str = "down: ";
+
+/// One PG as its primary last reported it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct PgReport {
+    /// The reporting OSD.
+    pub osd: u32,
+    /// Its OSD map epoch when it reported.
+    pub epoch: u64,
+    /// Members brought in line for that epoch and serving.
+    pub active: bool,
+    /// Why it is not active.
+    pub blocked: String,
+    pub objects: u64,
+    /// Inconsistencies the last scrub left unrepaired.
+    pub scrub_errors: u64,
+    pub scrubbing: bool,
+    pub last_scrub_ms: u64,
+    pub last_deep_scrub_ms: u64,
+}
+
+pub type PgReports = BTreeMap<PgId, PgReport>;
+
+/// One line of `cairn pg ls`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PgRow {
+    pub pgid: PgId,
+    pub state: String,
+    /// Members in placement order; `None` for a position with no OSD up.
+    pub acting: Vec<Option<u32>>,
+    pub primary: Option<u32>,
+    /// From the primary's report (0 without one).
+    pub objects: u64,
+    pub scrub_errors: u64,
+    pub last_scrub_ms: u64,
+    pub last_deep_scrub_ms: u64,
+    /// Why the PG does not serve, when it does not.
+    pub blocked: String,
+}
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct PgSummary {
@@ -21,46 +69,211 @@ pub struct PgSummary {
     /// PGs that cannot serve, with why (at most `LISTED_MAX`).
     pub inactive: Vec<String>,
     pub degraded: Vec<String>,
+    pub inconsistent: Vec<String>,
+    pub inactive_count: u64,
+    pub degraded_count: u64,
+    pub inconsistent_count: u64,
+    pub scrub_errors: u64,
+    pub objects: u64,
 }
 
-/// How many PGs the summary names one by one per state.
+/// How many PGs the summary names one by one per kind.
 pub const LISTED_MAX: usize = 20;
 
-pub fn state_of(map: &OsdMap, pool: &crate::maps::Pool, pg: PgId) -> (&'static str, usize) {
-    let up = pg_acting(map, pool, pg)
-        .iter()
-        .filter(|o| **o != NO_OSD)
-        .count();
-    let state = if up >= pool.width() {
-        ACTIVE_CLEAN
-    } else if up >= pool.min_size() && up > 0 {
-        DEGRADED
-    } else {
-        INACTIVE
-    };
-    (state, up)
+fn is_active(state: &str) -> bool {
+    state.starts_with("active")
 }
 
-pub fn summarize(map: &OsdMap) -> PgSummary {
-    let mut s = PgSummary::default();
-    for (id, pool) in &map.pools {
-        for pg in all_pgs(*id, pool) {
-            let (state, up) = state_of(map, pool, pg);
-            *s.states.entry(state.to_string()).or_default() += 1;
-            let line = format!(
-                "pg {pg} has {up}/{} members up (min_size {})",
-                pool.width(),
-                pool.min_size()
-            );
-            let list = match state {
-                INACTIVE => &mut s.inactive,
-                DEGRADED => &mut s.degraded,
-                _ => continue,
-            };
-            if list.len() < LISTED_MAX {
-                list.push(line);
+/// A PG's state and its row, from the map and the primary's report.
+pub fn row(map: &OsdMap, pool: &Pool, pg: PgId, reports: &PgReports) -> PgRow {
+    let acting = pg_acting(map, pool, pg);
+    let up = acting.iter().filter(|o| **o != NO_OSD).count();
+    let primary = primary(&acting);
+    let from_primary = reports.get(&pg).filter(|r| Some(r.osd) == primary);
+    let blocked_report = from_primary.filter(|r| !r.active);
+    let report = from_primary.cloned().unwrap_or_default();
+    let mut blocked = String::new();
+    let mut state = if up < pool.min_size() || up == 0 {
+        blocked = format!(
+            "{up}/{} members up, min_size {}",
+            pool.width(),
+            pool.min_size()
+        );
+        INACTIVE.to_string()
+    } else if let Some(r) = blocked_report {
+        match r.blocked.strip_prefix(DOWN_REASON_PREFIX) {
+            Some(why) => {
+                blocked = why.to_string();
+                DOWN.to_string()
             }
+            None => {
+                blocked = r.blocked.clone();
+                PEERING.to_string()
+            }
+        }
+    } else if up >= pool.width() {
+        ACTIVE_CLEAN.to_string()
+    } else {
+        DEGRADED.to_string()
+    };
+    if report.scrubbing {
+        state.push_str("+scrubbing");
+    }
+    if report.scrub_errors > 0 {
+        state.push_str("+inconsistent");
+    }
+    PgRow {
+        pgid: pg,
+        state,
+        acting: acting
+            .iter()
+            .map(|o| (*o != NO_OSD).then_some(*o))
+            .collect(),
+        primary,
+        objects: report.objects,
+        scrub_errors: report.scrub_errors,
+        last_scrub_ms: report.last_scrub_ms,
+        last_deep_scrub_ms: report.last_deep_scrub_ms,
+        blocked,
+    }
+}
+
+/// Every PG's row, pool by pool.
+pub fn rows(map: &OsdMap, reports: &PgReports) -> Vec<PgRow> {
+    map.pools
+        .iter()
+        .flat_map(|(id, pool)| all_pgs(*id, pool).map(move |pg| row(map, pool, pg, reports)))
+        .collect()
+}
+
+fn listed(list: &mut Vec<String>, line: impl FnOnce() -> String) {
+    if list.len() < LISTED_MAX {
+        list.push(line());
+    }
+}
+
+pub fn summarize(map: &OsdMap, reports: &PgReports) -> PgSummary {
+    let mut s = PgSummary::default();
+    for r in rows(map, reports) {
+        *s.states.entry(r.state.clone()).or_default() += 1;
+        s.objects += r.objects;
+        s.scrub_errors += r.scrub_errors;
+        let up = r.acting.iter().flatten().count();
+        let width = map.pools.get(&r.pgid.pool).map_or(0, Pool::width);
+        if !is_active(&r.state) {
+            s.inactive_count += 1;
+            listed(&mut s.inactive, || {
+                format!("pg {} is {}: {}", r.pgid, r.state, r.blocked)
+            });
+        } else if r.state.contains("degraded") {
+            s.degraded_count += 1;
+            listed(&mut s.degraded, || {
+                format!("pg {} is {}: {up}/{width} members up", r.pgid, r.state)
+            });
+        }
+        if r.scrub_errors > 0 {
+            s.inconsistent_count += 1;
+            listed(&mut s.inconsistent, || {
+                format!(
+                    "pg {} is {}, acting {:?}: {} scrub errors",
+                    r.pgid, r.state, r.acting, r.scrub_errors
+                )
+            });
         }
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::maps::{OsdInfo, PoolKind};
+
+    fn cluster(up: &[bool]) -> OsdMap {
+        let mut map = OsdMap::default();
+        for (id, up) in up.iter().enumerate() {
+            map.osds.insert(
+                id as u32,
+                OsdInfo {
+                    addr: format!("127.0.0.1:{}", 7000 + id),
+                    host: format!("h{id}"),
+                    weight: 1.0,
+                    up: *up,
+                    in_cluster: true,
+                    ..OsdInfo::default()
+                },
+            );
+        }
+        map.hosts.insert("h".into(), (0..up.len() as u32).collect());
+        map.pools.insert(
+            1,
+            Pool {
+                name: "rep".into(),
+                pg_num: 8,
+                kind: PoolKind::Replicated {
+                    size: 3,
+                    min_size: 2,
+                },
+                failure_domain: crate::maps::FailureDomain::Osd,
+            },
+        );
+        map
+    }
+
+    #[test]
+    fn reports_from_the_primary_refine_the_map() {
+        let map = cluster(&[true, true, true]);
+        let pool = &map.pools[&1];
+        let pg = PgId { pool: 1, seed: 0 };
+        let mut reports = PgReports::new();
+        assert_eq!(row(&map, pool, pg, &reports).state, ACTIVE_CLEAN);
+        let primary = row(&map, pool, pg, &reports).primary.unwrap();
+        let report = PgReport {
+            osd: primary,
+            active: true,
+            scrub_errors: 2,
+            ..PgReport::default()
+        };
+        reports.insert(pg, report.clone());
+        assert_eq!(
+            row(&map, pool, pg, &reports).state,
+            "active+clean+inconsistent"
+        );
+        let s = summarize(&map, &reports);
+        assert_eq!((s.inconsistent_count, s.scrub_errors), (1, 2));
+        // A report from an OSD that is not the primary (an old one) does not count.
+        reports.insert(
+            pg,
+            PgReport {
+                osd: primary + 1,
+                ..report
+            },
+        );
+        assert_eq!(row(&map, pool, pg, &reports).state, ACTIVE_CLEAN);
+        reports.insert(
+            pg,
+            PgReport {
+                osd: primary,
+                active: false,
+                blocked: "waiting for osd.1".into(),
+                ..PgReport::default()
+            },
+        );
+        let r = row(&map, pool, pg, &reports);
+        assert_eq!(
+            (r.state.as_str(), r.blocked.as_str()),
+            (PEERING, "waiting for osd.1")
+        );
+        assert_eq!(summarize(&map, &reports).inactive_count, 1);
+    }
+
+    #[test]
+    fn the_map_says_degraded_and_inactive() {
+        let map = cluster(&[true, true, false]);
+        let s = summarize(&map, &PgReports::new());
+        assert_eq!(s.states.get(DEGRADED), Some(&8));
+        let map = cluster(&[true, false, false]);
+        let s = summarize(&map, &PgReports::new());
+        assert_eq!((s.states.get(INACTIVE), s.inactive_count), (Some(&8), 8));
+    }
 }

@@ -22,6 +22,9 @@ pub struct ClusterStatus {
     /// PG state → count (see `pg_states`).
     #[serde(default)]
     pub pg_states: std::collections::BTreeMap<String, u64>,
+    /// Objects in every pool, as the PGs' primaries report them.
+    #[serde(default)]
+    pub objects: u64,
     /// Data devices of the OSDs in the map, as their last beacons reported them.
     #[serde(default)]
     pub usage: Usage,
@@ -184,6 +187,7 @@ impl ClusterStatus {
         let _ = writeln!(out);
         let _ = writeln!(out, "  data:");
         let _ = writeln!(out, "    pools:   {} pools, {} pgs", self.pools, self.pgs);
+        let _ = writeln!(out, "    objects: {} objects", self.objects);
         let u = &self.usage;
         let _ = writeln!(
             out,
@@ -284,6 +288,7 @@ mod tests {
             pools: 0,
             pgs: 0,
             pg_states: Default::default(),
+            objects: 0,
             usage: Usage::default(),
             osd_usage: Default::default(),
             io: IoRates::default(),

@@ -17,7 +17,9 @@ use cairn_common::auth::{SecretKey, TicketAuthority};
 use cairn_common::command::{Command, CommandOutcome, Forwarded, PeerFailureReport, Proposal};
 use cairn_common::config::MonSettings;
 use cairn_common::health::{self, HealthInput};
-use cairn_common::maps::{mon_node_id, validate_daemon_name, MonInfo};
+use cairn_common::maps::{mon_node_id, validate_daemon_name, MonInfo, OsdMap};
+use cairn_common::pg_states::{PgReport, PgReports};
+use cairn_common::placement::PgId;
 use cairn_common::proto::mon_client::MonClient as MonRpcClient;
 use cairn_common::proto::mon_peer_client::MonPeerClient;
 use cairn_common::proto::{ForwardRequest, PingRequest};
@@ -67,6 +69,8 @@ pub struct MonNode {
     osd_usage: Mutex<BTreeMap<u32, Usage>>,
     /// Each OSD's last I/O totals, when they arrived, and the rates since the sample before.
     osd_io: Mutex<BTreeMap<u32, IoSample>>,
+    /// The PGs each OSD is the primary of, as its last beacon reported them.
+    pg_reports: Mutex<BTreeMap<u32, Vec<(PgId, PgReport)>>>,
     /// Signs the second copy of each ticket, the one OSDs verify.
     pub osd_authority: TicketAuthority,
     /// Handed to OSDs (`ServiceKey`) so they can verify tickets.
@@ -93,6 +97,7 @@ impl MonNode {
             osd_liveness: OsdLiveness::default(),
             osd_usage: Mutex::new(BTreeMap::new()),
             osd_io: Mutex::new(BTreeMap::new()),
+            pg_reports: Mutex::new(BTreeMap::new()),
             osd_authority: TicketAuthority::from_service_key(osd_service_key.clone()),
             osd_service_key,
             id,
@@ -173,6 +178,18 @@ impl MonNode {
                 self.read_barrier().await?;
                 Ok(json!(self.status().await))
             }
+            Forwarded::PgList => {
+                self.read_barrier().await?;
+                let maps = self.shared.maps();
+                let reports = self.current_pg_reports(&maps.osdmap);
+                Ok(json!(cairn_common::pg_states::rows(&maps.osdmap, &reports)))
+            }
+            Forwarded::OsdMapHistory { from, to } => {
+                self.read_barrier().await?;
+                Ok(json!(self
+                    .shared
+                    .read(|a| a.state.osdmap_history(*from, *to))))
+            }
             Forwarded::GetMaps => {
                 self.read_barrier().await?;
                 Ok(json!(*self.shared.maps()))
@@ -193,11 +210,16 @@ impl MonNode {
                 going_down,
                 usage,
                 io,
+                pgs,
             } => {
                 self.osd_usage
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .insert(*osd, *usage);
+                self.pg_reports
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(*osd, pgs.clone());
                 self.record_io(*osd, *io);
                 self.osd_beacon(*osd, failures, *going_down).await
             }
@@ -456,14 +478,27 @@ impl MonNode {
         q.intersection(&members).copied().collect()
     }
 
+    /// The PG reports of the OSDs up in `osdmap` (a report only counts from a PG's primary).
+    fn current_pg_reports(&self, osdmap: &OsdMap) -> PgReports {
+        let reports = self.pg_reports.lock().unwrap_or_else(|p| p.into_inner());
+        reports
+            .iter()
+            .filter(|(osd, _)| osdmap.osds.get(osd).is_some_and(|o| o.up))
+            .flat_map(|(_, pgs)| pgs.iter().cloned())
+            .collect()
+    }
+
     async fn status(&self) -> ClusterStatus {
         let maps = self.shared.maps();
         let quorum = self.quorum();
         let age = self.quorum_age.observe(&quorum);
+        let pg_reports = self.current_pg_reports(&maps.osdmap);
         let health = health::compute(&HealthInput {
             maps: &maps,
             quorum: &quorum,
+            pg_reports: &pg_reports,
         });
+        let pg_summary = cairn_common::pg_states::summarize(&maps.osdmap, &pg_reports);
         let metrics = self.raft.metrics().borrow().clone();
         let osdmap = &maps.osdmap;
         let osd_usage: BTreeMap<u32, Usage> = self
@@ -508,7 +543,8 @@ impl MonNode {
             },
             pools: osdmap.pools.len() as u32,
             pgs: osdmap.pools.values().map(|p| p.pg_num as u64).sum(),
-            pg_states: cairn_common::pg_states::summarize(osdmap).states,
+            pg_states: pg_summary.states,
+            objects: pg_summary.objects,
             usage,
             osd_usage,
             io: self.io_rates(),

@@ -16,6 +16,7 @@ use tonic::{Request, Response, Status};
 use cairn_common::auth::{self, Need, Ticket};
 use cairn_common::command::{Command, Forwarded, PeerFailureReport, Proposal, RequestId};
 use cairn_common::maps::validate_daemon_name;
+use cairn_common::placement::PgId;
 use cairn_common::proto::auth_server::Auth;
 use cairn_common::proto::mon_membership_request::Op;
 use cairn_common::proto::mon_peer_server::MonPeer;
@@ -137,6 +138,29 @@ fn authorize_command(ticket: &Ticket, cmd: &Command) -> Result<(), Status> {
         .map_err(auth_status)
 }
 
+/// Most PG reports one beacon may carry (an OSD is primary of a share of the PGs).
+const PG_REPORTS_MAX: usize = 65_536;
+
+fn pg_report(osd: u32, r: &PgReport) -> (PgId, cairn_common::pg_states::PgReport) {
+    let pg = PgId {
+        pool: r.pool,
+        seed: r.pg,
+    };
+    let blocked: String = r.blocked.chars().take(512).collect();
+    let report = cairn_common::pg_states::PgReport {
+        osd,
+        epoch: r.osdmap_epoch,
+        active: r.active,
+        blocked,
+        objects: r.objects,
+        scrub_errors: r.scrub_errors,
+        scrubbing: r.scrubbing,
+        last_scrub_ms: r.last_scrub_ms,
+        last_deep_scrub_ms: r.last_deep_scrub_ms,
+    };
+    (pg, report)
+}
+
 /// The OSD id of an `osd.N` ticket.
 fn osd_id_of(ticket: &Ticket) -> Option<u32> {
     ticket.entity.strip_prefix("osd.")?.parse().ok()
@@ -146,15 +170,29 @@ fn osd_id_of(ticket: &Ticket) -> Option<u32> {
 impl Mon for MonService {
     async fn status(&self, req: Request<StatusRequest>) -> Result<Response<JsonReply>, Status> {
         let ticket = require(&req, Need::Read, "read the cluster status")?;
-        let v = self
-            .node
-            .execute(&ticket.entity, &Forwarded::Status)
-            .await?;
+        let what = if req.get_ref().pgs {
+            Forwarded::PgList
+        } else {
+            Forwarded::Status
+        };
+        let v = self.node.execute(&ticket.entity, &what).await?;
         Ok(Response::new(JsonReply { json: to_json(&v)? }))
     }
 
     async fn get_maps(&self, req: Request<GetMapsRequest>) -> Result<Response<MapsReply>, Status> {
         let ticket = require(&req, Need::Read, "read the cluster maps")?;
+        let r = req.get_ref();
+        if r.osdmap_history_to > 0 {
+            let history = Forwarded::OsdMapHistory {
+                from: r.osdmap_history_from,
+                to: r.osdmap_history_to,
+            };
+            let v = self.node.execute(&ticket.entity, &history).await?;
+            return Ok(Response::new(MapsReply {
+                epoch_sum: 0,
+                maps_json: to_json(&v)?,
+            }));
+        }
         let v = self
             .node
             .execute(&ticket.entity, &Forwarded::GetMaps)
@@ -294,6 +332,12 @@ impl Mon for MonService {
                 read_bytes: req.read_bytes,
                 written_bytes: req.written_bytes,
             },
+            pgs: req
+                .pgs
+                .iter()
+                .take(PG_REPORTS_MAX)
+                .map(|r| pg_report(req.osd, r))
+                .collect(),
         };
         let v = self.node.execute(&ticket.entity, &fwd).await?;
         Ok(Response::new(OsdBeaconReply {

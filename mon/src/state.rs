@@ -1,14 +1,14 @@
 //! The replicated state: the cluster maps plus the secrets that never leave the mons. Applying
 //! a command is pure and deterministic, so every mon reaches the same state from the same log.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
 use cairn_common::auth::{validate_caps, validate_entity, SecretKey};
 use cairn_common::command::{
     validate_config_name, validate_config_value, Command, CommandOutcome, Proposal, RequestId,
     CONFIG_OPTIONS_MAX, ENTITIES_MAX,
 };
-use cairn_common::maps::{ClusterMaps, EntityInfo, MonInfo};
+use cairn_common::maps::{ClusterMaps, EntityInfo, MonInfo, OsdMap};
 use serde::{Deserialize, Serialize};
 
 use crate::osdmap_change;
@@ -25,7 +25,16 @@ pub struct ClusterState {
     /// Recent request outcomes by client, so a retried write applies once.
     #[serde(default)]
     pub sessions: BTreeMap<String, ClientSession>,
+    /// The last `OSDMAP_HISTORY_MAX` OSD maps, oldest first: OSDs work out from them which
+    /// past intervals of a PG may have accepted writes (peering).
+    #[serde(default)]
+    pub osdmap_history: VecDeque<OsdMap>,
 }
+
+/// OSD maps the mons keep.
+pub const OSDMAP_HISTORY_MAX: usize = 2000;
+/// Most maps one history request returns.
+pub const OSDMAP_HISTORY_REPLY_MAX: usize = 200;
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct ClientSession {
@@ -149,8 +158,30 @@ impl ClusterState {
         }
     }
 
-    /// Applies a committed command. Refused commands change nothing.
+    /// Applies a committed command (refused ones change nothing) and keeps each new OSD map.
     pub fn apply(&mut self, cmd: Command) -> CommandOutcome {
+        let before = self.maps.osdmap.epoch;
+        let outcome = self.apply_command(cmd);
+        if self.maps.osdmap.epoch != before {
+            self.osdmap_history.push_back(self.maps.osdmap.clone());
+            while self.osdmap_history.len() > OSDMAP_HISTORY_MAX {
+                self.osdmap_history.pop_front();
+            }
+        }
+        outcome
+    }
+
+    /// The kept OSD maps of epochs `from..=to`, at most `OSDMAP_HISTORY_REPLY_MAX`.
+    pub fn osdmap_history(&self, from: u64, to: u64) -> Vec<OsdMap> {
+        self.osdmap_history
+            .iter()
+            .filter(|m| m.epoch >= from && m.epoch <= to)
+            .take(OSDMAP_HISTORY_REPLY_MAX)
+            .cloned()
+            .collect()
+    }
+
+    fn apply_command(&mut self, cmd: Command) -> CommandOutcome {
         if osdmap_change::is_osdmap_command(&cmd) {
             return osdmap_change::apply(&mut self.maps.osdmap, cmd);
         }

@@ -1,35 +1,35 @@
-//! Bringing a PG's members in line before its primary serves it in a new interval (a change
-//! of members, or a member that restarted).
+//! Activation: bringing a PG's members in line before its primary serves it in a new
+//! interval (any map change: the members may have changed, or restarted).
 //!
-//! The primary asks every current member for its version and its objects' versions, takes
-//! the member with the newest version as the authority, and makes every other member equal
-//! to it object by object (copy what differs, remove what the authority lacks), then sets
-//! their versions. Writes are acknowledged only once every member of their interval has
-//! them, and each interval's members overlap the previous one's while `min_size` is a
-//! majority of the pool's width, so the newest member holds every acknowledged write.
-//!
-//! In an erasure-coded PG members hold different shards: a member's shard of an object is
-//! rebuilt from any k members holding the authority's version of it. An object with fewer
-//! than k such shards keeps the PG inactive (it says which): the PG never guesses.
-//!
-//! This is the first form of peering: it does not yet remember past intervals, so a PG
-//! whose every member of the last interval is gone (e.g. all replaced after `out`) cannot
-//! tell it missed writes; nor does it roll back a partial erasure-coded write to the
-//! previous version. Full peering with past intervals and log-based recovery come with the
-//! self-healing issue.
+//! The primary asks every current member for its PG version, log and object versions, then
+//! works out from the past OSD maps which earlier intervals may have accepted writes since
+//! the newest activation any member has seen, and asks members of those intervals too — also
+//! OSDs no longer in the PG (`peering`). If such an interval has no member up, the PG stays
+//! down and says which OSDs it waits for. Then, from everything heard: a replicated PG makes
+//! every current member equal to the member with the newest version, object by object (copy
+//! what differs, remove what it lacks); an erasure-coded PG keeps per object the newest
+//! version k distinct shards hold (or its absence) and rebuilds every other member's shard
+//! from k holders. Every member then starts the interval at one new version of this epoch,
+//! with the log the PG keeps (see `peering::agreed_log`). Recovery is part of activation: ops
+//! wait until the members are in line.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
-use cairn_common::proto::{Mutation, PgQueryReply, SubOpRequest};
+use cairn_common::pg_states::DOWN_REASON_PREFIX;
+use cairn_common::proto::{LogEntry, Mutation, PgQueryReply, SubOpRequest};
 
 use crate::ec::Codec;
 use crate::erasure;
-
 use crate::members::{self, Member};
 use crate::mutation;
 use crate::node::OsdNode;
-use crate::pg::{Pg, PgState};
+use crate::peering::{self, Probe};
+use crate::pg::{Pg, PgState, LOG_ENTRIES_KEPT};
 use crate::replica::pulled_state;
+use crate::stash::STASH;
+
+/// Rounds of asking past members: each round's answers may reveal a newer activation.
+const PROBE_ROUNDS: usize = 8;
 
 /// Makes the PG active under the map of `epoch`, bringing members in line first. Any map
 /// change re-activates (the PG's members may have changed and changed back in between).
@@ -46,103 +46,284 @@ pub async fn ensure_active(
         return Ok(());
     }
     st.active = None;
-    let mut infos = Vec::with_capacity(members.len());
+    let outcome = activate(node, pg, st, members, codec, epoch).await;
+    node.pg_records.update(pg.id, |r| match &outcome {
+        Ok(objects) => {
+            r.active_epoch = epoch;
+            r.blocked.clear();
+            r.objects = *objects;
+        }
+        Err(why) => r.blocked = why.clone(),
+    });
+    outcome.map(|_| ())
+}
+
+/// What one member or past member said.
+type Heard = Vec<(Member, PgQueryReply)>;
+
+/// Brings the members in line; answers how many objects the PG holds.
+async fn activate(
+    node: &OsdNode,
+    pg: &Pg,
+    st: &mut PgState,
+    members: &[Member],
+    codec: Option<&Codec>,
+    epoch: u64,
+) -> Result<u64, String> {
+    let mut heard: Heard = Vec::with_capacity(members.len());
     for m in members {
-        infos.push((*m, members::query(node, pg, st, *m, epoch).await?));
+        heard.push((*m, members::query(node, pg, st, *m, epoch).await?));
     }
-    let (auth, auth_info) = infos
+    let last_members = hear_past_members(node, pg, st, &mut heard, epoch).await?;
+    let (_, auth) = heard
         .iter()
         .max_by_key(|(_, info)| info.last_update)
         .cloned()
         .ok_or("the PG has no members")?;
-    let names: BTreeSet<String> = infos
+    let names: BTreeSet<String> = heard
         .iter()
         .flat_map(|(_, info)| info.objects.keys().cloned())
         .collect();
+    let current = peering::current(&heard, |info| info.last_update);
+    let complete = last_members
+        .iter()
+        .all(|m| current.iter().any(|(c, _)| c == m));
+    let mut objects = 0;
     for name in &names {
         let chosen = match codec {
-            None => auth_info.objects.get(name).copied(),
-            Some(codec) => chosen_ec_version(&infos, name, codec.k())?,
-        };
-        for (m, info) in &infos {
-            let have = info.objects.get(name).copied();
-            if have == chosen {
-                continue;
+            None => auth.objects.get(name).copied(),
+            Some(codec) => {
+                let now = held(current.iter().copied(), name);
+                let all = holdings(held(&heard, name).iter());
+                let h = peering::EcHoldings {
+                    current: &holdings(now.iter().filter(|h| !h.stashed)),
+                    stashed: &holdings(now.iter().filter(|h| h.stashed)),
+                    all: &all,
+                    complete,
+                };
+                peering::chosen_ec_version(&h, name, codec.k())
+                    .map_err(|e| waiting_for(e, &last_members, &current))?
             }
-            tracing::info!(pg = %pg.id, osd = m.osd, object = %name, have = ?have, want = ?chosen, "bringing a member in line");
-            let state = match (chosen, codec) {
-                (None, _) => None,
-                (Some(v), Some(codec)) => {
-                    Some(rebuild_shard(node, pg, &infos, *m, codec, name, v).await?)
-                }
-                (Some(_), None) => pulled_state(&members::pull(node, pg, auth, name).await?),
-            };
-            let muts = mutation::replace_with(have.is_some(), state);
-            if !muts.is_empty() {
-                let version = chosen.unwrap_or(0);
-                recover(node, pg, st, *m, name, muts, version, epoch).await?;
+        };
+        objects += u64::from(chosen.is_some());
+        for (m, info) in heard.iter().filter(|(m, _)| members.contains(m)) {
+            let have = info.objects.get(name).copied();
+            if have != chosen {
+                bring_in_line(node, pg, st, &heard, *m, have, name, chosen, codec, epoch).await?;
             }
         }
     }
     // Every member starts the interval at one new version, after anything an earlier
     // interval wrote: a stray write of an old primary can never tie with this interval's.
-    let start = crate::pg::next_version(auth_info.last_update, epoch);
-    for (m, _) in &infos {
-        recover(node, pg, st, *m, "", Vec::new(), start, epoch).await?;
+    // Each gets the log the PG keeps, so a retried request is recognised whichever member
+    // serves it next, and a rolled-back one is not taken for applied.
+    let start = crate::pg::next_version(auth.last_update, epoch);
+    let log = log_of_interval(&heard, &auth, codec);
+    for (m, info) in heard.iter().filter(|(m, _)| members.contains(m)) {
+        let replace = info.log != log;
+        let req = SubOpRequest {
+            osdmap_epoch: epoch,
+            pool: pg.id.pool,
+            pg: pg.id.seed,
+            version: start,
+            recovery: true,
+            replace_log: replace,
+            log: if replace { log.clone() } else { Vec::new() },
+            ..SubOpRequest::default()
+        };
+        members::sub_op(node, pg, st, *m, req).await?;
     }
     st.active = Some(epoch);
     tracing::debug!(pg = %pg.id, epoch, "pg active");
-    Ok(())
+    Ok(objects)
 }
 
-/// The version of an erasure-coded object the PG keeps: the newest one at least k members
-/// hold (a newer one on fewer shards was never acknowledged: it rolls back), or its absence
-/// when at least k members lack it. With neither, the PG cannot tell and stays inactive.
-fn chosen_ec_version(
-    infos: &[(Member, PgQueryReply)],
-    object: &str,
-    k: usize,
-) -> Result<Option<u64>, String> {
-    let mut counts: std::collections::BTreeMap<Option<u64>, usize> = Default::default();
-    for (_, info) in infos {
-        *counts.entry(info.objects.get(object).copied()).or_default() += 1;
-    }
-    let newest = counts
-        .iter()
-        .rev()
-        .find(|(v, n)| v.is_some() && **n >= k)
-        .map(|(v, _)| *v);
-    match newest {
-        Some(v) => Ok(v),
-        None if counts.get(&None).copied().unwrap_or(0) >= k => Ok(None),
-        None => Err(format!(
-            "object {object} has no version on {k} shards (found {counts:?}): waiting for more members"
-        )),
-    }
-}
-
-/// Member `target`'s shard of `object` at `version`, decoded from k other members that hold
-/// it (trying the next holder when one cannot be read).
-async fn rebuild_shard(
+/// Asks the members of past intervals that may have accepted writes (see `peering`), until
+/// every such interval since the newest activation heard of is represented. Answers the
+/// members of that activation.
+async fn hear_past_members(
     node: &OsdNode,
     pg: &Pg,
-    infos: &[(Member, PgQueryReply)],
+    st: &mut PgState,
+    heard: &mut Heard,
+    epoch: u64,
+) -> Result<Vec<Member>, String> {
+    for _ in 0..PROBE_ROUNDS {
+        let epochs: BTreeMap<Member, u64> = heard
+            .iter()
+            .map(|(m, info)| (*m, peering::epoch_of(info.last_update)))
+            .collect();
+        let les = epochs.values().copied().max().unwrap_or(0);
+        let maps = node.osdmaps(les.max(1), epoch).await?;
+        let intervals = peering::intervals(maps.iter().map(|m| m.as_ref()), pg.id);
+        let now = node.maps();
+        let is_up = |osd: u32| now.osdmap.osds.get(&osd).is_some_and(|o| o.up);
+        match peering::probe(&intervals, &epochs, is_up) {
+            Probe::Complete => return Ok(peering::members_at(&intervals, les)),
+            Probe::More(more) => {
+                for m in more {
+                    tracing::info!(pg = %pg.id, osd = m.osd, shard = m.shard, "asking a member of a past interval");
+                    heard.push((m, members::query(node, pg, st, m, epoch).await?));
+                }
+            }
+            Probe::Down {
+                waiting_for,
+                first,
+                last,
+            } => {
+                let osds: Vec<String> = waiting_for.iter().map(|o| format!("osd.{o}")).collect();
+                return Err(format!(
+                    "{DOWN_REASON_PREFIX}epochs {first}-{last} may have accepted writes and too few of their members are up; waiting for {}",
+                    osds.join(", ")
+                ));
+            }
+        }
+    }
+    Err("past intervals keep changing; peering again later".into())
+}
+
+/// Names, in a reason to wait, the members of the last activation not heard from: the PG is
+/// down until one of them returns.
+fn waiting_for(why: String, last: &[Member], current: &[&(Member, PgQueryReply)]) -> String {
+    let missing: Vec<String> = last
+        .iter()
+        .filter(|m| !current.iter().any(|(c, _)| c == *m))
+        .map(|m| format!("osd.{}", m.osd))
+        .collect();
+    if missing.is_empty() {
+        return why;
+    }
+    format!(
+        "{DOWN_REASON_PREFIX}{why}; the last members to write it include {}",
+        missing.join(", ")
+    )
+}
+
+/// A state of an object a responder can give: its version (`None`: absent) and the object
+/// to copy it from — the object itself, or the responder's rollback stash.
+struct Held {
+    member: Member,
+    version: Option<u64>,
+    source: String,
+    /// From the stash: the state before the member's last change.
+    stashed: bool,
+}
+
+/// Every state of `object` the responders hold (by shard, for erasure-coded pools): each
+/// one's own, and the state before its last change when it stashed that (see `stash`).
+fn held<'a>(
+    heard: impl IntoIterator<Item = &'a (Member, PgQueryReply)>,
+    object: &str,
+) -> Vec<Held> {
+    let mut out = Vec::new();
+    for (m, info) in heard {
+        out.push(Held {
+            member: *m,
+            version: info.objects.get(object).copied(),
+            source: object.to_string(),
+            stashed: false,
+        });
+        if let Some(s) = info.stashed.as_ref() {
+            if s.object == object && s.for_version == info.last_update {
+                out.push(Held {
+                    member: *m,
+                    version: (!s.absent).then_some(s.version),
+                    source: STASH.to_string(),
+                    stashed: true,
+                });
+            }
+        }
+    }
+    out
+}
+
+fn holdings<'a>(held: impl Iterator<Item = &'a Held>) -> Vec<(Member, Option<u64>)> {
+    held.map(|h| (h.member, h.version)).collect()
+}
+
+fn log_of_interval(heard: &Heard, auth: &PgQueryReply, codec: Option<&Codec>) -> Vec<LogEntry> {
+    let entries = |r: &PgQueryReply| -> Vec<(u64, String)> {
+        r.log.iter().map(|e| (e.version, e.reqid.clone())).collect()
+    };
+    let logs: Vec<(Member, Vec<(u64, String)>)> =
+        heard.iter().map(|(m, r)| (*m, entries(r))).collect();
+    let borrowed: Vec<(Member, &[(u64, String)])> =
+        logs.iter().map(|(m, l)| (*m, l.as_slice())).collect();
+    peering::agreed_log(
+        &borrowed,
+        &entries(auth),
+        codec.map(Codec::k),
+        LOG_ENTRIES_KEPT,
+    )
+    .into_iter()
+    .map(|(version, reqid)| LogEntry { version, reqid })
+    .collect()
+}
+
+/// Makes member `m`'s copy of `name` (at `have`) the `chosen` version: removed, copied from
+/// the responder holding it, or its shard rebuilt from k holders.
+#[allow(clippy::too_many_arguments)]
+async fn bring_in_line(
+    node: &OsdNode,
+    pg: &Pg,
+    st: &mut PgState,
+    heard: &Heard,
+    m: Member,
+    have: Option<u64>,
+    name: &str,
+    chosen: Option<u64>,
+    codec: Option<&Codec>,
+    epoch: u64,
+) -> Result<(), String> {
+    tracing::info!(pg = %pg.id, osd = m.osd, object = %name, have = ?have, want = ?chosen, "bringing a member in line");
+    let holders: Vec<(Member, String)> = held(heard, name)
+        .into_iter()
+        .filter(|h| chosen.is_some() && h.version == chosen)
+        .map(|h| (h.member, h.source))
+        .collect();
+    let state = match (chosen, codec) {
+        (None, _) => None,
+        (Some(v), Some(codec)) => Some(rebuild_shard(node, pg, &holders, m, codec, name, v).await?),
+        (Some(_), None) => {
+            let (source, object) = holders.first().ok_or("no member holds the chosen copy")?;
+            pulled_state(&members::pull(node, pg, *source, object).await?)
+        }
+    };
+    let muts = mutation::replace_with(have.is_some(), state);
+    if muts.is_empty() {
+        return Ok(());
+    }
+    recover(node, pg, st, m, name, muts, chosen.unwrap_or(0), epoch).await
+}
+
+/// Member `target`'s shard of `object` at `version`, decoded from k distinct shards of the
+/// `holders` (responders holding that version, and the object to read it from there: the
+/// object or a stash; the next is tried when one cannot be read).
+pub async fn rebuild_shard(
+    node: &OsdNode,
+    pg: &Pg,
+    holders: &[(Member, String)],
     target: Member,
     codec: &Codec,
     object: &str,
     version: u64,
 ) -> Result<Vec<Mutation>, String> {
-    let holders = infos
-        .iter()
-        .filter(|(m, info)| *m != target && info.objects.get(object) == Some(&version));
     let mut shards: Vec<Option<Vec<u8>>> = vec![None; codec.shard_count()];
     let mut attrs = Vec::new();
     let mut found = 0;
-    for (m, _) in holders {
+    // The target's own copy is what is being replaced; its stash may serve.
+    for (m, source) in holders
+        .iter()
+        .filter(|(m, source)| !(*m == target && source == object))
+    {
         if found == codec.k() {
             break;
         }
-        match members::pull(node, pg, *m, object).await {
+        // Two holders of one shard (a past member and the current one) count once.
+        if shards.get(m.shard as usize).is_none_or(Option::is_some) {
+            continue;
+        }
+        match members::pull(node, pg, *m, source).await {
             Ok(reply) if reply.exists && reply.version == version => {
                 shards[m.shard as usize] = Some(erasure::state_data(&reply.mutations));
                 attrs = reply.mutations;
@@ -172,8 +353,10 @@ async fn rebuild_shard(
     Ok(erasure::with_shard_data(&attrs, shard))
 }
 
+/// Makes member `m`'s copy of `object` what `mutations` say, at `version` (with an empty
+/// `object`: sets the member's PG version).
 #[allow(clippy::too_many_arguments)]
-async fn recover(
+pub async fn recover(
     node: &OsdNode,
     pg: &Pg,
     st: &mut PgState,
@@ -191,52 +374,8 @@ async fn recover(
         object: object.to_string(),
         version,
         mutations,
-        prior_version: 0,
         recovery: true,
-        reqid: String::new(),
+        ..SubOpRequest::default()
     };
     members::sub_op(node, pg, st, m, req).await
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn member(shard: i32, objects: &[(&str, u64)]) -> (Member, PgQueryReply) {
-        let reply = PgQueryReply {
-            objects: objects.iter().map(|(n, v)| (n.to_string(), *v)).collect(),
-            ..PgQueryReply::default()
-        };
-        (
-            Member {
-                osd: shard as u32,
-                shard,
-            },
-            reply,
-        )
-    }
-
-    #[test]
-    fn ec_objects_keep_the_newest_version_k_shards_hold() {
-        // 2+1: a write that reached one shard only rolls back to the version two hold.
-        let infos = [
-            member(0, &[("a", 7)]),
-            member(1, &[("a", 5)]),
-            member(2, &[("a", 5)]),
-        ];
-        assert_eq!(chosen_ec_version(&infos, "a", 2), Ok(Some(5)));
-        // Written everywhere but one: the newest wins.
-        let infos = [
-            member(0, &[("a", 7)]),
-            member(1, &[("a", 7)]),
-            member(2, &[]),
-        ];
-        assert_eq!(chosen_ec_version(&infos, "a", 2), Ok(Some(7)));
-        // Created on one shard only (never acknowledged): it goes.
-        let infos = [member(0, &[("a", 7)]), member(1, &[]), member(2, &[])];
-        assert_eq!(chosen_ec_version(&infos, "a", 2), Ok(None));
-        // Two members, one at each version: nobody can tell, so the PG waits.
-        let infos = [member(0, &[("a", 7)]), member(2, &[("a", 5)])];
-        assert!(chosen_ec_version(&infos, "a", 2).is_err());
-    }
 }

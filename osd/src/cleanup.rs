@@ -8,7 +8,7 @@ use cairn_common::maps::OsdMap;
 
 use crate::error::StoreError;
 use crate::node::OsdNode;
-use crate::pg::PG_META;
+use crate::pg::is_internal;
 use crate::{ObjectStore, Op, Transaction};
 
 /// Objects removed per transaction: bounded, so one deletion never makes a huge batch.
@@ -44,7 +44,7 @@ fn remove_collection(store: &ObjectStore, coll: &str) -> Result<u64, StoreError>
             txn.remove(coll, name);
         }
         store.apply(&txn)?;
-        removed += names.iter().filter(|n| *n != PG_META).count() as u64;
+        removed += names.iter().filter(|n| !is_internal(n)).count() as u64;
     }
     store.apply(Transaction::new().push(Op::RemoveCollection { coll: coll.into() }))?;
     Ok(removed)

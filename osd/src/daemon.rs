@@ -99,6 +99,7 @@ pub async fn run(
     tokio::spawn(follow_maps(node.clone(), boot, stop_rx.clone()));
     tokio::spawn(run_heartbeats(node.clone(), hb.clone(), stop_rx.clone()));
     tokio::spawn(run_beacons(node.clone(), hb, stop_rx.clone()));
+    tokio::spawn(crate::scrub::run_schedule(node.clone(), stop_rx.clone()));
     if !config.osd.admin_addr.is_empty() {
         let admin: SocketAddr = config
             .osd

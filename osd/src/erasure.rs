@@ -21,7 +21,7 @@ use crate::mutation::{
     self, decode_u64, encode_u64, user_attr, user_attrs, ATTR_LOGICAL_SIZE, ATTR_VERSION,
 };
 use crate::node::OsdNode;
-use crate::pg::{Pg, PG_META};
+use crate::pg::{is_internal, Pg};
 use crate::primary::{reply, Plan, PAGE_ENTRIES_MAX};
 
 /// The pool's codec, or `None` for a replicated pool.
@@ -101,7 +101,7 @@ async fn read_inner(
             .await
             .map_err(io)?;
         return Ok(OpReply {
-            objects: names.into_iter().filter(|n| n != PG_META).collect(),
+            objects: names.into_iter().filter(|n| !is_internal(n)).collect(),
             next: next.unwrap_or_default(),
             ..reply(OpResult::Ok, "")
         });

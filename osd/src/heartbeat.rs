@@ -157,6 +157,7 @@ pub async fn run_beacons(node: Arc<OsdNode>, hb: Arc<Heartbeats>, mut stop: watc
             writes: io.writes,
             read_bytes: io.read_bytes,
             written_bytes: io.written_bytes,
+            pgs: node.pg_records.reports(node.id, &node.maps().osdmap),
         };
         if let Err(e) = node.monc.osd_beacon(req).await {
             tracing::warn!(error = %e, "beacon not delivered");

@@ -2,8 +2,9 @@
 //! engine: object data in a block device or preallocated file, managed by an extent allocator
 //! and written through io_uring; all metadata in RocksDB (`store` and the modules it uses).
 //! The daemon (`daemon`, `node`, `service`) serves PGs: as primary (`primary`, `activate`,
-//! `members`) and as member (`replica`), over the store (`pg`, `mutation`); erasure-coded
-//! PGs use `erasure` over the `ec` codec; `heartbeat` watches the peers; `cleanup` frees
+//! `members`, with the decisions of `peering`) and as member (`replica`), over the store (`pg`, `mutation`); erasure-coded
+//! PGs use `erasure` over the `ec` codec; `scrub` checks and repairs copies; `pg_stats`
+//! keeps what the beacons report of PGs; `heartbeat` watches the peers; `cleanup` frees
 //! deleted pools.
 
 pub mod activate;
@@ -24,14 +25,20 @@ pub mod members;
 pub mod mutation;
 pub mod node;
 pub mod onode;
+pub mod peering;
 pub mod pg;
+pub mod pg_stats;
 pub mod primary;
 pub mod replica;
+pub mod scrub;
 pub mod service;
+pub mod stash;
 pub mod store;
 pub mod torture;
 pub mod txn;
 
+#[cfg(test)]
+mod peering_sim;
 #[cfg(test)]
 mod store_tests;
 

@@ -3,16 +3,16 @@
 //! RETRY: the member may be down, and the map will say so shortly.
 
 use cairn_common::proto::{
-    OpResult, PgPullReply, PgPullRequest, PgQueryReply, PgQueryRequest, ShardReadReply,
-    ShardReadRequest, SubOpRequest,
+    OpResult, PgPullReply, PgPullRequest, PgQueryReply, PgQueryRequest, ScrubMapReply,
+    ScrubMapRequest, ShardReadReply, ShardReadRequest, SubOpRequest,
 };
 
 use crate::node::OsdNode;
 use crate::pg::{Pg, PgState};
-use crate::replica;
+use crate::{replica, scrub};
 
 /// One member of a PG: an OSD and its position (-1 for replicated pools).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Member {
     pub osd: u32,
     pub shard: i32,
@@ -71,8 +71,11 @@ pub async fn query(
     m: Member,
     epoch: u64,
 ) -> Result<PgQueryReply, String> {
-    let reply = if m.osd == node.id {
+    let reply = if m.osd == node.id && m.shard == pg.shard {
         replica::query_locked(node, pg, st, epoch).await
+    } else if m.osd == node.id {
+        // Another shard this OSD held in a past interval: its own PG state and lock.
+        replica::query(node, pg.id, m.shard, epoch).await
     } else {
         let mut client = node
             .peer(m.osd)
@@ -156,5 +159,31 @@ pub async fn shard_read(
             .into_inner()
     };
     check(reply.result, &reply.message, "shard read", m)?;
+    Ok(reply)
+}
+
+/// A member's description of a range of its PG's objects, for a scrub.
+pub async fn scrub_map(
+    node: &OsdNode,
+    m: Member,
+    req: ScrubMapRequest,
+) -> Result<ScrubMapReply, String> {
+    let reply = if m.osd == node.id {
+        scrub::scrub_map(node, req).await
+    } else {
+        let mut client = node
+            .peer(m.osd)
+            .ok_or_else(|| failed("scrub", m, "not in the map"))?;
+        let request = node
+            .peer_request(req)
+            .await
+            .map_err(|e| failed("scrub", m, e))?;
+        client
+            .scrub_map(request)
+            .await
+            .map_err(|e| failed("scrub", m, e.message()))?
+            .into_inner()
+    };
+    check(reply.result, &reply.message, "scrub", m)?;
     Ok(reply)
 }

@@ -181,7 +181,8 @@ pub fn object_state(
         offset += n.max(1);
     }
     muts.push(truncate(size));
-    for (k, v) in attrs.into_iter().filter(|(k, _)| k != ATTR_VERSION) {
+    let copied = |k: &String| k != ATTR_VERSION && !k.starts_with(crate::stash::ATTR_PREFIX);
+    for (k, v) in attrs.into_iter().filter(|(k, _)| copied(k)) {
         muts.push(set_attr(&k, v));
     }
     let mut after: Option<Vec<u8>> = None;

@@ -1,7 +1,7 @@
 //! One running OSD: its store, its copy of the cluster maps, its PGs and its connections to
 //! peer OSDs. The op paths (`primary`, `replica`, `activate`) and the services work on it.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -11,18 +11,21 @@ use tonic::transport::{Channel, Endpoint};
 
 use cairn_client::MonClient;
 use cairn_common::config::OsdSettings;
-use cairn_common::maps::ClusterMaps;
+use cairn_common::maps::{ClusterMaps, OsdMap};
 use cairn_common::placement::PgId;
 use cairn_common::proto::osd_client::OsdClient;
 use cairn_common::status::IoTotals;
 
 use crate::error::StoreError;
 use crate::pg::Pg;
+use crate::pg_stats::PgRecords;
 use crate::ObjectStore;
 
 /// How long an op waits for a map at least as new as its sender's before the OSD asks the
 /// mons directly.
 const MAP_WAIT: Duration = Duration::from_secs(2);
+/// Past OSD maps kept in memory for peering.
+const OSDMAP_HISTORY_KEPT: usize = 2000;
 
 /// Client ops served as primary, for the beacons' I/O totals.
 #[derive(Default)]
@@ -50,8 +53,12 @@ pub struct OsdNode {
     pub store: Arc<ObjectStore>,
     pub monc: Arc<MonClient>,
     pub settings: OsdSettings,
+    /// The PGs this OSD is primary of, for the beacons.
+    pub pg_records: PgRecords,
     maps_tx: watch::Sender<Arc<ClusterMaps>>,
     pgs: Mutex<HashMap<(PgId, i32), Arc<Pg>>>,
+    /// Past OSD maps for peering: each map installed here, and ranges fetched from the mons.
+    history: Mutex<BTreeMap<u64, Arc<OsdMap>>>,
     peers: Mutex<HashMap<String, Channel>>,
 }
 
@@ -69,8 +76,10 @@ impl OsdNode {
             store,
             monc,
             settings,
+            pg_records: PgRecords::default(),
             maps_tx: watch::channel(Arc::new(maps)).0,
             pgs: Mutex::new(HashMap::new()),
+            history: Mutex::new(BTreeMap::new()),
             peers: Mutex::new(HashMap::new()),
         }
     }
@@ -85,6 +94,7 @@ impl OsdNode {
 
     /// Installs newer maps; older or equal ones (from a lagging mon) are ignored.
     pub fn publish_maps(&self, maps: ClusterMaps) -> bool {
+        self.remember_osdmaps([maps.osdmap.clone()]);
         self.maps_tx.send_if_modified(|cur| {
             if maps.epoch_sum() > cur.epoch_sum() && maps.osdmap.epoch >= cur.osdmap.epoch {
                 *cur = Arc::new(maps);
@@ -114,6 +124,67 @@ impl OsdNode {
             Err(e) => tracing::warn!(error = %e, "cannot fetch maps from the mons"),
         }
         self.maps()
+    }
+
+    fn remember_osdmaps(&self, maps: impl IntoIterator<Item = OsdMap>) {
+        let mut history = self.history.lock().unwrap_or_else(|p| p.into_inner());
+        for map in maps {
+            history.entry(map.epoch).or_insert_with(|| Arc::new(map));
+        }
+        while history.len() > OSDMAP_HISTORY_KEPT {
+            history.pop_first();
+        }
+    }
+
+    fn remembered_osdmaps(&self, from: u64, to: u64) -> Vec<Arc<OsdMap>> {
+        if from > to {
+            return Vec::new();
+        }
+        let history = self.history.lock().unwrap_or_else(|p| p.into_inner());
+        history.range(from..=to).map(|(_, m)| m.clone()).collect()
+    }
+
+    /// The OSD maps of epochs `from..=to`, fetching from the mons those not seen here. Epochs
+    /// the mons no longer keep are missing from the answer (logged).
+    pub async fn osdmaps(&self, from: u64, to: u64) -> Result<Vec<Arc<OsdMap>>, String> {
+        let mut cursor = from;
+        while let Some(missing) = self.first_missing_osdmap(cursor, to) {
+            let fetched = self
+                .monc
+                .osdmap_history(missing, to)
+                .await
+                .map_err(|e| format!("cannot read past osd maps from the mons: {e}"))?;
+            let (Some(first), Some(last)) = (fetched.first(), fetched.last()) else {
+                tracing::warn!(
+                    from = missing,
+                    to,
+                    "the mons no longer keep these osd maps; peering goes on without them"
+                );
+                break;
+            };
+            if first.epoch > missing {
+                tracing::warn!(
+                    from = missing,
+                    to = first.epoch - 1,
+                    "the mons no longer keep these osd maps; peering goes on without them"
+                );
+            }
+            cursor = last.epoch + 1;
+            self.remember_osdmaps(fetched);
+        }
+        Ok(self.remembered_osdmaps(from, to))
+    }
+
+    /// The first epoch of `from..=to` whose map is not here.
+    fn first_missing_osdmap(&self, from: u64, to: u64) -> Option<u64> {
+        let mut expected = from;
+        for map in self.remembered_osdmaps(from, to) {
+            if map.epoch != expected {
+                return Some(expected);
+            }
+            expected += 1;
+        }
+        (expected <= to).then_some(expected)
     }
 
     /// The PG member this OSD holds for `(pg, shard)`, created in memory on first use.

@@ -19,6 +19,12 @@ use crate::{ObjectStore, Op, Transaction};
 /// and the log as omap (version → entry). Its name starts with a byte clients cannot use.
 pub const PG_META: &str = "\u{1}pg";
 const ATTR_LAST_UPDATE: &str = "last_update";
+/// Whether an object of a PG collection is the PG's own bookkeeping (`PG_META`, the rollback
+/// stash): names clients cannot use, left out of listings and comparisons.
+pub fn is_internal(name: &str) -> bool {
+    name.starts_with('\u{1}')
+}
+
 /// Log entries each member keeps (for retried requests now; for recovery later).
 pub const LOG_ENTRIES_KEPT: usize = 2000;
 
@@ -57,6 +63,8 @@ pub struct PgState {
     /// primary of an older interval (one with an old map) are refused, so it cannot write
     /// behind the back of its successor.
     pub min_epoch: u64,
+    /// The member holds a rollback stash (see `stash`).
+    pub stashed: bool,
 }
 
 pub struct Pg {
@@ -94,6 +102,7 @@ impl PgState {
         }
         let attrs = store.getattrs(coll, PG_META)?;
         self.last_update = decode_u64(attrs.get(ATTR_LAST_UPDATE));
+        self.stashed = crate::stash::read(store, coll)?.is_some();
         let mut after: Option<Vec<u8>> = None;
         loop {
             let page = store.omap_get(coll, PG_META, after.as_deref(), 1024)?;
@@ -168,6 +177,38 @@ impl PgState {
             oid: PG_META.into(),
             attrs: [(ATTR_LAST_UPDATE.to_string(), encode_u64(version))].into(),
         });
+    }
+
+    /// The log, oldest first.
+    pub fn entries(&self) -> impl Iterator<Item = &(u64, String)> {
+        self.log.iter()
+    }
+
+    /// Adds to `txn` the replacement of the stored log by `entries`.
+    pub fn replace_log_ops(txn: &mut Transaction, coll: &str, entries: &[(u64, String)]) {
+        txn.push(Op::OmapClear {
+            coll: coll.into(),
+            oid: PG_META.into(),
+        });
+        if !entries.is_empty() {
+            txn.push(Op::OmapSet {
+                coll: coll.into(),
+                oid: PG_META.into(),
+                entries: entries
+                    .iter()
+                    .map(|(v, reqid)| (encode_u64(*v), reqid.as_bytes().to_vec()))
+                    .collect(),
+            });
+        }
+    }
+
+    /// Records in memory what `replace_log_ops` committed.
+    pub fn replaced_log(&mut self, entries: Vec<(u64, String)>) {
+        self.log.clear();
+        self.reqids.clear();
+        for (version, reqid) in entries {
+            self.remember(version, reqid);
+        }
     }
 }
 

@@ -5,8 +5,9 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use cairn_common::auth::Need;
 use cairn_common::maps::{ClusterMaps, OsdMap, Pool};
-use cairn_common::placement::{all_pgs, object_pg, pg_acting, primary, PgId, NO_OSD};
+use cairn_common::placement::{all_pgs, object_pg, pg_acting, primary, PgId};
 use cairn_common::proto::object_op::Op;
 use cairn_common::proto::{Mutation, OpReply, OpRequest, OpResult, SubOpRequest};
 
@@ -17,8 +18,9 @@ use crate::error::StoreError;
 use crate::members::{self, Member};
 use crate::mutation::{self, decode_u64, user_attr, user_attrs, ATTR_VERSION};
 use crate::node::OsdNode;
-use crate::pg::{next_version, Pg, PgState, PG_META};
+use crate::pg::{is_internal, next_version, Pg, PgState};
 use crate::replica::{self, result_of};
+use crate::scrub::{self, Scrub};
 
 /// Longest object name, in bytes.
 pub const OBJECT_NAME_BYTES_MAX: usize = 1024;
@@ -82,16 +84,26 @@ pub fn validate_object_name(name: &str) -> Result<(), String> {
 fn is_write(op: &Op) -> bool {
     !matches!(
         op,
-        Op::Read(_) | Op::Stat(_) | Op::GetXattrs(_) | Op::OmapGet(_) | Op::List(_)
+        Op::Read(_) | Op::Stat(_) | Op::GetXattrs(_) | Op::OmapGet(_) | Op::List(_) | Op::Scrub(_)
     )
 }
 
-/// Whether the op changes data (for the caps check).
+fn op_of(req: &OpRequest) -> Option<&Op> {
+    req.op.as_ref().and_then(|o| o.op.as_ref())
+}
+
+/// Whether the op changes data (for the I/O counters).
 pub fn op_writes(req: &OpRequest) -> bool {
-    req.op
-        .as_ref()
-        .and_then(|o| o.op.as_ref())
-        .is_some_and(is_write)
+    op_of(req).is_some_and(is_write)
+}
+
+/// The OSD caps an op needs, and what it does (for the refusal).
+pub fn op_need(req: &OpRequest) -> (Need, &'static str) {
+    match op_of(req) {
+        Some(Op::Scrub(_)) => (Need::All, "scrub or repair pgs"),
+        Some(op) if is_write(op) => (Need::Write, "write objects"),
+        _ => (Need::Read, "read objects"),
+    }
 }
 
 /// The PG of an op, its members, and this OSD's place among them.
@@ -103,13 +115,14 @@ struct Target {
 
 pub async fn handle_op(node: &OsdNode, req: OpRequest) -> OpReply {
     let writes = op_writes(&req);
-    let written = match req.op.as_ref().and_then(|o| o.op.as_ref()) {
+    let client_io = !matches!(op_of(&req), Some(Op::Scrub(_)));
+    let written = match op_of(&req) {
         Some(Op::WriteFull(d) | Op::Append(d)) => d.len(),
         Some(Op::Write(w)) => w.data.len(),
         _ => 0,
     } as u64;
     let out = handle_op_inner(node, req).await;
-    if out.result == OpResult::Ok as i32 {
+    if out.result == OpResult::Ok as i32 && client_io {
         let io = &node.io;
         let (ops, bytes, n) = if writes {
             (&io.writes, &io.written_bytes, written)
@@ -157,15 +170,20 @@ fn route<'a>(
             format!("pool {} does not exist", req.pool),
         ));
     };
-    let pg = match req.op.as_ref().and_then(|o| o.op.as_ref()) {
-        Some(Op::List(l)) if l.pg < pool.pg_num => PgId {
+    let whole_pg = match op_of(req) {
+        Some(Op::List(l)) => Some(l.pg),
+        Some(Op::Scrub(s)) => Some(s.pg),
+        _ => None,
+    };
+    let pg = match whole_pg {
+        Some(seed) if seed < pool.pg_num => PgId {
             pool: req.pool,
-            seed: l.pg,
+            seed,
         },
-        Some(Op::List(l)) => {
+        Some(seed) => {
             return Err(refuse(
                 OpResult::Invalid,
-                format!("pool {} has no pg {:x}", pool.name, l.pg),
+                format!("pool {} has no pg {seed:x}", pool.name),
             ))
         }
         _ => {
@@ -198,20 +216,10 @@ fn route<'a>(
 
 /// The PG's members in `osdmap` when OSD `me` is its primary there.
 fn target_of(me: u32, osdmap: &OsdMap, pool: &Pool, pg: PgId) -> Option<Target> {
-    let acting = pg_acting(osdmap, pool, pg);
-    if primary(&acting) != Some(me) {
+    if primary(&pg_acting(osdmap, pool, pg)) != Some(me) {
         return None;
     }
-    let erasure = pool.is_erasure();
-    let members: Vec<Member> = acting
-        .iter()
-        .enumerate()
-        .filter(|(_, osd)| **osd != NO_OSD)
-        .map(|(i, osd)| Member {
-            osd: *osd,
-            shard: if erasure { i as i32 } else { -1 },
-        })
-        .collect();
+    let members = crate::peering::members_of(osdmap, pool, pg);
     let me = *members.iter().find(|m| m.osd == me)?;
     Some(Target { pg, members, me })
 }
@@ -301,6 +309,23 @@ async fn serve(
         tracing::info!(pg = %t.pg, %why, "pg not active yet");
         return reply(OpResult::Retry, format!("pg {} is peering: {why}", t.pg));
     }
+    if let Op::Scrub(how) = op {
+        drop(st);
+        let scrub = Scrub {
+            node,
+            pg: &pg,
+            members: &t.members,
+            codec: codec.as_ref(),
+            epoch,
+        };
+        return match scrub.run(&how).await {
+            Ok(result) => OpReply {
+                scrub: Some(result),
+                ..reply(OpResult::Ok, "")
+            },
+            Err(why) => reply(OpResult::Retry, why),
+        };
+    }
     match (is_write(&op), &codec) {
         (true, _) => {
             write(
@@ -316,54 +341,77 @@ async fn serve(
             .await
         }
         (false, Some(c)) => erasure::read(node, &pg, &t.members, c, object, op).await,
-        (false, None) => read(node, &pg, object, op).await,
+        (false, None) => read_replicated(node, &pg, &mut st, &t.members, object, op, epoch).await,
     }
 }
 
-async fn read(node: &OsdNode, pg: &Pg, object: &str, op: Op) -> OpReply {
+/// A read of a replicated object on the primary. A copy failing its checksums is rewritten
+/// from another member and read again: the client gets the right bytes or an error, never
+/// the damaged ones.
+async fn read_replicated(
+    node: &OsdNode,
+    pg: &Pg,
+    st: &mut PgState,
+    members: &[Member],
+    object: &str,
+    op: Op,
+    epoch: u64,
+) -> OpReply {
+    match read(node, pg, object, op.clone()).await {
+        Ok(out) => out,
+        Err(e @ StoreError::ChecksumMismatch { .. }) => {
+            metrics::counter!("cairn_osd_checksum_errors_total").increment(1);
+            tracing::error!(pg = %pg.id, object, error = %e, "read failed its checksum; repairing from a replica");
+            match scrub::repair_local_copy(node, pg, st, members, object, epoch).await {
+                Ok(()) => read(node, pg, object, op)
+                    .await
+                    .unwrap_or_else(|e| store_error(&e)),
+                Err(why) => reply(
+                    OpResult::IoError,
+                    format!("{e}; no intact copy to repair it from: {why}"),
+                ),
+            }
+        }
+        Err(e) => store_error(&e),
+    }
+}
+
+async fn read(node: &OsdNode, pg: &Pg, object: &str, op: Op) -> Result<OpReply, StoreError> {
     let coll = pg.coll.clone();
     let oid = object.to_string();
-    let result = node
-        .blocking(move |store| {
-            let mut out = reply(OpResult::Ok, "");
-            match op {
-                Op::Read(r) => {
-                    out.data = store.read(&coll, &oid, r.offset, r.length)?;
-                    out.size = store.stat(&coll, &oid)?;
-                }
-                Op::Stat(_) => {
-                    out.size = store.stat(&coll, &oid)?;
-                    out.version = decode_u64(store.getattrs(&coll, &oid)?.get(ATTR_VERSION));
-                }
-                Op::GetXattrs(_) => out.xattrs = user_attrs(&store.getattrs(&coll, &oid)?),
-                Op::OmapGet(range) => {
-                    let after = (!range.after.is_empty()).then_some(range.after.as_slice());
-                    let max = range.max.clamp(1, PAGE_ENTRIES_MAX) as usize;
-                    out.omap = store
-                        .omap_get(&coll, &oid, after, max)?
-                        .into_iter()
-                        .map(|(key, value)| cairn_common::proto::BytesKeyValue { key, value })
-                        .collect();
-                }
-                Op::List(l) => {
-                    let after = (!l.after.is_empty()).then_some(l.after.as_str());
-                    let max = l.max.clamp(1, PAGE_ENTRIES_MAX) as usize;
-                    let (names, next) = store.list(&coll, after, max)?;
-                    out.objects = names.into_iter().filter(|n| n != PG_META).collect();
-                    out.next = next.unwrap_or_default();
-                }
-                _ => return Err(StoreError::Invalid("not a read".into())),
+    node.blocking(move |store| {
+        let mut out = reply(OpResult::Ok, "");
+        match op {
+            Op::Read(r) => {
+                out.data = store.read(&coll, &oid, r.offset, r.length)?;
+                out.size = store.stat(&coll, &oid)?;
             }
-            Ok(out)
-        })
-        .await;
-    result.unwrap_or_else(|e| {
-        if let StoreError::ChecksumMismatch { .. } = e {
-            metrics::counter!("cairn_osd_checksum_errors_total").increment(1);
-            tracing::error!(pg = %pg.id, object, error = %e, "read failed its checksum");
+            Op::Stat(_) => {
+                out.size = store.stat(&coll, &oid)?;
+                out.version = decode_u64(store.getattrs(&coll, &oid)?.get(ATTR_VERSION));
+            }
+            Op::GetXattrs(_) => out.xattrs = user_attrs(&store.getattrs(&coll, &oid)?),
+            Op::OmapGet(range) => {
+                let after = (!range.after.is_empty()).then_some(range.after.as_slice());
+                let max = range.max.clamp(1, PAGE_ENTRIES_MAX) as usize;
+                out.omap = store
+                    .omap_get(&coll, &oid, after, max)?
+                    .into_iter()
+                    .map(|(key, value)| cairn_common::proto::BytesKeyValue { key, value })
+                    .collect();
+            }
+            Op::List(l) => {
+                let after = (!l.after.is_empty()).then_some(l.after.as_str());
+                let max = l.max.clamp(1, PAGE_ENTRIES_MAX) as usize;
+                let (names, next) = store.list(&coll, after, max)?;
+                out.objects = names.into_iter().filter(|n| !is_internal(n)).collect();
+                out.next = next.unwrap_or_default();
+            }
+            _ => return Err(StoreError::Invalid("not a read".into())),
         }
-        store_error(&e)
+        Ok(out)
     })
+    .await
 }
 
 /// The object's size and whether it exists, as the PG holds it now.
@@ -461,10 +509,28 @@ async fn write(
         Some(codec) => erasure::plan_write(node, pg, members, codec, object, op).await,
         None => plan_replicated(node, pg, members, object, op).await,
     };
-    match plan {
-        Ok(plan) => commit(node, pg, st, object, reqid, plan).await,
-        Err(r) => *r,
+    let plan = match plan {
+        Ok(plan) => plan,
+        Err(refusal) => return *refusal,
+    };
+    let existed = exists_here(node, pg, object).await;
+    let stash = codec.is_some_and(|c| crate::stash::needed(c.k(), members.len()));
+    let out = commit(node, pg, st, object, reqid, plan, stash).await;
+    if out.result == OpResult::Ok as i32 {
+        let exists = exists_here(node, pg, object).await;
+        node.pg_records.update(pg.id, |r| {
+            r.objects = (r.objects + u64::from(exists)).saturating_sub(u64::from(existed));
+        });
     }
+    out
+}
+
+/// Whether this member holds the object (for the PG's object count).
+async fn exists_here(node: &OsdNode, pg: &Pg, object: &str) -> bool {
+    let (coll, oid) = (pg.coll.clone(), object.to_string());
+    node.blocking(move |store| Ok(store.getattrs(&coll, &oid).is_ok()))
+        .await
+        .unwrap_or(false)
 }
 
 async fn plan_replicated(
@@ -491,7 +557,8 @@ async fn plan_replicated(
 }
 
 /// Applies a planned write here and on every other member at once, at the PG's next
-/// version; acknowledges only when all have it durable.
+/// version; acknowledges only when all have it durable. With `stash`, members keep the
+/// object's previous state until the next change (see `stash`).
 async fn commit(
     node: &OsdNode,
     pg: &Pg,
@@ -499,6 +566,7 @@ async fn commit(
     object: &str,
     reqid: &str,
     plan: Plan,
+    stash: bool,
 ) -> OpReply {
     let interval_epoch = st.active.unwrap_or(0);
     let version = next_version(st.last_update, interval_epoch);
@@ -513,6 +581,8 @@ async fn commit(
         prior_version: st.last_update,
         recovery: false,
         reqid: reqid.to_string(),
+        stash,
+        ..SubOpRequest::default()
     };
     let mut local = None;
     let mut remote = Vec::new();

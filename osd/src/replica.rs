@@ -5,15 +5,15 @@ use std::collections::HashMap;
 
 use cairn_common::placement::PgId;
 use cairn_common::proto::{
-    Mutation, OpResult, PgPullReply, PgQueryReply, ShardReadReply, ShardReadRequest, SubOpReply,
-    SubOpRequest,
+    LogEntry, Mutation, OpResult, PgPullReply, PgQueryReply, ShardReadReply, ShardReadRequest,
+    SubOpReply, SubOpRequest,
 };
 
 use crate::error::StoreError;
 use crate::mutation::{self, decode_u64, ATTR_VERSION};
 use crate::node::OsdNode;
-use crate::pg::{Pg, PgState, PG_META};
-use crate::Transaction;
+use crate::pg::{is_internal, Pg, PgState};
+use crate::{stash, Transaction};
 
 /// Loads the member's PG state from the store once (creating its collection on first use).
 pub async fn ensure_loaded(node: &OsdNode, pg: &Pg, st: &mut PgState) -> Result<(), StoreError> {
@@ -94,11 +94,33 @@ pub async fn apply_locked(
             ),
         );
     }
-    let mut txn = Transaction::new();
     let set_version_only = req.recovery && req.object.is_empty();
+    let stashing = req.stash && !req.recovery && !set_version_only;
+    let existed = if stashing {
+        match exists(node, &pg.coll, &req.object).await {
+            Ok(e) => e,
+            Err(e) => return sub_reply(result_of(&e), e.to_string()),
+        }
+    } else {
+        false
+    };
+    let mut txn = Transaction::new();
+    let new_log: Option<Vec<(u64, String)>> = (set_version_only && req.replace_log)
+        .then(|| req.log.into_iter().map(|e| (e.version, e.reqid)).collect());
     if set_version_only {
         PgState::set_last_update_ops(&mut txn, &pg.coll, req.version);
+        if let Some(entries) = &new_log {
+            PgState::replace_log_ops(&mut txn, &pg.coll, entries);
+        }
+        // Every member is in line: no write can need rolling back.
+        if st.stashed {
+            stash::clear_ops(&mut txn, &pg.coll);
+        }
     } else {
+        if stashing {
+            let (coll, oid) = (&pg.coll, &req.object);
+            stash::stash_ops(&mut txn, coll, oid, req.version, existed, st.stashed);
+        }
         if let Err(e) =
             mutation::to_store_ops(&mut txn, &pg.coll, &req.object, req.mutations, req.version)
         {
@@ -112,7 +134,12 @@ pub async fn apply_locked(
         Ok(()) => {
             if set_version_only {
                 st.last_update = req.version;
+                st.stashed = false;
+                if let Some(entries) = new_log {
+                    st.replaced_log(entries);
+                }
             } else if !req.recovery {
+                st.stashed |= stashing;
                 st.logged(req.version, &req.reqid);
             }
             sub_reply(OpResult::Ok, "")
@@ -122,6 +149,16 @@ pub async fn apply_locked(
             sub_reply(result_of(&e), e.to_string())
         }
     }
+}
+
+async fn exists(node: &OsdNode, coll: &str, oid: &str) -> Result<bool, StoreError> {
+    let (coll, oid) = (coll.to_string(), oid.to_string());
+    node.blocking(move |store| match store.getattrs(&coll, &oid) {
+        Ok(_) => Ok(true),
+        Err(StoreError::NoObject { .. }) => Ok(false),
+        Err(e) => Err(e),
+    })
+    .await
 }
 
 /// The member's version of the PG and of every object in it.
@@ -153,15 +190,31 @@ pub async fn query_locked(node: &OsdNode, pg: &Pg, st: &mut PgState, epoch: u64)
         };
     }
     let coll = pg.coll.clone();
+    let stashed = st.stashed;
     let objects = node
-        .blocking(move |store| object_versions(store, &coll))
+        .blocking(move |store| {
+            let stash = if stashed {
+                stash::read(store, &coll)?
+            } else {
+                None
+            };
+            Ok((object_versions(store, &coll)?, stash))
+        })
         .await;
     match objects {
-        Ok(objects) => PgQueryReply {
+        Ok((objects, stashed)) => PgQueryReply {
             result: OpResult::Ok as i32,
             message: String::new(),
             last_update: st.last_update,
             objects,
+            stashed,
+            log: st
+                .entries()
+                .map(|(version, reqid)| LogEntry {
+                    version: *version,
+                    reqid: reqid.clone(),
+                })
+                .collect(),
         },
         Err(e) => PgQueryReply {
             result: result_of(&e) as i32,
@@ -179,7 +232,7 @@ fn object_versions(
     let mut after: Option<String> = None;
     loop {
         let (names, next) = store.list(coll, after.as_deref(), 1024)?;
-        for name in names.into_iter().filter(|n| n != PG_META) {
+        for name in names.into_iter().filter(|n| !is_internal(n)) {
             let attrs = store.getattrs(coll, &name)?;
             out.insert(name, decode_u64(attrs.get(ATTR_VERSION)));
         }

@@ -17,7 +17,7 @@ use cairn_common::proto::osd_server::Osd;
 use cairn_common::proto::*;
 
 use crate::node::OsdNode;
-use crate::{primary, replica};
+use crate::{primary, replica, scrub};
 
 /// Verifies the ticket of every call before its handler runs, and refuses tickets the auth
 /// map has revoked since they were issued.
@@ -108,11 +108,7 @@ impl Drop for Admission {
 impl Osd for OsdService {
     async fn op(&self, req: Request<OpRequest>) -> Result<Response<OpReply>, Status> {
         let ticket = ticket_of(&req)?;
-        let (need, action) = if primary::op_writes(req.get_ref()) {
-            (Need::Write, "write objects")
-        } else {
-            (Need::Read, "read objects")
-        };
+        let (need, action) = primary::op_need(req.get_ref());
         ticket.require("osd", need, action).map_err(auth_status)?;
         let limit = self.node.settings.ops_in_flight_max + self.node.settings.op_queue_max;
         let admission = Admission(self.admitted.clone());
@@ -201,6 +197,17 @@ impl Osd for OsdService {
         Ok(Response::new(
             replica::shard_read(&self.node, req.into_inner()).await,
         ))
+    }
+
+    async fn scrub_map(
+        &self,
+        req: Request<ScrubMapRequest>,
+    ) -> Result<Response<ScrubMapReply>, Status> {
+        require_peer(&req)?;
+        let node = self.node.clone();
+        let req = req.into_inner();
+        let reply = to_completion(async move { scrub::scrub_map(&node, req).await }).await?;
+        Ok(Response::new(reply))
     }
 
     async fn heartbeat(

@@ -83,7 +83,10 @@ async fn wrong_keys_missing_forged_and_expired_tickets_are_refused() {
 
     let mut mon = MonRpc::connect(format!("http://{addr}")).await.unwrap();
     // No ticket.
-    let s = mon.status(StatusRequest {}).await.expect_err("no ticket");
+    let s = mon
+        .status(StatusRequest::default())
+        .await
+        .expect_err("no ticket");
     assert_eq!(s.code(), Code::Unauthenticated);
     assert!(s.message().contains("no ticket"), "{}", s.message());
 
@@ -96,7 +99,7 @@ async fn wrong_keys_missing_forged_and_expired_tickets_are_refused() {
         expires_at_ms: u64::MAX,
     });
     let s = mon
-        .status(bearer(StatusRequest {}, &forged))
+        .status(bearer(StatusRequest::default(), &forged))
         .await
         .expect_err("forged");
     assert_eq!(s.code(), Code::Unauthenticated);
@@ -104,13 +107,13 @@ async fn wrong_keys_missing_forged_and_expired_tickets_are_refused() {
 
     let admin_key = keyring(&c).key("client.admin").unwrap().clone();
     let good = raw_ticket(&addr, "client.admin", &admin_key).await;
-    mon.status(bearer(StatusRequest {}, &good))
+    mon.status(bearer(StatusRequest::default(), &good))
         .await
         .expect("a valid ticket works");
     let (_, sig) = good.split_once('.').unwrap();
     let tampered = format!("{}.{sig}", forged.split_once('.').unwrap().0);
     let s = mon
-        .status(bearer(StatusRequest {}, &tampered))
+        .status(bearer(StatusRequest::default(), &tampered))
         .await
         .expect_err("tampered");
     assert_eq!(s.code(), Code::Unauthenticated);

@@ -27,6 +27,18 @@ fn ok(dir: &Path, args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// The output of `cairn ARGS` once `settled` holds for it (polled for 10 s): PG states come
+/// with the primaries' next beacons.
+fn eventually(dir: &Path, args: &[&str], settled: impl Fn(&str) -> bool) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut out = ok(dir, args);
+    while !settled(&out) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        out = ok(dir, args);
+    }
+    out
+}
+
 fn fails(dir: &Path, args: &[&str]) -> String {
     let out = cairn(dir, args);
     assert!(!out.status.success(), "cairn {args:?} should fail");
@@ -165,9 +177,12 @@ fn dev_cluster_and_admin_commands_work_from_the_command_line() {
         );
         assert_eq!(ok(&dir, &["rados", "ls", pool]), "greeting\n");
     }
-    let status = ok(&dir, &["status"]);
+    let status = eventually(&dir, &["status"], |s| {
+        s.contains("pgs:     72 active+clean") && s.contains("objects: 2 objects")
+    });
     assert!(status.contains("pools:   2 pools, 72 pgs"), "{status}");
     assert!(status.contains("pgs:     72 active+clean"), "{status}");
+    assert!(status.contains("objects: 2 objects"), "{status}");
     let tree: serde_json::Value =
         serde_json::from_str(&ok(&dir, &["osd", "tree", "--format", "json"])).unwrap();
     let statuses: Vec<&str> = tree["nodes"]
@@ -200,7 +215,10 @@ fn dev_cluster_and_admin_commands_work_from_the_command_line() {
         df.contains("--- RAW STORAGE ---") && df.contains("erasure 2+1"),
         "{df}"
     );
-    assert!(ok(&dir, &["pg", "stat"]).starts_with("72 pgs: 72 active+clean; "));
+    let stat = eventually(&dir, &["pg", "stat"], |s| {
+        s.starts_with("72 pgs: 72 active+clean; ")
+    });
+    assert!(stat.starts_with("72 pgs: 72 active+clean; "), "{stat}");
 
     // A dead mon shows in health detail; dev start brings it back.
     ok(&dir, &["dev", "kill", "mon", "c"]);

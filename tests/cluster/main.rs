@@ -4,9 +4,12 @@
 
 mod auth;
 mod cli;
+mod healing;
 mod linearizable;
 mod membership;
 mod persistence;
 mod quorum;
 mod rados;
+mod scrub;
 mod store_crash;
+mod thrash;

@@ -12,11 +12,16 @@ use cairn_common::command::Command;
 use cairn_common::maps::{FailureDomain, PoolKind};
 use cairn_tests::{seed, wait_for, TestCluster};
 
-const POOL: &str = "rep";
-const EC_POOL: &str = "ec";
+pub const POOL: &str = "rep";
+pub const EC_POOL: &str = "ec";
 
 async fn cluster_with_pool() -> (TestCluster, Rados) {
-    let c = TestCluster::start_with_osds(3, 3, &[]).await;
+    cluster_with_pools(&[]).await
+}
+
+/// 3 mons, 3 OSDs, pools `rep` (replicated, 32 PGs) and `ec` (2+1, 16 PGs), and a client.
+pub async fn cluster_with_pools(overrides: &[&str]) -> (TestCluster, Rados) {
+    let c = TestCluster::start_with_osds(3, 3, overrides).await;
     let admin = c.admin();
     admin
         .command(Command::PoolCreate {
@@ -53,7 +58,7 @@ fn random_len(rng: &mut impl Rng, range: std::ops::Range<usize>) -> Vec<u8> {
     payload(rng, len)
 }
 
-fn payload(rng: &mut impl RngCore, len: usize) -> Vec<u8> {
+pub fn payload(rng: &mut impl RngCore, len: usize) -> Vec<u8> {
     let mut v = vec![0u8; len];
     rng.fill_bytes(&mut v);
     v
@@ -360,7 +365,7 @@ async fn a_corrupt_shard_is_read_around() {
     );
 }
 
-fn corrupt(block: &std::path::Path, offset: u64) {
+pub fn corrupt(block: &std::path::Path, offset: u64) {
     use std::os::unix::fs::FileExt;
     let f = std::fs::OpenOptions::new()
         .write(true)

@@ -4,6 +4,7 @@ pub mod admin;
 pub mod bench;
 pub mod dev;
 pub mod osd;
+pub mod pg;
 pub mod rados;
 
 use anyhow::Context;
@@ -30,7 +31,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             osd::run(&connect(&cli)?, cmd, domain, cli.format).await
         }
         Cmd::Rados(cmd) => rados::run(&connect_rados(&cli).await?, cmd, cli.format).await,
-        Cmd::Pg(cmd) => rados::pg(&connect_rados(&cli).await?, cmd, cli.format).await,
+        Cmd::Pg(cmd) => pg::run(&connect_rados(&cli).await?, cmd, cli.format).await,
         Cmd::Df => osd::df(&connect(&cli)?, cli.format).await,
         Cmd::Bench(args) => {
             let rados = std::sync::Arc::new(connect_rados(&cli).await?);

@@ -1,4 +1,4 @@
-//! `cairn rados …` (objects for people, like the `rados` tool) and `cairn pg map`.
+//! `cairn rados …`: objects for people, like the `rados` tool.
 
 use std::io::{Read, Write};
 use std::path::PathBuf;
@@ -35,14 +35,6 @@ pub enum RadosCmd {
     Ls { pool: String },
     /// An object's size and version.
     Stat { pool: String, object: String },
-}
-
-#[derive(Subcommand)]
-pub enum PgCmd {
-    /// The PG an object maps to and the OSDs serving it.
-    Map { pool: String, object: String },
-    /// PG states and space in one line.
-    Stat,
 }
 
 pub async fn run(rados: &Rados, cmd: &RadosCmd, format: Format) -> anyhow::Result<()> {
@@ -98,21 +90,6 @@ pub async fn run(rados: &Rados, cmd: &RadosCmd, format: Format) -> anyhow::Resul
                 },
             )
         }
-    }
-}
-
-pub async fn pg(rados: &Rados, cmd: &PgCmd, format: Format) -> anyhow::Result<()> {
-    match cmd {
-        PgCmd::Map { pool, object } => {
-            let (pg, acting) = rados.locate(pool, object)?;
-            let epoch = rados.maps().osdmap.epoch;
-            emit(
-                format,
-                &json!({ "epoch": epoch, "pgid": pg.to_string(), "acting": acting }),
-                || format!("osdmap e{epoch} pg {pg} object '{object}' -> acting {acting:?}\n"),
-            )
-        }
-        PgCmd::Stat => super::osd::pg_stat(rados.monc(), format).await,
     }
 }
 

@@ -1,0 +1,82 @@
+//! What this OSD knows of the PGs it is the primary of — whether each is active for the
+//! current map and why not, its object count, its scrub results — for the beacons to carry to
+//! the mons (`cairn status`, `cairn pg ls`, health). Kept in memory: a new primary learns
+//! the numbers again when it activates and scrubs.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use cairn_common::maps::OsdMap;
+use cairn_common::placement::{all_pgs, pg_acting, primary, PgId};
+use cairn_common::proto::PgReport;
+
+#[derive(Clone, Debug, Default)]
+pub struct PgRecord {
+    /// The map epoch the PG was last activated for (0 = never).
+    pub active_epoch: u64,
+    /// Why the last activation failed (cleared when one succeeds).
+    pub blocked: String,
+    pub objects: u64,
+    pub scrub_errors: u64,
+    pub scrubbing: bool,
+    pub last_scrub_ms: u64,
+    pub last_deep_scrub_ms: u64,
+}
+
+#[derive(Default)]
+pub struct PgRecords(Mutex<HashMap<PgId, PgRecord>>);
+
+impl PgRecords {
+    /// Changes the record of `pg`, creating it on first use.
+    pub fn update<T>(&self, pg: PgId, change: impl FnOnce(&mut PgRecord) -> T) -> T {
+        let mut all = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        change(all.entry(pg).or_default())
+    }
+
+    pub fn get(&self, pg: PgId) -> Option<PgRecord> {
+        let all = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        all.get(&pg).cloned()
+    }
+
+    /// Reports of the PGs OSD `me` is the primary of in `osdmap`. A PG not activated for
+    /// this epoch yet reports inactive, with the last reason it could not activate.
+    pub fn reports(&self, me: u32, osdmap: &OsdMap) -> Vec<PgReport> {
+        let all = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out = Vec::new();
+        for (id, pool) in &osdmap.pools {
+            for pg in all_pgs(*id, pool) {
+                if primary(&pg_acting(osdmap, pool, pg)) != Some(me) {
+                    continue;
+                }
+                let r = all.get(&pg).cloned().unwrap_or_default();
+                let active = r.active_epoch == osdmap.epoch;
+                let blocked = match (active, r.blocked.is_empty()) {
+                    (true, _) => String::new(),
+                    (false, true) => format!("bringing members in line for epoch {}", osdmap.epoch),
+                    (false, false) => r.blocked,
+                };
+                out.push(PgReport {
+                    pool: pg.pool,
+                    pg: pg.seed,
+                    osdmap_epoch: osdmap.epoch,
+                    active,
+                    blocked,
+                    objects: r.objects,
+                    scrub_errors: r.scrub_errors,
+                    scrubbing: r.scrubbing,
+                    last_scrub_ms: r.last_scrub_ms,
+                    last_deep_scrub_ms: r.last_deep_scrub_ms,
+                });
+            }
+        }
+        out
+    }
+}
+
+/// Unix time in milliseconds.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

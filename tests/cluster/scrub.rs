@@ -1,0 +1,201 @@
+//! Scrub and repair through real OSDs: blocks of one OSD's data file are damaged while it is
+//! stopped; reads stay correct; a deep scrub finds the damage, marks the PGs inconsistent
+//! and raises health; `repair` rewrites the bad copies; everything is clean after, down to
+//! each OSD's `fsck --deep`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use rand::{Rng, SeedableRng};
+
+use cairn_client::dev::Kind;
+use cairn_client::Rados;
+use cairn_common::placement::{all_pgs, PgId};
+use cairn_tests::{seed, wait_for, TestCluster};
+
+use crate::rados::{cluster_with_pools, corrupt, payload, EC_POOL, POOL};
+
+/// Scrubs every PG of both pools; answers (objects, errors, repaired) summed.
+async fn scrub_all(rados: &Rados, deep: bool, repair: bool) -> (u64, u64, u64) {
+    let maps = rados.maps();
+    let pgs: Vec<PgId> = maps
+        .osdmap
+        .pools
+        .iter()
+        .flat_map(|(id, pool)| all_pgs(*id, pool))
+        .collect();
+    let mut sum = (0, 0, 0);
+    for pg in pgs {
+        let r = rados.scrub(pg, deep, repair).await.expect("scrub");
+        sum.0 += r.objects;
+        sum.1 += r.errors;
+        sum.2 += r.repaired;
+    }
+    sum
+}
+
+/// Flips bytes in up to `blocks` distinct random data blocks of OSD `osd`'s objects (it must be
+/// stopped); answers the damaged (collection, object) pairs.
+fn damage_blocks(
+    c: &TestCluster,
+    osd: u32,
+    blocks: usize,
+    rng: &mut impl Rng,
+) -> BTreeSet<(String, String)> {
+    let dir = c.dir().join(format!("osd.{osd}"));
+    let mut candidates = Vec::new();
+    {
+        let store = cairn_osd::ObjectStore::open(&dir, &cairn_osd::StoreConfig::default())
+            .expect("open the stopped OSD's store");
+        for coll in store.list_collections().unwrap() {
+            let (names, _) = store.list(&coll, None, usize::MAX).unwrap();
+            for name in names.into_iter().filter(|n| !n.starts_with('\u{1}')) {
+                for e in store.object_extents(&coll, &name).unwrap() {
+                    for b in 0..e.len() {
+                        candidates.push((coll.clone(), name.clone(), e.pblock + b));
+                    }
+                }
+            }
+        }
+    }
+    assert!(!candidates.is_empty(), "osd.{osd} holds no data to damage");
+    let mut damaged = BTreeSet::new();
+    // Distinct blocks: flipping one twice would mend it.
+    let picks = rand::seq::index::sample(rng, candidates.len(), blocks.min(candidates.len()));
+    for i in picks {
+        let (coll, name, block) = candidates[i].clone();
+        corrupt(
+            &dir.join("block"),
+            block * cairn_osd::BLOCK_BYTES as u64 + 100,
+        );
+        damaged.insert((coll, name));
+    }
+    damaged
+}
+
+async fn health_codes(c: &TestCluster) -> Vec<String> {
+    c.status()
+        .await
+        .health
+        .checks
+        .iter()
+        .map(|h| h.code.clone())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn deep_scrub_finds_damage_and_repair_mends_it() {
+    let seed = seed("deep_scrub_finds_damage_and_repair_mends_it");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    // Checksum failures are left for `repair` here, so the inconsistent state shows.
+    let (c, rados) = cluster_with_pools(&["osd.scrub_auto_repair=false"]).await;
+    let mut written = BTreeMap::new();
+    for i in 0..60 {
+        let pool = if i % 2 == 0 { POOL } else { EC_POOL };
+        let len = rng.gen_range(1..300_000);
+        let data = payload(&mut rng, len);
+        let name = format!("obj-{i}");
+        rados.write_full(pool, &name, data.clone()).await.unwrap();
+        written.insert((pool, name), data);
+    }
+    let (objects, errors, _) = scrub_all(&rados, true, false).await;
+    assert_eq!(
+        (objects as usize, errors),
+        (60, 0),
+        "seed {seed}: a clean cluster"
+    );
+
+    let victim = rng.gen_range(0..3u32);
+    c.cluster
+        .stop(Kind::Osd, &victim.to_string(), Duration::from_secs(10))
+        .unwrap();
+    let damaged = damage_blocks(&c, victim, 24, &mut rng);
+    eprintln!(
+        "seed {seed}: damaged {} objects' copies on osd.{victim}",
+        damaged.len()
+    );
+    c.cluster.start(Kind::Osd, &victim.to_string()).unwrap();
+    c.wait_healthy(Duration::from_secs(60)).await;
+
+    // Reads return the right bytes whatever copy is damaged.
+    for ((pool, name), want) in &written {
+        let got = rados.read_all(pool, name, 1 << 20).await.expect("read");
+        assert!(got == *want, "seed {seed}: {pool}/{name} read back wrong");
+    }
+
+    let (_, errors, repaired) = scrub_all(&rados, true, false).await;
+    assert!(
+        errors > 0,
+        "seed {seed}: deep scrub found none of the damage"
+    );
+    assert_eq!(repaired, 0, "seed {seed}: repaired without being asked");
+    wait_for(
+        Duration::from_secs(10),
+        "health to show the damage",
+        || async {
+            let codes = health_codes(&c).await;
+            (codes.contains(&"PG_DAMAGED".to_string())
+                && codes.contains(&"OSD_SCRUB_ERRORS".to_string()))
+            .then_some(())
+        },
+    )
+    .await;
+    let inconsistent = c.admin().pg_list().await.unwrap();
+    assert!(
+        inconsistent
+            .iter()
+            .any(|r| r.state.contains("inconsistent") && r.scrub_errors > 0),
+        "seed {seed}: no PG listed inconsistent"
+    );
+
+    let (_, errors, repaired) = scrub_all(&rados, true, true).await;
+    assert_eq!(errors, repaired, "seed {seed}: repair left errors");
+    let (_, errors, _) = scrub_all(&rados, true, false).await;
+    assert_eq!(errors, 0, "seed {seed}: deep scrub after repair");
+    c.wait_healthy(Duration::from_secs(10)).await;
+    for ((pool, name), want) in &written {
+        let got = rados.read_all(pool, name, 1 << 20).await.expect("read");
+        assert!(
+            got == *want,
+            "seed {seed}: {pool}/{name} wrong after repair"
+        );
+    }
+
+    c.cluster.stop_all(Duration::from_secs(10)).unwrap();
+    for osd in 0..3 {
+        let dir = c.dir().join(format!("osd.{osd}"));
+        let store = cairn_osd::ObjectStore::open(&dir, &cairn_osd::StoreConfig::default()).unwrap();
+        let report = store.fsck(true).unwrap();
+        assert!(report.is_clean(), "seed {seed}: osd.{osd} fsck: {report:?}");
+    }
+}
+
+/// With automatic repair (the default), a deep scrub mends checksum failures by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn checksum_failures_are_repaired_by_scrub() {
+    let seed = seed("checksum_failures_are_repaired_by_scrub");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let (c, rados) = cluster_with_pools(&[]).await;
+    for i in 0..20 {
+        let pool = if i % 2 == 0 { POOL } else { EC_POOL };
+        let data = payload(&mut rng, 50_000 + i * 1000);
+        rados
+            .write_full(pool, &format!("o{i}"), data)
+            .await
+            .unwrap();
+    }
+    c.cluster
+        .stop(Kind::Osd, "1", Duration::from_secs(10))
+        .unwrap();
+    damage_blocks(&c, 1, 8, &mut rng);
+    c.cluster.start(Kind::Osd, "1").unwrap();
+    c.wait_healthy(Duration::from_secs(60)).await;
+    let (_, errors, repaired) = scrub_all(&rados, true, false).await;
+    assert!(errors > 0, "seed {seed}: nothing found");
+    assert_eq!(
+        errors, repaired,
+        "seed {seed}: checksum failures left unrepaired"
+    );
+    assert_eq!(scrub_all(&rados, true, false).await.1, 0, "seed {seed}");
+    assert!(!health_codes(&c).await.contains(&"PG_DAMAGED".to_string()));
+}
