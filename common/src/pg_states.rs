@@ -5,8 +5,9 @@
 //! `undersized+degraded+inactive` (it refuses ops). The primary's report refines that: a PG
 //! whose members it has not brought in line yet is `peering` (with why), one whose past
 //! members that may hold the newest writes are all down is `down` (naming them), one being
-//! scrubbed gains `+scrubbing`, one whose last scrub left errors gains `+inconsistent`. A report counts
-//! only when it comes from the PG's primary in the current map.
+//! scrubbed gains `+scrubbing`, one whose last scrub left errors gains `+inconsistent`. A
+//! report counts only when it comes from the PG's primary in the current map; one from an
+//! older epoch leaves the PG `peering` (every map change has the primary peer again).
 
 use std::collections::BTreeMap;
 
@@ -90,6 +91,9 @@ pub fn row(map: &OsdMap, pool: &Pool, pg: PgId, reports: &PgReports) -> PgRow {
     let up = acting.iter().filter(|o| **o != NO_OSD).count();
     let primary = primary(&acting);
     let from_primary = reports.get(&pg).filter(|r| Some(r.osd) == primary);
+    // A report from before the current map says nothing of this epoch: every map change
+    // has the primary bring the members in line again.
+    let stale = from_primary.filter(|r| r.epoch < map.epoch);
     let blocked_report = from_primary.filter(|r| !r.active);
     let report = from_primary.cloned().unwrap_or_default();
     let mut blocked = String::new();
@@ -100,6 +104,9 @@ pub fn row(map: &OsdMap, pool: &Pool, pg: PgId, reports: &PgReports) -> PgRow {
             pool.min_size()
         );
         INACTIVE.to_string()
+    } else if stale.is_some() {
+        blocked = format!("the primary has not reported on epoch {} yet", map.epoch);
+        PEERING.to_string()
     } else if let Some(r) = blocked_report {
         match r.blocked.strip_prefix(DOWN_REASON_PREFIX) {
             Some(why) => {
@@ -265,6 +272,18 @@ mod tests {
             (PEERING, "waiting for osd.1")
         );
         assert_eq!(summarize(&map, &reports).inactive_count, 1);
+        // An active report of an older map does not make the PG active in a newer one.
+        reports.insert(
+            pg,
+            PgReport {
+                osd: primary,
+                active: true,
+                ..PgReport::default()
+            },
+        );
+        let mut newer = map.clone();
+        newer.epoch += 1;
+        assert_eq!(row(&newer, pool, pg, &reports).state, PEERING);
     }
 
     #[test]
