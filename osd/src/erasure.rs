@@ -22,7 +22,7 @@ use crate::mutation::{
 };
 use crate::node::OsdNode;
 use crate::pg::{is_internal, Pg};
-use crate::primary::{reply, Plan, PAGE_ENTRIES_MAX};
+use crate::primary::{reply, Plan, Planned, PAGE_ENTRIES_MAX};
 
 /// The pool's codec, or `None` for a replicated pool.
 pub fn codec_of(pool: &Pool) -> Result<Option<Codec>, String> {
@@ -183,7 +183,7 @@ pub async fn plan_write(
     codec: &Codec,
     object: &str,
     op: Op,
-) -> Result<Plan, Box<OpReply>> {
+) -> Result<Planned, Box<OpReply>> {
     let head = head(node, pg, object).await.map_err(store_refusal)?;
     let (size, version) = head.unwrap_or((0, 0));
     crate::primary::check_object_end(&op, head.map(|(s, _)| s))?;
@@ -198,7 +198,7 @@ pub async fn plan_write(
         version,
         size,
     };
-    match op {
+    let plan = match op {
         Op::WriteFull(data) => {
             let len = data.len() as u64;
             let shards = codec.encode(&data);
@@ -239,7 +239,11 @@ pub async fn plan_write(
             OpResult::Invalid,
             "erasure-coded pools keep no omap",
         )),
-    }
+    };
+    Ok(Planned {
+        plan: plan?,
+        existed: head.is_some(),
+    })
 }
 
 fn size_attr(size: u64) -> Mutation {

@@ -195,6 +195,11 @@ impl OsdNode {
             .clone()
     }
 
+    /// The PG member a request names by pool, PG seed and shard.
+    pub fn pg_of(&self, pool: u32, seed: u32, shard: i32) -> Arc<Pg> {
+        self.pg(PgId { pool, seed }, shard)
+    }
+
     /// Drops the in-memory state of a PG member whose collection is gone.
     pub fn forget_pg_collection(&self, coll: &str) {
         let mut pgs = self.pgs.lock().unwrap_or_else(|p| p.into_inner());

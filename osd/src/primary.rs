@@ -488,6 +488,13 @@ fn data_write(offset: u64, data: Vec<u8>) -> Option<cairn_common::proto::Mutatio
 /// erasure-code shard its own.
 pub type Plan = Vec<(Member, Vec<Mutation>)>;
 
+/// A planned write and whether the object existed before it (with whether it exists after,
+/// which the mutations say, this keeps the PG's object count without another lookup).
+pub struct Planned {
+    pub plan: Plan,
+    pub existed: bool,
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn write(
     node: &OsdNode,
@@ -505,32 +512,25 @@ async fn write(
             ..reply(OpResult::Ok, "already applied")
         };
     }
-    let plan = match codec {
+    let planned = match codec {
         Some(codec) => erasure::plan_write(node, pg, members, codec, object, op).await,
         None => plan_replicated(node, pg, members, object, op).await,
     };
-    let plan = match plan {
-        Ok(plan) => plan,
+    let Planned { plan, existed } = match planned {
+        Ok(planned) => planned,
         Err(refusal) => return *refusal,
     };
-    let existed = exists_here(node, pg, object).await;
+    let exists = plan
+        .first()
+        .is_some_and(|(_, muts)| !mutation::ends_removed(muts));
     let stash = codec.is_some_and(|c| crate::stash::needed(c.k(), members.len()));
     let out = commit(node, pg, st, object, reqid, plan, stash).await;
-    if out.result == OpResult::Ok as i32 {
-        let exists = exists_here(node, pg, object).await;
+    if out.result == OpResult::Ok as i32 && exists != existed {
         node.pg_records.update(pg.id, |r| {
             r.objects = (r.objects + u64::from(exists)).saturating_sub(u64::from(existed));
         });
     }
     out
-}
-
-/// Whether this member holds the object (for the PG's object count).
-async fn exists_here(node: &OsdNode, pg: &Pg, object: &str) -> bool {
-    let (coll, oid) = (pg.coll.clone(), object.to_string());
-    node.blocking(move |store| Ok(store.getattrs(&coll, &oid).is_ok()))
-        .await
-        .unwrap_or(false)
 }
 
 async fn plan_replicated(
@@ -539,7 +539,7 @@ async fn plan_replicated(
     members: &[Member],
     object: &str,
     op: Op,
-) -> Result<Plan, Box<OpReply>> {
+) -> Result<Planned, Box<OpReply>> {
     let size = current(node, pg, object)
         .await
         .map_err(|e| Box::new(store_error(&e)))?;
@@ -553,7 +553,10 @@ async fn plan_replicated(
     if let Some(first) = members.first() {
         plan.push((*first, mutations));
     }
-    Ok(plan)
+    Ok(Planned {
+        plan,
+        existed: size.is_some(),
+    })
 }
 
 /// Applies a planned write here and on every other member at once, at the PG's next

@@ -55,13 +55,7 @@ fn sub_reply(result: OpResult, message: impl Into<String>) -> SubOpReply {
 /// version exactly (`prior_version`); a member out of step refuses, and the primary brings it
 /// in line before writing again.
 pub async fn apply_sub_op(node: &OsdNode, req: SubOpRequest) -> SubOpReply {
-    let pg = node.pg(
-        PgId {
-            pool: req.pool,
-            seed: req.pg,
-        },
-        req.shard,
-    );
+    let pg = node.pg_of(req.pool, req.pg, req.shard);
     let mut st = pg.state.lock().await;
     apply_locked(node, &pg, &mut st, req).await
 }
@@ -275,13 +269,7 @@ pub async fn pull(node: &OsdNode, pg_id: PgId, shard: i32, object: String) -> Pg
 
 /// A byte range of the member's shard of `object`, with the object's version.
 pub async fn shard_read(node: &OsdNode, req: ShardReadRequest) -> ShardReadReply {
-    let pg = node.pg(
-        PgId {
-            pool: req.pool,
-            seed: req.pg,
-        },
-        req.shard,
-    );
+    let pg = node.pg_of(req.pool, req.pg, req.shard);
     let coll = pg.coll.clone();
     let result = node
         .blocking(move |store| {

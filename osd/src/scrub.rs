@@ -41,13 +41,7 @@ const DIGEST_READ_BYTES: u64 = 4 << 20;
 
 /// Describes the member's objects after `req.after` (with `deep`, reading every byte).
 pub async fn scrub_map(node: &OsdNode, req: ScrubMapRequest) -> ScrubMapReply {
-    let pg = node.pg(
-        PgId {
-            pool: req.pool,
-            seed: req.pg,
-        },
-        req.shard,
-    );
+    let pg = node.pg_of(req.pool, req.pg, req.shard);
     let coll = pg.coll.clone();
     let max = req.max.clamp(1, CHUNK_OBJECTS_MAX) as usize;
     let described = node
