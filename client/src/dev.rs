@@ -85,11 +85,12 @@ pub fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
         .collect())
 }
 
-/// Writes a new cluster's config and keyring: fsid, initial mons, `client.admin`, `mon.` and
-/// the keys of OSDs `0..osds`.
+/// Writes a new cluster's config and keyring: a new fsid, `client.admin`, `mon.` and the keys
+/// of OSDs `0..osds`; every other setting (the initial mons among them) comes from `config`.
+/// `overrides` (`section.option=value`) are validated and written into the file.
 pub fn bootstrap_files(
     dir: &Path,
-    mons: Vec<MonEndpoint>,
+    mut config: Config,
     osds: u32,
     overrides: &[String],
 ) -> anyhow::Result<Config> {
@@ -109,34 +110,51 @@ pub fn bootstrap_files(
         keyring.add(&format!("osd.{id}"), SecretKey::generate(), osd_caps());
     }
     keyring.save(&dir.join(KEYRING_FILE))?;
-    let mut config = Config {
-        fsid: Some(uuid::Uuid::new_v4()),
-        monitors: mons,
-        ..Config::default()
-    };
-    // OSDs on loopback, each picking a free port; all on one host, so pools spread over OSDs.
-    config.osd.addr = "127.0.0.1:0".into();
-    config.osd.host = "localhost".into();
-    config.client.pool_failure_domain = cairn_common::maps::FailureDomain::Osd;
-    save_config(dir, &config)?;
+    config.fsid = Some(uuid::Uuid::new_v4());
+    config.keyring = PathBuf::from(KEYRING_FILE);
+    write_config(dir, &config)?;
     // Re-read through the loader so overrides are validated and paths resolved.
     let loaded = Config::load(Some(&dir.join(CONF_FILE)), overrides)?;
     if !overrides.is_empty() {
-        save_config(dir, &loaded.config)?;
+        let mut with_overrides = loaded.config.clone();
+        with_overrides.keyring = config.keyring;
+        with_overrides.mon.data_dir = config.mon.data_dir;
+        with_overrides.osd.data_dir = config.osd.data_dir;
+        write_config(dir, &with_overrides)?;
     }
     Ok(loaded.config)
 }
 
-/// Writes a dev cluster's config with paths relative to its directory, atomically (by rename),
-/// so a reader never sees a half-written file.
+/// The settings of a dev cluster: OSDs on loopback, each picking a free port, all on one
+/// host (so pools spread over OSDs), stores inside the cluster's directory.
+fn dev_config(mons: Vec<MonEndpoint>) -> Config {
+    let mut config = Config {
+        monitors: mons,
+        ..Config::default()
+    };
+    config.osd.addr = "127.0.0.1:0".into();
+    config.osd.host = "localhost".into();
+    config.client.pool_failure_domain = cairn_common::maps::FailureDomain::Osd;
+    config.mon.data_dir = "mon.{name}".into();
+    config.osd.data_dir = "osd.{id}".into();
+    config
+}
+
+/// Writes a dev cluster's config with paths relative to its directory.
 fn save_config(dir: &Path, config: &Config) -> anyhow::Result<()> {
     let mut c = config.clone();
     c.keyring = PathBuf::from(KEYRING_FILE);
     c.mon.data_dir = "mon.{name}".into();
     c.osd.data_dir = "osd.{id}".into();
+    write_config(dir, &c)
+}
+
+/// Writes `cairn.toml` atomically (by rename), so a reader never sees a half-written file.
+fn write_config(dir: &Path, config: &Config) -> anyhow::Result<()> {
     let path = dir.join(CONF_FILE);
     let tmp = dir.join(format!("{CONF_FILE}.tmp"));
-    std::fs::write(&tmp, c.to_toml()).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::write(&tmp, config.to_toml())
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
     std::fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
 }
@@ -188,7 +206,7 @@ impl DevCluster {
                 admin_addr: Some(format!("127.0.0.1:{}", ports[2 * i + 1])),
             })
             .collect();
-        bootstrap_files(dir, endpoints, osds, overrides)?;
+        bootstrap_files(dir, dev_config(endpoints), osds, overrides)?;
         let cluster = DevCluster::open(dir, bin_dir)?;
         for name in cluster.mon_names()? {
             cluster.mkfs_mon(&name, false)?;

@@ -113,7 +113,8 @@ pub struct OsdSettings {
     pub host: String,
     /// gRPC listen address; port 0 picks a free port. `{id}` is replaced by the OSD's id.
     pub addr: String,
-    /// The address announced to peers and clients when `addr` listens on 0.0.0.0.
+    /// The address announced to peers and clients when `addr` listens on 0.0.0.0; empty picks
+    /// the local address of the route towards the mons.
     pub public_addr: String,
     /// Admin HTTP address (`/metrics`, `/healthz`, `/readyz`); empty disables it.
     pub admin_addr: String,

@@ -14,21 +14,38 @@ use tracing_subscriber::EnvFilter;
 use crate::config::LogSettings;
 
 /// Logs to stderr; `RUST_LOG` overrides the configured level.
-pub fn init_logging(settings: &LogSettings) {
+pub fn init_logging(settings: &LogSettings, to: LogTo) {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&settings.level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
     use std::io::IsTerminal;
+    let ansi = match to {
+        LogTo::Stdout => std::io::stdout().is_terminal(),
+        LogTo::Stderr => std::io::stderr().is_terminal(),
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
+        .with_ansi(ansi)
+        .with_writer(move || -> Box<dyn std::io::Write> {
+            match to {
+                LogTo::Stdout => Box::new(std::io::stdout()),
+                LogTo::Stderr => Box::new(std::io::stderr()),
+            }
+        });
     // A second init (tests that start two daemons in one process) keeps the first.
     let _ = if settings.json {
         builder.json().try_init()
     } else {
         builder.try_init()
     };
+}
+
+/// Where a process logs: daemons to stdout (what container runtimes collect), tools to
+/// stderr (their stdout is their output).
+#[derive(Clone, Copy, Debug)]
+pub enum LogTo {
+    Stdout,
+    Stderr,
 }
 
 /// Installs the process-wide metrics recorder and returns the handle that renders it.

@@ -54,9 +54,19 @@ pub fn listen_addrs(
     Ok(Listen { addr, admin_addr })
 }
 
+/// Whether this mon has no store yet: its data directory is missing or empty.
+pub fn store_is_empty(config: &Config, name: &str) -> anyhow::Result<bool> {
+    let dir = config.mon_data_dir(name);
+    match std::fs::read_dir(&dir) {
+        Ok(mut entries) => Ok(entries.next().is_none()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(true),
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", dir.display())),
+    }
+}
+
 /// Creates a mon's store. Without `join` it records the initial mon set and entities, so the
 /// first start bootstraps the cluster; with `join` it waits to be added by `cairn mon add`.
-pub fn mkfs(config: &Config, name: &str, listen: &Listen, join: bool) -> anyhow::Result<()> {
+pub fn mkfs(config: &Config, name: &str, join: bool) -> anyhow::Result<()> {
     validate_daemon_name(name).map_err(anyhow::Error::msg)?;
     let fsid = config
         .fsid
@@ -95,8 +105,10 @@ pub fn mkfs(config: &Config, name: &str, listen: &Listen, join: bool) -> anyhow:
                 )
             })
             .collect();
-        if members.get(&node_id).map(|m| &m.addr) != Some(&listen.addr) {
-            bail!("mon.{name} at {} is not in the config's [[monitors]]: list the initial mons there, or use --join", listen.addr);
+        // The listening address may differ from the listed one (a wildcard address, or a DNS
+        // name peers resolve), so the name decides.
+        if !members.contains_key(&node_id) {
+            bail!("mon.{name} is not in the config's [[monitors]]: list the initial mons there, or use --join");
         }
         let entities = keyring
             .entries

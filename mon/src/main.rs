@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 use cairn_common::config::Config;
+use cairn_common::telemetry::LogTo;
 use cairn_mon::daemon;
 
 #[derive(Parser)]
@@ -42,7 +43,12 @@ enum Cmd {
         join: bool,
     },
     /// Run the monitor (the default).
-    Run,
+    Run {
+        /// Create this mon's store first when its data directory is empty or missing, as one
+        /// of the initial mon set (containers, whose first start is the bootstrap).
+        #[arg(long)]
+        mkfs_if_empty: bool,
+    },
 }
 
 fn main() {
@@ -56,7 +62,7 @@ fn main() {
 fn real_main(cli: Cli) -> anyhow::Result<()> {
     let loaded = Config::load(cli.conf.as_deref(), &cli.sets)?;
     let config = loaded.config;
-    cairn_common::telemetry::init_logging(&config.log);
+    cairn_common::telemetry::init_logging(&config.log, LogTo::Stdout);
     let name = cli
         .name
         .ok_or_else(|| anyhow::anyhow!("--name is required (or CAIRN_MON_NAME)"))?;
@@ -64,10 +70,17 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    match cli.command.unwrap_or(Cmd::Run) {
-        Cmd::Mkfs { join } => {
-            runtime.block_on(async { daemon::mkfs(&config, &name, &listen, join) })
+    let command = cli.command.unwrap_or(Cmd::Run {
+        mkfs_if_empty: false,
+    });
+    match command {
+        Cmd::Mkfs { join } => runtime.block_on(async { daemon::mkfs(&config, &name, join) }),
+        Cmd::Run { mkfs_if_empty } => {
+            if mkfs_if_empty && daemon::store_is_empty(&config, &name)? {
+                runtime.block_on(async { daemon::mkfs(&config, &name, false) })?;
+                tracing::info!(mon = %name, "created the mon's store (first start)");
+            }
+            runtime.block_on(daemon::run(config, name, listen))
         }
-        Cmd::Run => runtime.block_on(daemon::run(config, name, listen)),
     }
 }

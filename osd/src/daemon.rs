@@ -72,7 +72,7 @@ pub async fn run(
         .await
         .with_context(|| format!("cannot listen on {}", config.osd.addr))?;
     let local = listener.local_addr()?;
-    let public = public_addr(&config, local)?;
+    let public = public_addr(&config, local).await?;
     // The server stops last: it keeps answering peers while the mons hear of the shutdown.
     let (stop_tx, stop_rx) = watch::channel(false);
     let (server_stop_tx, server_stop_rx) = watch::channel(false);
@@ -162,8 +162,10 @@ async fn service_key(monc: &MonClient) -> anyhow::Result<cairn_common::auth::Sec
     }
 }
 
-/// The address peers and clients reach this OSD at.
-fn public_addr(config: &Config, local: SocketAddr) -> anyhow::Result<SocketAddr> {
+/// The address peers and clients reach this OSD at: `osd.public_addr`, else the listening
+/// address, else (listening on every interface, as in a container) the local address of the
+/// route towards the mons.
+async fn public_addr(config: &Config, local: SocketAddr) -> anyhow::Result<SocketAddr> {
     if !config.osd.public_addr.is_empty() {
         let ip: std::net::IpAddr = config
             .osd
@@ -172,10 +174,33 @@ fn public_addr(config: &Config, local: SocketAddr) -> anyhow::Result<SocketAddr>
             .context("osd.public_addr must be an IP address")?;
         return Ok(SocketAddr::new(ip, local.port()));
     }
-    if local.ip().is_unspecified() {
-        bail!("osd.addr listens on every interface: set osd.public_addr to the address peers should use");
+    if !local.ip().is_unspecified() {
+        return Ok(local);
     }
-    Ok(local)
+    for mon in &config.monitors {
+        match route_source(&mon.addr).await {
+            Ok(ip) => return Ok(SocketAddr::new(ip, local.port())),
+            Err(e) => tracing::warn!(mon = %mon.addr, error = %e, "no route towards this mon"),
+        }
+    }
+    bail!("osd.addr listens on every interface and no mon is reachable to pick the address peers should use: set osd.public_addr")
+}
+
+/// The local address the kernel would send from to reach `addr` (a connected UDP socket
+/// sends nothing).
+async fn route_source(addr: &str) -> anyhow::Result<std::net::IpAddr> {
+    let target = tokio::net::lookup_host(addr)
+        .await?
+        .next()
+        .context("the name resolves to no address")?;
+    let any: SocketAddr = if target.is_ipv4() {
+        "0.0.0.0:0".parse()?
+    } else {
+        "[::]:0".parse()?
+    };
+    let socket = tokio::net::UdpSocket::bind(any).await?;
+    socket.connect(target).await?;
+    Ok(socket.local_addr()?.ip())
 }
 
 fn hostname() -> String {

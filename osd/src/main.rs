@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
+use cairn_common::telemetry::LogTo;
 use cairn_osd::io::BackendChoice;
 use cairn_osd::{ObjectStore, StoreConfig};
 
@@ -13,7 +14,7 @@ use cairn_osd::{ObjectStore, StoreConfig};
 #[command(name = "cairn-osd", version, about = "Cairn object storage daemon")]
 struct Cli {
     /// Run as the daemon of OSD N (without a subcommand).
-    #[arg(long, global = true)]
+    #[arg(long, global = true, env = "CAIRN_OSD_ID")]
     id: Option<u32>,
     /// The configuration file (default: $CAIRN_CONF, ./cairn.toml, /etc/cairn/cairn.toml).
     #[arg(long, short = 'c', global = true)]
@@ -27,8 +28,25 @@ struct Cli {
     /// Block I/O backend: auto (io_uring, else threads), uring, threads.
     #[arg(long, global = true, default_value = "auto", value_parser = parse_backend)]
     io_backend: BackendChoice,
+    #[command(flatten)]
+    first_start: FirstStart,
     #[command(subcommand)]
     command: Option<Cmd>,
+}
+
+/// How the daemon creates its store on first start (containers, where the first start is the
+/// deployment): only when the data directory holds no store yet.
+#[derive(clap::Args)]
+struct FirstStart {
+    /// Create the store first when the data directory holds none.
+    #[arg(long)]
+    mkfs_if_empty: bool,
+    /// ... as a preallocated data file of this size (K, M, G, T suffixes).
+    #[arg(long, value_parser = parse_size, requires = "mkfs_if_empty", conflicts_with = "mkfs_device")]
+    mkfs_size: Option<u64>,
+    /// ... on this block device (the data directory's `block` links to it).
+    #[arg(long, requires = "mkfs_if_empty")]
+    mkfs_device: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -87,6 +105,30 @@ fn parse_size(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("invalid size {s:?}: a number with an optional K, M, G or T suffix"))
 }
 
+/// Creates the store in `dir` unless one is there. A device already linked as `dir/block` is
+/// kept (it may be the device the deployment attached).
+fn create_store_if_missing(
+    dir: &std::path::Path,
+    first: &FirstStart,
+    config: &StoreConfig,
+) -> anyhow::Result<()> {
+    if ObjectStore::is_created(dir) {
+        return Ok(());
+    }
+    if let Some(device) = &first.mkfs_device {
+        let link = dir.join(cairn_osd::store::DATA_FILE);
+        std::fs::create_dir_all(dir)?;
+        if link.symlink_metadata().is_err() {
+            std::os::unix::fs::symlink(device, &link).with_context(|| {
+                format!("cannot link {} to {}", link.display(), device.display())
+            })?;
+        }
+    }
+    ObjectStore::mkfs(dir, first.mkfs_size, config)?;
+    tracing::info!(dir = %dir.display(), "created the object store (first start)");
+    Ok(())
+}
+
 fn main() {
     let cli = Cli::parse();
     if let Err(e) = run(cli) {
@@ -97,7 +139,13 @@ fn main() {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     let loaded = cairn_common::config::Config::load(cli.conf.as_deref(), &cli.sets)?;
-    cairn_common::telemetry::init_logging(&loaded.config.log);
+    // The daemon logs to stdout (containers collect it); tools keep stdout for their output.
+    let log_to = if cli.command.is_none() {
+        LogTo::Stdout
+    } else {
+        LogTo::Stderr
+    };
+    cairn_common::telemetry::init_logging(&loaded.config.log, log_to);
     let dir = match (&cli.data, cli.id) {
         (Some(d), _) => d.clone(),
         (None, Some(id)) => loaded.config.osd_data_dir(id),
@@ -111,6 +159,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         let id = cli
             .id
             .context("run the daemon with --id N, or give a subcommand")?;
+        if cli.first_start.mkfs_if_empty {
+            create_store_if_missing(&dir, &cli.first_start, &config)?;
+        }
         let runtime = tokio::runtime::Runtime::new()?;
         return runtime.block_on(cairn_osd::daemon::run(loaded.config, id, dir, config));
     };

@@ -274,10 +274,15 @@ fn device_bytes(path: &Path) -> Result<u64> {
 }
 
 impl ObjectStore {
+    /// Whether `dir` already holds a store (its metadata database).
+    pub fn is_created(dir: &Path) -> bool {
+        dir.join(DB_DIR).exists()
+    }
+
     /// Creates a store in `dir`: a data file of `size_bytes` (preallocated) or, when
     /// `dir/block` already is a block device (or a link to one), that device whole.
     pub fn mkfs(dir: &Path, size_bytes: Option<u64>, config: &StoreConfig) -> Result<()> {
-        if dir.join(DB_DIR).exists() {
+        if Self::is_created(dir) {
             return Err(StoreError::Invalid(format!(
                 "{} already holds a store",
                 dir.display()

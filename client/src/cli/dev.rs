@@ -25,9 +25,14 @@ pub struct BootstrapArgs {
     /// Directory for cairn.toml and keyring.
     #[arg(long, default_value = ".")]
     dir: PathBuf,
-    /// Initial monitors: NAME=IP:PORT[/ADMIN_IP:ADMIN_PORT] (repeatable).
+    /// Initial monitors: NAME=HOST:PORT[/ADMIN_HOST:ADMIN_PORT] (repeatable); HOST is an IP
+    /// address or a DNS name (a Kubernetes headless Service's pod names, say).
     #[arg(long = "mon", required = true)]
     mons: Vec<String>,
+    /// Also create the keys of OSDs 0..N, for daemons that start from the keyring alone
+    /// (containers); otherwise add OSDs with `cairn auth add osd.N`.
+    #[arg(long, default_value_t = 0)]
+    osds: u32,
 }
 
 #[derive(Args, Clone)]
@@ -109,16 +114,17 @@ pub enum DevCmd {
 }
 
 fn parse_mon(spec: &str) -> anyhow::Result<MonEndpoint> {
-    let (name, rest) = spec
-        .split_once('=')
-        .with_context(|| format!("--mon {spec:?}: expected NAME=IP:PORT[/ADMIN_IP:ADMIN_PORT]"))?;
+    let (name, rest) = spec.split_once('=').with_context(|| {
+        format!("--mon {spec:?}: expected NAME=HOST:PORT[/ADMIN_HOST:ADMIN_PORT]")
+    })?;
+    cairn_common::maps::validate_daemon_name(name)
+        .map_err(|e| anyhow::anyhow!("--mon {spec:?}: {e}"))?;
     let (addr, admin) = match rest.split_once('/') {
         Some((a, b)) => (a, Some(b.to_string())),
         None => (rest, None),
     };
     for a in std::iter::once(addr).chain(admin.as_deref()) {
-        a.parse::<std::net::SocketAddr>()
-            .with_context(|| format!("--mon {spec:?}: {a:?} is not IP:PORT"))?;
+        check_host_port(a).with_context(|| format!("--mon {spec:?}"))?;
     }
     Ok(MonEndpoint {
         name: name.to_string(),
@@ -127,7 +133,29 @@ fn parse_mon(spec: &str) -> anyhow::Result<MonEndpoint> {
     })
 }
 
-pub fn bootstrap(args: &BootstrapArgs, format: Format) -> anyhow::Result<()> {
+/// `IP:PORT`, `[IPv6]:PORT` or `dns.name:PORT`.
+fn check_host_port(a: &str) -> anyhow::Result<()> {
+    if a.parse::<std::net::SocketAddr>().is_ok() {
+        return Ok(());
+    }
+    let (host, port) = a
+        .rsplit_once(':')
+        .with_context(|| format!("{a:?} is not HOST:PORT"))?;
+    port.parse::<u16>()
+        .with_context(|| format!("{a:?}: {port:?} is not a port"))?;
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    };
+    if host.len() > 253 || !host.split('.').all(label_ok) {
+        bail!("{a:?}: {host:?} is neither an IP address nor a DNS name");
+    }
+    Ok(())
+}
+
+pub fn bootstrap(args: &BootstrapArgs, sets: &[String], format: Format) -> anyhow::Result<()> {
     if args.dir.join(dev::CONF_FILE).exists() {
         bail!("{} already holds a cluster config", args.dir.display());
     }
@@ -136,7 +164,11 @@ pub fn bootstrap(args: &BootstrapArgs, format: Format) -> anyhow::Result<()> {
         .iter()
         .map(|m| parse_mon(m))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let config = dev::bootstrap_files(&args.dir, mons, 0, &[])?;
+    let config = Config {
+        monitors: mons,
+        ..Config::default()
+    };
+    let config = dev::bootstrap_files(&args.dir, config, args.osds, sets)?;
     let fsid = config.fsid.map(|f| f.to_string()).unwrap_or_default();
     emit(format, &json!({ "fsid": fsid, "dir": args.dir }), || {
         format!(

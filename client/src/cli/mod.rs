@@ -17,7 +17,7 @@ use crate::{Cli, Cmd, Format};
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match &cli.command {
-        Cmd::Bootstrap(args) => dev::bootstrap(args, cli.format),
+        Cmd::Bootstrap(args) => dev::bootstrap(args, &cli.sets, cli.format),
         Cmd::Dev(cmd) => dev::run(&cli, cmd).await,
         Cmd::Status => admin::status(&connect(&cli)?, cli.format).await,
         Cmd::Health { detail } => {
