@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use futures::{Stream, StreamExt};
 use rand::RngCore;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
 
 use cairn_common::auth::{self, SecretKey};
@@ -141,10 +141,11 @@ impl MonClient {
         if let Some(c) = inner.channels.get(addr) {
             return Ok(c.clone());
         }
-        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| ClientError::Config(format!("invalid mon address {addr:?}: {e}")))?
-            .connect_timeout(Duration::from_millis(self.settings.connect_timeout_ms))
-            .tcp_nodelay(true);
+        let endpoint = cairn_common::channel::endpoint(
+            addr,
+            Duration::from_millis(self.settings.connect_timeout_ms),
+        )
+        .map_err(|e| ClientError::Config(format!("mon: {e}")))?;
         let channel = endpoint.connect_lazy();
         inner.channels.insert(addr.to_string(), channel.clone());
         Ok(channel)

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Code, Request};
 
 use cairn_common::config::{ClientSettings, Config};
@@ -58,11 +58,12 @@ impl Shared {
         if let Some(c) = channels.get(addr) {
             return Ok(c.clone());
         }
-        let c = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| ClientError::Config(format!("invalid osd address {addr:?}: {e}")))?
-            .connect_timeout(Duration::from_millis(self.settings.connect_timeout_ms))
-            .tcp_nodelay(true)
-            .connect_lazy();
+        let c = cairn_common::channel::endpoint(
+            addr,
+            Duration::from_millis(self.settings.connect_timeout_ms),
+        )
+        .map_err(|e| ClientError::Config(format!("osd: {e}")))?
+        .connect_lazy();
         channels.insert(addr.to_string(), c.clone());
         Ok(c)
     }

@@ -2,6 +2,7 @@
 //! configuration format, health computation and telemetry.
 
 pub mod auth;
+pub mod channel;
 pub mod command;
 pub mod config;
 pub mod health;

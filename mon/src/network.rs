@@ -30,10 +30,7 @@ pub fn peer_channel(
     connect_timeout: Duration,
     message_bytes_max: usize,
 ) -> Result<MonPeerClient<Channel>, String> {
-    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .map_err(|e| format!("invalid mon address {addr:?}: {e}"))?
-        .connect_timeout(connect_timeout)
-        .tcp_nodelay(true);
+    let endpoint = cairn_common::channel::endpoint(addr, connect_timeout)?;
     Ok(MonPeerClient::new(endpoint.connect_lazy())
         .max_decoding_message_size(message_bytes_max)
         .max_encoding_message_size(message_bytes_max))

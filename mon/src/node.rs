@@ -635,9 +635,7 @@ impl MonNode {
 
     /// Asks the new mon who it is before letting it into the group.
     async fn check_joining_mon(&self, name: &str, id: NodeId, addr: &str) -> Result<(), String> {
-        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| format!("invalid address {addr:?}: {e}"))?
-            .connect_timeout(self.commit_timeout());
+        let endpoint = cairn_common::channel::endpoint(addr, self.commit_timeout())?;
         let mut client = MonRpcClient::new(endpoint.connect_lazy());
         let mut request = tonic::Request::new(PingRequest {});
         request.set_timeout(self.commit_timeout());

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::watch;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use cairn_client::MonClient;
 use cairn_common::config::OsdSettings;
@@ -225,11 +225,12 @@ impl OsdNode {
         let channel = match peers.get(&addr) {
             Some(c) => c.clone(),
             None => {
-                let c = Endpoint::from_shared(format!("http://{addr}"))
-                    .ok()?
-                    .connect_timeout(Duration::from_millis(self.settings.heartbeat_interval_ms))
-                    .tcp_nodelay(true)
-                    .connect_lazy();
+                let c = cairn_common::channel::endpoint(
+                    &addr,
+                    Duration::from_millis(self.settings.heartbeat_interval_ms),
+                )
+                .ok()?
+                .connect_lazy();
                 peers.insert(addr, c.clone());
                 c
             }
