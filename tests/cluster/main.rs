@@ -4,8 +4,10 @@
 
 mod auth;
 mod cli;
+mod containers;
 mod healing;
 mod linearizable;
+mod manifests;
 mod membership;
 mod persistence;
 mod quorum;
