@@ -147,11 +147,17 @@ fn pg_availability(pgs: &PgSummary) -> Option<HealthCheck> {
 
 fn pg_degraded(pgs: &PgSummary) -> Option<HealthCheck> {
     let n = pgs.degraded_count;
-    (n > 0).then(|| {
+    let r = &pgs.redundancy;
+    (n > 0 || r.degraded > 0).then(|| {
         check(
             "PG_DEGRADED",
             Severity::Warn,
-            format!("Degraded data redundancy: {n} pgs undersized"),
+            format!(
+                "Degraded data redundancy: {}/{} object copies degraded ({:.3}%), {n} pgs undersized",
+                r.degraded,
+                r.copies,
+                100.0 * r.degraded as f64 / r.copies.max(1) as f64
+            ),
             &pgs.degraded,
         )
     })

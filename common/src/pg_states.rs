@@ -3,7 +3,9 @@
 //! The map alone says how many members a PG has up: all of them is `active+clean`, fewer but
 //! at least `min_size` is `active+undersized+degraded`, fewer than `min_size` is
 //! `undersized+degraded+inactive` (it refuses ops). The primary's report refines that: a PG
-//! whose members it has not brought in line yet is `peering` (with why), one whose past
+//! whose members it has not brought in line yet is `peering` (with why), or
+//! `activating+recovering+degraded` once it is copying or rebuilding what members lack (ops
+//! wait for it; the report counts the copies left), one whose past
 //! members that may hold the newest writes are all down is `down` (naming them), one being
 //! scrubbed gains `+scrubbing`, one whose last scrub left errors gains `+inconsistent`. A
 //! report counts only when it comes from the PG's primary in the current map; one from an
@@ -15,11 +17,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::maps::{OsdMap, Pool};
 use crate::placement::{all_pgs, pg_acting, primary, PgId, NO_OSD};
+use crate::status::Redundancy;
 
 pub const ACTIVE_CLEAN: &str = "active+clean";
 pub const DEGRADED: &str = "active+undersized+degraded";
 pub const INACTIVE: &str = "undersized+degraded+inactive";
 pub const PEERING: &str = "peering";
+/// A PG whose primary brings members in line before serving the epoch.
+pub const RECOVERING: &str = "activating+recovering+degraded";
 /// A PG whose past members that may hold the newest writes are all down.
 pub const DOWN: &str = "down";
 /// How a primary's `blocked` reason starts when the PG is down (waiting for past members).
@@ -42,6 +47,9 @@ pub struct PgReport {
     pub scrubbing: bool,
     pub last_scrub_ms: u64,
     pub last_deep_scrub_ms: u64,
+    /// Object copies (shards) still to bring in line before the PG serves this epoch.
+    #[serde(default)]
+    pub recovery_left: u64,
 }
 
 pub type PgReports = BTreeMap<PgId, PgReport>;
@@ -61,6 +69,9 @@ pub struct PgRow {
     pub last_deep_scrub_ms: u64,
     /// Why the PG does not serve, when it does not.
     pub blocked: String,
+    /// Object copies still to bring in line (from the primary's report).
+    #[serde(default)]
+    pub recovery_left: u64,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -76,6 +87,7 @@ pub struct PgSummary {
     pub inconsistent_count: u64,
     pub scrub_errors: u64,
     pub objects: u64,
+    pub redundancy: Redundancy,
 }
 
 /// How many PGs the summary names one by one per kind.
@@ -115,7 +127,11 @@ pub fn row(map: &OsdMap, pool: &Pool, pg: PgId, reports: &PgReports) -> PgRow {
             }
             None => {
                 blocked = r.blocked.clone();
-                PEERING.to_string()
+                if r.recovery_left > 0 {
+                    RECOVERING.to_string()
+                } else {
+                    PEERING.to_string()
+                }
             }
         }
     } else if up >= pool.width() {
@@ -141,6 +157,11 @@ pub fn row(map: &OsdMap, pool: &Pool, pg: PgId, reports: &PgReports) -> PgRow {
         scrub_errors: report.scrub_errors,
         last_scrub_ms: report.last_scrub_ms,
         last_deep_scrub_ms: report.last_deep_scrub_ms,
+        recovery_left: if blocked_report.is_some() && stale.is_none() {
+            report.recovery_left
+        } else {
+            0
+        },
         blocked,
     }
 }
@@ -167,6 +188,12 @@ pub fn summarize(map: &OsdMap, reports: &PgReports) -> PgSummary {
         s.scrub_errors += r.scrub_errors;
         let up = r.acting.iter().flatten().count();
         let width = map.pools.get(&r.pgid.pool).map_or(0, Pool::width);
+        // Copies on members down are missing, and so are the stale ones being brought in line.
+        let missing = r.objects * (width.saturating_sub(up)) as u64;
+        s.redundancy.copies += r.objects * width as u64;
+        s.redundancy.degraded += missing + r.recovery_left;
+        s.redundancy.recovering += r.recovery_left;
+        s.redundancy.peering_pgs += u64::from(r.state == PEERING);
         if !is_active(&r.state) {
             s.inactive_count += 1;
             listed(&mut s.inactive, || {
@@ -284,6 +311,54 @@ mod tests {
         let mut newer = map.clone();
         newer.epoch += 1;
         assert_eq!(row(&newer, pool, pg, &reports).state, PEERING);
+    }
+
+    #[test]
+    fn degraded_copies_count_members_down_and_copies_being_brought_in_line() {
+        let map = cluster(&[true, true, false]);
+        let pool = &map.pools[&1];
+        let mut reports = PgReports::new();
+        for pg in all_pgs(1, pool) {
+            let primary = row(&map, pool, pg, &reports).primary.unwrap();
+            reports.insert(
+                pg,
+                PgReport {
+                    osd: primary,
+                    epoch: map.epoch,
+                    active: true,
+                    objects: 10,
+                    ..PgReport::default()
+                },
+            );
+        }
+        // 8 PGs × 10 objects × 3 copies; one member of each PG is down: 80 copies missing.
+        let s = summarize(&map, &reports);
+        assert_eq!(
+            s.redundancy,
+            Redundancy {
+                copies: 240,
+                degraded: 80,
+                recovering: 0,
+                peering_pgs: 0,
+            }
+        );
+        // One PG's primary is bringing 7 stale copies in line: it does not serve yet.
+        let pg = PgId { pool: 1, seed: 3 };
+        let busy = PgReport {
+            active: false,
+            recovery_left: 7,
+            ..reports[&pg].clone()
+        };
+        reports.insert(pg, busy);
+        assert_eq!(row(&map, pool, pg, &reports).state, RECOVERING);
+        let s = summarize(&map, &reports);
+        assert_eq!((s.redundancy.degraded, s.redundancy.recovering), (87, 7));
+        assert_eq!(s.inactive_count, 1);
+        // The same report from an older map says nothing of this one.
+        let mut newer = map.clone();
+        newer.epoch += 1;
+        let s = summarize(&newer, &reports);
+        assert_eq!((s.redundancy.recovering, s.redundancy.peering_pgs), (0, 8));
     }
 
     #[test]

@@ -25,6 +25,8 @@ pub struct ClusterStatus {
     /// Objects in every pool, as the PGs' primaries report them.
     #[serde(default)]
     pub objects: u64,
+    #[serde(default)]
+    pub redundancy: Redundancy,
     /// Data devices of the OSDs in the map, as their last beacons reported them.
     #[serde(default)]
     pub usage: Usage,
@@ -58,13 +60,18 @@ pub struct OsdSummary {
     pub in_cluster: u32,
 }
 
-/// Client ops an OSD served as primary since it started (counters only grow).
+/// Client ops an OSD served as primary since it started, and the object copies it brought in
+/// line (counters only grow).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IoTotals {
     pub reads: u64,
     pub writes: u64,
     pub read_bytes: u64,
     pub written_bytes: u64,
+    #[serde(default)]
+    pub recovered_objects: u64,
+    #[serde(default)]
+    pub recovered_bytes: u64,
 }
 
 /// Client I/O per second, from the change of the OSDs' totals between beacons.
@@ -74,6 +81,11 @@ pub struct IoRates {
     pub write_ops: f64,
     pub read_bytes: f64,
     pub write_bytes: f64,
+    /// Object copies (shards) brought in line per second, and their bytes.
+    #[serde(default)]
+    pub recovery_objects: f64,
+    #[serde(default)]
+    pub recovery_bytes: f64,
 }
 
 impl IoRates {
@@ -89,6 +101,8 @@ impl IoRates {
             write_ops: d(old.writes, new.writes)?,
             read_bytes: d(old.read_bytes, new.read_bytes)?,
             write_bytes: d(old.written_bytes, new.written_bytes)?,
+            recovery_objects: d(old.recovered_objects, new.recovered_objects)?,
+            recovery_bytes: d(old.recovered_bytes, new.recovered_bytes)?,
         })
     }
 
@@ -98,8 +112,24 @@ impl IoRates {
             write_ops: self.write_ops + o.write_ops,
             read_bytes: self.read_bytes + o.read_bytes,
             write_bytes: self.write_bytes + o.write_bytes,
+            recovery_objects: self.recovery_objects + o.recovery_objects,
+            recovery_bytes: self.recovery_bytes + o.recovery_bytes,
         }
     }
+}
+
+/// Redundancy not restored yet, over every PG.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Redundancy {
+    /// Object copies (shards of erasure-coded objects) the pools want: objects × members.
+    pub copies: u64,
+    /// Copies missing: on members down, or stale on members being brought in line.
+    pub degraded: u64,
+    /// Of those, the copies the primaries are bringing in line now.
+    pub recovering: u64,
+    /// PGs still peering: what they will have to bring in line is not counted yet.
+    #[serde(default)]
+    pub peering_pgs: u64,
 }
 
 /// Bytes of a data device (or of all of them).
@@ -196,6 +226,16 @@ impl ClusterStatus {
             human_bytes(u.available()),
             human_bytes(u.total_bytes)
         );
+        let r = &self.redundancy;
+        if r.degraded > 0 {
+            let _ = writeln!(
+                out,
+                "    degraded: {}/{} object copies ({:.3}%)",
+                r.degraded,
+                r.copies,
+                100.0 * r.degraded as f64 / r.copies.max(1) as f64
+            );
+        }
         let mut first = true;
         let io = self.io;
         let has_io = io != IoRates::default();
@@ -218,6 +258,32 @@ impl ClusterStatus {
                 human_bytes(io.write_bytes as u64),
                 io.read_ops,
                 io.write_ops
+            );
+            if io.recovery_objects > 0.0 {
+                let _ = writeln!(
+                    out,
+                    "    recovery: {}/s, {:.0} objects/s",
+                    human_bytes(io.recovery_bytes as u64),
+                    io.recovery_objects
+                );
+            }
+        }
+        if r.recovering > 0 {
+            // A time left is only honest once every PG has counted its work.
+            let eta = if r.peering_pgs > 0 {
+                format!("{} more pgs peering, not counted yet", r.peering_pgs)
+            } else if io.recovery_objects > 0.0 {
+                let secs = (r.recovering as f64 / io.recovery_objects).ceil() as u64;
+                format!("about {} left", human_duration(secs))
+            } else {
+                "rate not known yet".to_string()
+            };
+            let _ = writeln!(out);
+            let _ = writeln!(out, "  progress:");
+            let _ = writeln!(
+                out,
+                "    recovery: {} object copies to bring in line, {eta}",
+                r.recovering
             );
         }
         out
@@ -289,6 +355,7 @@ mod tests {
             pgs: 0,
             pg_states: Default::default(),
             objects: 0,
+            redundancy: Redundancy::default(),
             usage: Usage::default(),
             osd_usage: Default::default(),
             io: IoRates::default(),
@@ -312,18 +379,57 @@ mod tests {
     }
 
     #[test]
+    fn recovery_shows_degraded_copies_rate_and_time_left() {
+        let mut s = status([true; 3]);
+        assert!(!s.render().contains("degraded"));
+        s.redundancy = Redundancy {
+            copies: 3000,
+            degraded: 300,
+            recovering: 200,
+            peering_pgs: 0,
+        };
+        s.io.recovery_objects = 50.0;
+        s.io.recovery_bytes = 50.0 * 1024.0 * 1024.0;
+        let text = s.render();
+        assert!(
+            text.contains("    degraded: 300/3000 object copies (10.000%)\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("    recovery: 50.0 MiB/s, 50 objects/s\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "  progress:\n    recovery: 200 object copies to bring in line, about 4s left\n"
+            ),
+            "{text}"
+        );
+        s.redundancy.peering_pgs = 5;
+        let text = s.render();
+        assert!(
+            text.contains(
+                "200 object copies to bring in line, 5 more pgs peering, not counted yet\n"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn io_rates_come_from_growing_totals() {
         let old = IoTotals {
             reads: 10,
             writes: 20,
             read_bytes: 1000,
             written_bytes: 4000,
+            ..IoTotals::default()
         };
         let new = IoTotals {
             reads: 30,
             writes: 20,
             read_bytes: 3000,
             written_bytes: 4000,
+            ..IoTotals::default()
         };
         let r = IoRates::between(&old, &new, 2.0).unwrap();
         assert_eq!((r.read_ops, r.write_ops, r.read_bytes), (10.0, 0.0, 1000.0));

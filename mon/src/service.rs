@@ -157,6 +157,7 @@ fn pg_report(osd: u32, r: &PgReport) -> (PgId, cairn_common::pg_states::PgReport
         scrubbing: r.scrubbing,
         last_scrub_ms: r.last_scrub_ms,
         last_deep_scrub_ms: r.last_deep_scrub_ms,
+        recovery_left: r.recovery_left,
     };
     (pg, report)
 }
@@ -331,6 +332,8 @@ impl Mon for MonService {
                 writes: req.writes,
                 read_bytes: req.read_bytes,
                 written_bytes: req.written_bytes,
+                recovered_objects: req.recovered_objects,
+                recovered_bytes: req.recovered_bytes,
             },
             pgs: req
                 .pgs

@@ -14,6 +14,7 @@
 //! wait until the members are in line.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::Ordering;
 
 use cairn_common::pg_states::DOWN_REASON_PREFIX;
 use cairn_common::proto::{LogEntry, Mutation, PgQueryReply, SubOpRequest};
@@ -47,13 +48,16 @@ pub async fn ensure_active(
     }
     st.active = None;
     let outcome = activate(node, pg, st, members, codec, epoch).await;
-    node.pg_records.update(pg.id, |r| match &outcome {
-        Ok(objects) => {
-            r.active_epoch = epoch;
-            r.blocked.clear();
-            r.objects = *objects;
+    node.pg_records.update(pg.id, |r| {
+        r.recovery_left = 0;
+        match &outcome {
+            Ok(objects) => {
+                r.active_epoch = epoch;
+                r.blocked.clear();
+                r.objects = *objects;
+            }
+            Err(why) => r.blocked = why.clone(),
         }
-        Err(why) => r.blocked = why.clone(),
     });
     outcome.map(|_| ())
 }
@@ -88,6 +92,8 @@ async fn activate(
     let complete = last_members
         .iter()
         .all(|m| current.iter().any(|(c, _)| c == m));
+    // Decide everything first, so the PG's report can say how much is left while it is done.
+    let mut work = Vec::new();
     let mut objects = 0;
     for name in &names {
         let chosen = match codec {
@@ -109,9 +115,16 @@ async fn activate(
         for (m, info) in heard.iter().filter(|(m, _)| members.contains(m)) {
             let have = info.objects.get(name).copied();
             if have != chosen {
-                bring_in_line(node, pg, st, &heard, *m, have, name, chosen, codec, epoch).await?;
+                work.push((*m, name, have, chosen));
             }
         }
+    }
+    let mut left = work.len() as u64;
+    node.pg_records.update(pg.id, |r| r.recovery_left = left);
+    for (m, name, have, chosen) in work {
+        bring_in_line(node, pg, st, &heard, m, have, name, chosen, codec, epoch).await?;
+        left -= 1;
+        node.pg_records.update(pg.id, |r| r.recovery_left = left);
     }
     // Every member starts the interval at one new version, after anything an earlier
     // interval wrote: a stray write of an old primary can never tie with this interval's.
@@ -366,6 +379,13 @@ pub async fn recover(
     version: u64,
     epoch: u64,
 ) -> Result<(), String> {
+    let bytes: usize = mutations
+        .iter()
+        .map(|m| match &m.m {
+            Some(cairn_common::proto::mutation::M::Write(w)) => w.data.len(),
+            _ => 0,
+        })
+        .sum();
     let req = SubOpRequest {
         osdmap_epoch: epoch,
         pool: pg.id.pool,
@@ -377,5 +397,12 @@ pub async fn recover(
         recovery: true,
         ..SubOpRequest::default()
     };
-    members::sub_op(node, pg, st, m, req).await
+    members::sub_op(node, pg, st, m, req).await?;
+    if !object.is_empty() {
+        node.io.recovered_objects.fetch_add(1, Ordering::Relaxed);
+        node.io
+            .recovered_bytes
+            .fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+    Ok(())
 }

@@ -157,6 +157,8 @@ pub async fn run_beacons(node: Arc<OsdNode>, hb: Arc<Heartbeats>, mut stop: watc
             writes: io.writes,
             read_bytes: io.read_bytes,
             written_bytes: io.written_bytes,
+            recovered_objects: io.recovered_objects,
+            recovered_bytes: io.recovered_bytes,
             pgs: node.pg_records.reports(node.id, &node.maps().osdmap),
         };
         if let Err(e) = node.monc.osd_beacon(req).await {

@@ -34,6 +34,9 @@ pub struct IoCounters {
     pub writes: AtomicU64,
     pub read_bytes: AtomicU64,
     pub written_bytes: AtomicU64,
+    /// Object copies (shards) brought in line as primary, and their data bytes.
+    pub recovered_objects: AtomicU64,
+    pub recovered_bytes: AtomicU64,
 }
 
 impl IoCounters {
@@ -43,6 +46,8 @@ impl IoCounters {
             writes: self.writes.load(Ordering::Relaxed),
             read_bytes: self.read_bytes.load(Ordering::Relaxed),
             written_bytes: self.written_bytes.load(Ordering::Relaxed),
+            recovered_objects: self.recovered_objects.load(Ordering::Relaxed),
+            recovered_bytes: self.recovered_bytes.load(Ordering::Relaxed),
         }
     }
 }
