@@ -137,6 +137,9 @@ pub struct OsdSettings {
     pub scrub_auto_repair: bool,
     /// Objects compared per step of a scrub; client ops to the PG wait only for one step.
     pub scrub_chunk_objects: u32,
+    /// PGs a primary activates (and so brings members in line) at once after a map change;
+    /// a client op activates its own PG whatever this says.
+    pub recovery_pgs_at_once: usize,
 }
 
 impl Default for OsdSettings {
@@ -158,6 +161,7 @@ impl Default for OsdSettings {
             deep_scrub_interval_ms: 7 * 24 * 3600 * 1000,
             scrub_auto_repair: true,
             scrub_chunk_objects: 64,
+            recovery_pgs_at_once: 4,
         }
     }
 }

@@ -235,19 +235,27 @@ pub async fn activate_primaries(node: &OsdNode, running: &AtomicBool, again: &At
     while again.swap(false, Ordering::AcqRel) {
         let maps = node.maps();
         let osdmap = &maps.osdmap;
-        for (pool_id, pool) in &osdmap.pools {
-            let Ok(codec) = erasure::codec_of(pool) else {
-                continue;
-            };
-            for pg in all_pgs(*pool_id, pool) {
+        let pools: Vec<_> = osdmap
+            .pools
+            .iter()
+            .filter_map(|(id, pool)| Some((*id, pool, erasure::codec_of(pool).ok()?)))
+            .collect();
+        let pgs = pools
+            .iter()
+            .flat_map(|(id, pool, codec)| all_pgs(*id, pool).map(move |pg| (pg, *pool, codec)));
+        // Several PGs at once (each under its own lock), bounded: this is recovery's share.
+        let at_once = node.settings.recovery_pgs_at_once.max(1);
+        use futures::StreamExt;
+        futures::stream::iter(pgs)
+            .for_each_concurrent(at_once, |(pg, pool, codec)| async move {
                 if node.maps().osdmap.epoch != osdmap.epoch {
-                    break;
+                    return;
                 }
                 let Some(t) = target_of(node.id, osdmap, pool, pg) else {
-                    continue;
+                    return;
                 };
                 if t.members.len() < pool.min_size() {
-                    continue;
+                    return;
                 }
                 let pg_state = node.pg(pg, t.me.shard);
                 let mut st = pg_state.state.lock().await;
@@ -263,8 +271,8 @@ pub async fn activate_primaries(node: &OsdNode, running: &AtomicBool, again: &At
                 if let Err(why) = activated {
                     tracing::info!(pg = %pg, %why, "pg not active yet");
                 }
-            }
-        }
+            })
+            .await;
     }
     running.store(false, Ordering::Release);
 }
