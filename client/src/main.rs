@@ -77,6 +77,9 @@ pub enum Cmd {
     /// A local cluster of real processes on loopback, for development and tests.
     #[command(subcommand)]
     Dev(cli::dev::DevCmd),
+    /// Keyring files, offline: give each daemon only the keys it needs.
+    #[command(subcommand)]
+    Keyring(cli::keyring::KeyringCmd),
 }
 
 fn main() {

@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod bench;
 pub mod dev;
+pub mod keyring;
 pub mod osd;
 pub mod pg;
 pub mod rados;
@@ -19,6 +20,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match &cli.command {
         Cmd::Bootstrap(args) => dev::bootstrap(args, &cli.sets, cli.format),
         Cmd::Dev(cmd) => dev::run(&cli, cmd).await,
+        Cmd::Keyring(cmd) => keyring::run(cmd),
         Cmd::Status => admin::status(&connect(&cli)?, cli.format).await,
         Cmd::Health { detail } => {
             admin::health(&connect(&cli)?, detail.is_some(), cli.format).await
