@@ -113,27 +113,31 @@ impl TestCluster {
         self.status().await.leader.expect("a leader")
     }
 
-    /// Waits until every mon in the config is in quorum, every OSD is up and health is OK.
+    /// Waits until every mon in the config is in quorum, every OSD is up and health is OK. On
+    /// timeout the panic shows the last status and health detail, to say what never settled.
     pub async fn wait_healthy(&self, limit: Duration) -> ClusterStatus {
         let n = self.config().monitors.len();
         let osds = self.cluster.osd_ids().expect("osd ids").len() as u32;
-        wait_for(
-            limit,
-            "HEALTH_OK with every mon in quorum and every osd up",
-            || async {
-                match self.admin().status().await {
-                    Ok(s)
-                        if s.health.status == Severity::Ok
-                            && s.mons.len() == n
-                            && s.osds.up == osds =>
-                    {
-                        Some(s)
-                    }
-                    _ => None,
+        let deadline = Instant::now() + limit;
+        loop {
+            let last = match self.admin().status().await {
+                Ok(s)
+                    if s.health.status == Severity::Ok
+                        && s.mons.len() == n
+                        && s.osds.up == osds =>
+                {
+                    return s;
                 }
-            },
-        )
-        .await
+                Ok(s) => format!("{}\n{}", s.render(), s.health.render(true)),
+                Err(e) => format!("status failed: {e}"),
+            };
+            assert!(
+                Instant::now() < deadline,
+                "timed out after {} ms waiting for HEALTH_OK with every mon in quorum and every osd up; last status:\n{last}",
+                limit.as_millis()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 }
 
