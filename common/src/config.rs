@@ -161,7 +161,9 @@ impl Default for OsdSettings {
             deep_scrub_interval_ms: 7 * 24 * 3600 * 1000,
             scrub_auto_repair: true,
             scrub_chunk_objects: 64,
-            recovery_pgs_at_once: 4,
+            // 4 rebuilds faster (BENCHMARKS.md), but two runs with it did not settle after
+            // restarts, unexplained so far: 1 until that is understood.
+            recovery_pgs_at_once: 1,
         }
     }
 }
