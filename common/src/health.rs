@@ -156,7 +156,7 @@ fn pg_degraded(pgs: &PgSummary) -> Option<HealthCheck> {
                 "Degraded data redundancy: {}/{} object copies degraded ({:.3}%), {n} pgs undersized",
                 r.degraded,
                 r.copies,
-                100.0 * r.degraded as f64 / r.copies.max(1) as f64
+                r.degraded_percent()
             ),
             &pgs.degraded,
         )

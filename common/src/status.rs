@@ -132,6 +132,13 @@ pub struct Redundancy {
     pub peering_pgs: u64,
 }
 
+impl Redundancy {
+    /// Degraded copies as a percentage of all copies.
+    pub fn degraded_percent(&self) -> f64 {
+        100.0 * self.degraded as f64 / self.copies.max(1) as f64
+    }
+}
+
 /// Bytes of a data device (or of all of them).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Usage {
@@ -233,7 +240,7 @@ impl ClusterStatus {
                 "    degraded: {}/{} object copies ({:.3}%)",
                 r.degraded,
                 r.copies,
-                100.0 * r.degraded as f64 / r.copies.max(1) as f64
+                r.degraded_percent()
             );
         }
         let mut first = true;
