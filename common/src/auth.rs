@@ -497,6 +497,19 @@ mod tests {
     }
 
     #[test]
+    fn mds_daemons_get_caps_on_every_service() {
+        let caps = BTreeMap::from([
+            ("mon".to_string(), "allow rw".to_string()),
+            ("osd".to_string(), "allow rw".to_string()),
+            ("mds".to_string(), "allow *".to_string()),
+        ]);
+        assert!(validate_entity("mds.a").is_ok());
+        assert!(validate_caps(&caps).is_ok());
+        let bad = BTreeMap::from([("mgr".to_string(), "allow *".to_string())]);
+        assert!(validate_caps(&bad).is_err());
+    }
+
+    #[test]
     fn keys_never_print() {
         let k = SecretKey::generate();
         assert!(!format!("{k:?}").contains(&k.to_base64()));

@@ -104,6 +104,50 @@ pub enum Command {
     PoolRm {
         name: String,
     },
+    /// Creates a filesystem over two existing pools; its `max_mds` is 1 and standby-replay
+    /// is off until `FsSet` turns it on.
+    FsNew {
+        name: String,
+        metadata_pool: String,
+        data_pool: String,
+    },
+    /// Removes a filesystem (not its pools); its daemons go back to standby.
+    FsRm {
+        name: String,
+    },
+    /// Changes one property of a filesystem: `allow_standby_replay` or `max_mds`.
+    FsSet {
+        name: String,
+        key: String,
+        value: String,
+    },
+    FsAddDataPool {
+        name: String,
+        pool: String,
+    },
+    /// An MDS daemon instance registers (from its beacons; the mons propose it, never a
+    /// client). It replaces an older instance of the same name, fencing it if it held a rank;
+    /// `at_ms` dates that fence.
+    MdsBoot {
+        name: String,
+        addr: String,
+        instance: String,
+        at_ms: u64,
+    },
+    /// An MDS instance is gone (beacons stopped, or it shut down): it leaves the map, and if
+    /// it held a rank it is blocklisted from `at_ms` so its successor is safe from it. A
+    /// no-op when `instance` is no longer the daemon's current one.
+    MdsFailed {
+        name: String,
+        instance: String,
+        at_ms: u64,
+        reason: String,
+    },
+    /// The rank holder `instance` finished replaying its journal and answers clients.
+    MdsServing {
+        name: String,
+        instance: String,
+    },
 }
 
 impl Command {
@@ -123,6 +167,13 @@ impl Command {
             Command::PoolCreate { .. } => "osd pool create",
             Command::PoolSet { .. } => "osd pool set",
             Command::PoolRm { .. } => "osd pool rm",
+            Command::FsNew { .. } => "fs new",
+            Command::FsRm { .. } => "fs rm",
+            Command::FsSet { .. } => "fs set",
+            Command::FsAddDataPool { .. } => "fs add_data_pool",
+            Command::MdsBoot { .. } => "mds boot",
+            Command::MdsFailed { .. } => "mds failed",
+            Command::MdsServing { .. } => "mds serving",
         }
     }
 }
@@ -178,6 +229,15 @@ pub enum Forwarded {
         /// The PGs it is the primary of.
         #[serde(default)]
         pgs: Vec<(crate::placement::PgId, crate::pg_states::PgReport)>,
+    },
+    /// An MDS's beacon; the leader turns it into `MdsBoot`, `MdsServing` or `MdsFailed`
+    /// when the FSMap must change, and tracks when each daemon was last heard.
+    MdsBeacon {
+        name: String,
+        addr: String,
+        instance: String,
+        serving: bool,
+        going_down: bool,
     },
     /// Every PG's row (`cairn pg ls`, `cairn pg query`).
     PgList,

@@ -24,6 +24,7 @@ pub struct Config {
     pub monitors: Vec<MonEndpoint>,
     pub mon: MonSettings,
     pub osd: OsdSettings,
+    pub mds: MdsSettings,
     pub client: ClientSettings,
     pub log: LogSettings,
 }
@@ -74,6 +75,10 @@ pub struct MonSettings {
     pub osd_report_ttl_ms: u64,
     /// A down OSD is marked out (its data moves elsewhere) after this long.
     pub osd_out_interval_ms: u64,
+    /// An MDS whose beacons stop for this long leaves the FSMap; if it held a rank it is
+    /// blocklisted and its standby takes over. Eight of the MDSs' 250 ms beacons: one lost
+    /// beacon must not cost a failover, a dead MDS must not cost clients long.
+    pub mds_beacon_grace_ms: u64,
 }
 
 impl Default for MonSettings {
@@ -100,6 +105,54 @@ impl Default for MonSettings {
             osd_min_reporters: 2,
             osd_report_ttl_ms: 3000,
             osd_out_interval_ms: 600_000,
+            mds_beacon_grace_ms: 2000,
+        }
+    }
+}
+
+/// A metadata server (`cairn-mds --id NAME`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MdsSettings {
+    /// gRPC listen address; port 0 picks a free port. `{name}` is replaced by the MDS's name.
+    pub addr: String,
+    /// The address announced to clients when `addr` listens on 0.0.0.0; empty picks the local
+    /// address of the route towards the mons.
+    pub public_addr: String,
+    /// Admin HTTP address (`/metrics`, `/healthz`, `/readyz`); empty disables it.
+    pub admin_addr: String,
+    /// Beacons to the mons; `mon.mds_beacon_grace_ms` without one hands the rank over.
+    pub beacon_interval_ms: u64,
+    /// A journal segment object is closed once it holds this many bytes.
+    pub journal_segment_bytes: u64,
+    /// Dirty metadata is written back to its objects (and the journal trimmed) this often,
+    /// or sooner when `dirty_entries_max` changes wait.
+    pub writeback_interval_ms: u64,
+    pub dirty_entries_max: usize,
+    /// Clean inodes and directory entries kept in memory.
+    pub cache_entries_max: usize,
+    /// A client session not renewed for this long is closed.
+    pub session_timeout_ms: u64,
+    /// Requests answered at once; more wait.
+    pub requests_in_flight_max: usize,
+    /// Journal tail polls of a standby-replay daemon when it has caught up.
+    pub replay_poll_ms: u64,
+}
+
+impl Default for MdsSettings {
+    fn default() -> Self {
+        MdsSettings {
+            addr: "0.0.0.0:0".into(),
+            public_addr: String::new(),
+            admin_addr: String::new(),
+            beacon_interval_ms: 250,
+            journal_segment_bytes: 4 << 20,
+            writeback_interval_ms: 2000,
+            dirty_entries_max: 100_000,
+            cache_entries_max: 200_000,
+            session_timeout_ms: 60_000,
+            requests_in_flight_max: 1024,
+            replay_poll_ms: 100,
         }
     }
 }
@@ -226,6 +279,7 @@ impl Default for Config {
             monitors: Vec::new(),
             mon: MonSettings::default(),
             osd: OsdSettings::default(),
+            mds: MdsSettings::default(),
             client: ClientSettings::default(),
             log: LogSettings::default(),
         }
@@ -328,6 +382,9 @@ impl Config {
         }
         if o.scrub_chunk_objects == 0 || o.scrub_chunk_objects > 10_000 {
             bail!("osd.scrub_chunk_objects must be 1 to 10000");
+        }
+        if m.mds_beacon_grace_ms <= self.mds.beacon_interval_ms {
+            bail!("mon.mds_beacon_grace_ms must exceed mds.beacon_interval_ms");
         }
         if self.client.attempts_max == 0 || self.client.op_timeout_ms == 0 {
             bail!("client.attempts_max and client.op_timeout_ms must be positive");

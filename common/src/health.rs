@@ -5,6 +5,7 @@ use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
 
+use crate::fsmap::{FsMap, MdsRole};
 use crate::maps::ClusterMaps;
 use crate::pg_states::PgSummary;
 
@@ -61,6 +62,9 @@ pub fn compute(input: &HealthInput) -> Health {
         pg_degraded(&pgs),
         pg_damaged(&pgs),
         scrub_errors(&pgs),
+        fs_degraded(&input.maps.fsmap),
+        mds_all_down(&input.maps.fsmap),
+        mds_insufficient_standby(&input.maps.fsmap),
     ]
     .into_iter()
     .flatten()
@@ -188,9 +192,91 @@ fn scrub_errors(pgs: &PgSummary) -> Option<HealthCheck> {
     })
 }
 
+/// Filesystems whose rank 0 is not served: no daemon holds it, or its holder is still
+/// replaying the journal. Clients of such a filesystem wait.
+fn fs_degraded(fsmap: &FsMap) -> Option<HealthCheck> {
+    let degraded: Vec<(&str, String)> = fsmap
+        .filesystems
+        .iter()
+        .filter_map(|(id, f)| {
+            let why = match fsmap.active_of(*id) {
+                None => "no MDS holds rank 0".to_string(),
+                Some((_, d)) if matches!(d.role, MdsRole::Active { serving: true, .. }) => {
+                    return None
+                }
+                Some((name, d)) => format!("rank 0 (mds.{name}) is {}", d.role.state_name()),
+            };
+            Some((f.name.as_str(), why))
+        })
+        .collect();
+    let summary = match degraded.as_slice() {
+        [] => return None,
+        [(name, _)] => format!("fs {name} is degraded"),
+        many => format!("{} filesystems are degraded", many.len()),
+    };
+    let detail: Vec<String> = degraded
+        .iter()
+        .map(|(name, why)| format!("fs {name} is degraded: {why}"))
+        .collect();
+    Some(check("FS_DEGRADED", Severity::Warn, summary, &detail))
+}
+
+/// Filesystems exist but no MDS daemon is up at all: none of them can be served.
+fn mds_all_down(fsmap: &FsMap) -> Option<HealthCheck> {
+    if fsmap.filesystems.is_empty() || !fsmap.daemons.is_empty() {
+        return None;
+    }
+    let detail: Vec<String> = fsmap
+        .filesystems
+        .values()
+        .map(|f| format!("fs {} is offline", f.name))
+        .collect();
+    Some(check(
+        "MDS_ALL_DOWN",
+        Severity::Err,
+        "no MDS daemon is up: every filesystem is offline".into(),
+        &detail,
+    ))
+}
+
+/// No daemon ready to take a rank over: a filesystem that allows standby-replay has none,
+/// or no spare daemon (standby or standby-replay) exists at all.
+fn mds_insufficient_standby(fsmap: &FsMap) -> Option<HealthCheck> {
+    if fsmap.filesystems.is_empty() {
+        return None;
+    }
+    let mut detail: Vec<String> = fsmap
+        .filesystems
+        .iter()
+        .filter(|(id, f)| f.allow_standby_replay && fsmap.standby_replay_of(**id).is_none())
+        .map(|(_, f)| {
+            format!(
+                "fs {} allows standby-replay but has no standby-replay MDS",
+                f.name
+            )
+        })
+        .collect();
+    let spare = fsmap
+        .daemons
+        .values()
+        .any(|d| matches!(d.role, MdsRole::Standby | MdsRole::StandbyReplay { .. }));
+    if !spare {
+        detail.push("no standby MDS daemon is available to take over a rank".into());
+    }
+    (!detail.is_empty()).then(|| {
+        check(
+            "MDS_INSUFFICIENT_STANDBY",
+            Severity::Warn,
+            "insufficient standby MDS daemons available".into(),
+            &detail,
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fsmap::{Filesystem, MdsInfo};
     use crate::maps::MonInfo;
 
     fn maps(n: u64) -> ClusterMaps {
@@ -205,6 +291,110 @@ mod tests {
             );
         }
         m
+    }
+
+    /// One filesystem `myfs` (id 1) and MDS daemons with the given roles.
+    fn fs_maps(allow_standby_replay: bool, daemons: &[(&str, MdsRole)]) -> ClusterMaps {
+        let mut m = ClusterMaps::default();
+        m.fsmap.filesystems.insert(
+            1,
+            Filesystem {
+                name: "myfs".into(),
+                metadata_pool: "meta".into(),
+                data_pools: vec!["data".into()],
+                max_mds: 1,
+                allow_standby_replay,
+            },
+        );
+        for (name, role) in daemons {
+            m.fsmap.daemons.insert(
+                name.to_string(),
+                MdsInfo {
+                    addr: "127.0.0.1:6800".into(),
+                    instance: format!("mds.{name}/1"),
+                    role: role.clone(),
+                },
+            );
+        }
+        m
+    }
+
+    fn fs_health(m: &ClusterMaps) -> Health {
+        compute(&HealthInput {
+            maps: m,
+            quorum: &BTreeSet::new(),
+            pg_reports: &Default::default(),
+        })
+    }
+
+    fn codes(h: &Health) -> Vec<&str> {
+        h.checks.iter().map(|c| c.code.as_str()).collect()
+    }
+
+    const SERVING: MdsRole = MdsRole::Active {
+        fs: 1,
+        serving: true,
+    };
+
+    #[test]
+    fn an_active_mds_with_its_standby_replay_is_ok() {
+        let m = fs_maps(
+            true,
+            &[("a", SERVING), ("b", MdsRole::StandbyReplay { fs: 1 })],
+        );
+        assert_eq!(fs_health(&m).status, Severity::Ok);
+        let m = fs_maps(false, &[("a", SERVING), ("b", MdsRole::Standby)]);
+        assert_eq!(fs_health(&m).status, Severity::Ok);
+    }
+
+    #[test]
+    fn a_filesystem_without_daemons_is_offline() {
+        let h = fs_health(&fs_maps(false, &[]));
+        assert_eq!(h.status, Severity::Err);
+        assert_eq!(
+            codes(&h),
+            vec!["FS_DEGRADED", "MDS_ALL_DOWN", "MDS_INSUFFICIENT_STANDBY"]
+        );
+        assert_eq!(h.checks[0].summary, "fs myfs is degraded");
+        assert_eq!(
+            h.checks[0].detail,
+            vec!["fs myfs is degraded: no MDS holds rank 0"]
+        );
+        assert_eq!(h.checks[1].detail, vec!["fs myfs is offline"]);
+    }
+
+    #[test]
+    fn a_replaying_rank_holder_is_degraded() {
+        let replaying = MdsRole::Active {
+            fs: 1,
+            serving: false,
+        };
+        let h = fs_health(&fs_maps(
+            false,
+            &[("a", replaying), ("b", MdsRole::Standby)],
+        ));
+        assert_eq!(h.status, Severity::Warn);
+        assert_eq!(codes(&h), vec!["FS_DEGRADED"]);
+        assert_eq!(
+            h.checks[0].detail,
+            vec!["fs myfs is degraded: rank 0 (mds.a) is up:replay"]
+        );
+    }
+
+    #[test]
+    fn missing_standbys_warn() {
+        let h = fs_health(&fs_maps(true, &[("a", SERVING)]));
+        assert_eq!(codes(&h), vec!["MDS_INSUFFICIENT_STANDBY"]);
+        assert_eq!(
+            h.checks[0].detail,
+            vec![
+                "fs myfs allows standby-replay but has no standby-replay MDS",
+                "no standby MDS daemon is available to take over a rank"
+            ]
+        );
+        let h = fs_health(&fs_maps(false, &[("a", SERVING)]));
+        assert_eq!(codes(&h), vec!["MDS_INSUFFICIENT_STANDBY"]);
+        assert!(fs_health(&ClusterMaps::default()).checks.is_empty());
     }
 
     #[test]

@@ -14,13 +14,19 @@ pub struct ClusterMaps {
     pub osdmap: OsdMap,
     pub auth: AuthMap,
     pub config: ConfigMap,
+    #[serde(default)]
+    pub fsmap: crate::fsmap::FsMap,
 }
 
 impl ClusterMaps {
     /// Grows with every change to any map: lets a subscriber drop an older copy it receives
     /// after a newer one (e.g. when it switches to a lagging mon).
     pub fn epoch_sum(&self) -> u64 {
-        self.monmap.epoch + self.osdmap.epoch + self.auth.epoch + self.config.epoch
+        self.monmap.epoch
+            + self.osdmap.epoch
+            + self.auth.epoch
+            + self.config.epoch
+            + self.fsmap.epoch
     }
 }
 

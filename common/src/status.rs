@@ -5,6 +5,7 @@ use std::fmt::Write;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::fsmap::{FsMap, MdsRole};
 use crate::health::{Health, Severity};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -35,6 +36,9 @@ pub struct ClusterStatus {
     /// Client I/O of the last seconds, over every OSD.
     #[serde(default)]
     pub io: IoRates,
+    /// Filesystems and their MDS daemons.
+    #[serde(default)]
+    pub mds: MdsSummary,
     pub raft: RaftSummary,
 }
 
@@ -51,6 +55,8 @@ pub struct Epochs {
     pub osdmap: u64,
     pub auth: u64,
     pub config: u64,
+    #[serde(default)]
+    pub fsmap: u64,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -168,6 +174,79 @@ pub fn human_bytes(n: u64) -> String {
     }
 }
 
+/// Filesystems and MDS daemons, for the `mds:` line of `cairn status`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct MdsSummary {
+    pub filesystems: Vec<FsSummary>,
+    /// Daemons tailing a rank holder's journal.
+    pub standby_replay: u32,
+    /// Daemons waiting for a role.
+    pub standby: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FsSummary {
+    pub name: String,
+    /// Who holds rank 0, if anyone.
+    pub rank0: Option<RankHolder>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RankHolder {
+    pub daemon: String,
+    /// `up:replay` or `up:active`.
+    pub state: String,
+}
+
+impl MdsSummary {
+    pub fn of(fsmap: &FsMap) -> MdsSummary {
+        let count = |wanted: fn(&MdsRole) -> bool| {
+            fsmap.daemons.values().filter(|d| wanted(&d.role)).count() as u32
+        };
+        MdsSummary {
+            filesystems: fsmap
+                .filesystems
+                .iter()
+                .map(|(id, f)| FsSummary {
+                    name: f.name.clone(),
+                    rank0: fsmap.active_of(*id).map(|(daemon, d)| RankHolder {
+                        daemon: daemon.to_string(),
+                        state: d.role.state_name().to_string(),
+                    }),
+                })
+                .collect(),
+            standby_replay: count(|r| matches!(r, MdsRole::StandbyReplay { .. })),
+            standby: count(|r| *r == MdsRole::Standby),
+        }
+    }
+
+    /// `myfs:1 {0=a=up:active} 1 up:standby-replay, 1 up:standby`, as `ceph status` shows
+    /// filesystems (name, ranks up, who holds them) and spare daemons; none when there are
+    /// neither filesystems nor daemons.
+    pub fn line(&self) -> Option<String> {
+        let mut parts: Vec<String> = self
+            .filesystems
+            .iter()
+            .map(|f| match &f.rank0 {
+                Some(h) => format!("{}:1 {{0={}={}}}", f.name, h.daemon, h.state),
+                None => format!("{}:0", f.name),
+            })
+            .collect();
+        let spares: Vec<String> = [
+            (self.standby_replay, "up:standby-replay"),
+            (self.standby, "up:standby"),
+        ]
+        .iter()
+        .filter(|(n, _)| *n > 0)
+        .map(|(n, state)| format!("{n} {state}"))
+        .collect();
+        if !spares.is_empty() {
+            parts.push(spares.join(", "));
+        }
+        (!parts.is_empty()).then(|| parts.join(" "))
+    }
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct RaftSummary {
     pub term: u64,
@@ -215,6 +294,9 @@ impl ClusterStatus {
             let _ = write!(mon_line, ", out of quorum: {}", out_of_quorum.join(", "));
         }
         let _ = writeln!(out, "{mon_line}");
+        if let Some(mds) = self.mds.line() {
+            let _ = writeln!(out, "    mds: {mds}");
+        }
         let o = &self.osds;
         let _ = writeln!(
             out,
@@ -366,6 +448,7 @@ mod tests {
             usage: Usage::default(),
             osd_usage: Default::default(),
             io: IoRates::default(),
+            mds: MdsSummary::default(),
             raft: RaftSummary::default(),
         }
     }
@@ -381,6 +464,51 @@ mod tests {
         let text = status([true, true, false]).render();
         assert!(
             text.contains("quorum a,b (leader a) (age 75s), out of quorum: c"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn the_mds_line_shows_ranks_and_spares_when_there_are_any() {
+        use crate::fsmap::{Filesystem, MdsInfo};
+        let mut s = status([true; 3]);
+        assert!(!s.render().contains("mds:"));
+        let mut fsmap = FsMap::default();
+        fsmap.filesystems.insert(
+            1,
+            Filesystem {
+                name: "myfs".into(),
+                metadata_pool: "m".into(),
+                data_pools: vec!["d".into()],
+                max_mds: 1,
+                allow_standby_replay: true,
+            },
+        );
+        s.mds = MdsSummary::of(&fsmap);
+        assert!(s.render().contains("    mds: myfs:0\n"), "{}", s.render());
+        for n in ["a", "b", "c"] {
+            fsmap.daemons.insert(
+                n.into(),
+                MdsInfo {
+                    addr: String::new(),
+                    instance: format!("mds.{n}/1"),
+                    role: MdsRole::Standby,
+                },
+            );
+        }
+        fsmap.assign();
+        if let Some(a) = fsmap.daemons.get_mut("a") {
+            a.role = MdsRole::Active {
+                fs: 1,
+                serving: true,
+            };
+        }
+        s.mds = MdsSummary::of(&fsmap);
+        let text = s.render();
+        assert!(
+            text.contains(
+                "    mds: myfs:1 {0=a=up:active} 1 up:standby-replay, 1 up:standby\n    osd:"
+            ),
             "{text}"
         );
     }

@@ -15,6 +15,7 @@ use cairn_common::auth::TicketAuthority;
 use cairn_common::command::{Command, NewEntity, Proposal};
 use cairn_common::config::Config;
 use cairn_common::keyring::{Keyring, MON_SECRET_ENTITY};
+use cairn_common::lifecycle::{shutdown_signal, stopped};
 use cairn_common::maps::{mon_node_id, validate_daemon_name, MonInfo};
 use cairn_common::proto::auth_server::AuthServer;
 use cairn_common::proto::mon_peer_server::MonPeerServer;
@@ -165,6 +166,7 @@ pub async fn run(config: Config, name: String, listen: Listen) -> anyhow::Result
     let mon_secret = keyring.key(MON_SECRET_ENTITY)?;
     let authority = Arc::new(TicketAuthority::from_mon_secret(mon_secret));
     let osd_service_key = TicketAuthority::service_key(mon_secret, "osd");
+    let mds_service_key = TicketAuthority::service_key(mon_secret, "mds");
     let metrics = telemetry::install_metrics()?;
     let ticket_ttl_ms = config.mon.ticket_ttl_secs * 1000;
     let credentials = Arc::new(MonCredentials::new(authority.clone(), &name, ticket_ttl_ms));
@@ -206,6 +208,7 @@ pub async fn run(config: Config, name: String, listen: Listen) -> anyhow::Result
         credentials,
         liveness,
         osd_service_key,
+        mds_service_key,
     ));
     let (stop_tx, stop_rx) = watch::channel(false);
     if let Some(b) = bootstrap {
@@ -370,28 +373,5 @@ async fn export_metrics(node: Arc<MonNode>, stop: watch::Receiver<bool>) {
     while !*stop.borrow() {
         node.export_metrics();
         tokio::time::sleep(Duration::from_secs(1)).await;
-    }
-}
-
-async fn stopped(mut stop: watch::Receiver<bool>) {
-    while !*stop.borrow() {
-        if stop.changed().await.is_err() {
-            return;
-        }
-    }
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot watch SIGTERM");
-            return std::future::pending().await;
-        }
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
     }
 }

@@ -7,7 +7,9 @@
 
 pub mod daemon;
 pub mod db;
+pub mod fsmap_change;
 pub mod log_store;
+pub mod mds_liveness;
 pub mod network;
 pub mod node;
 pub mod osd_liveness;

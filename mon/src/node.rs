@@ -24,9 +24,10 @@ use cairn_common::proto::mon_client::MonClient as MonRpcClient;
 use cairn_common::proto::mon_peer_client::MonPeerClient;
 use cairn_common::proto::{ForwardRequest, PingRequest};
 use cairn_common::status::{
-    ClusterStatus, Epochs, IoRates, IoTotals, MonStatus, OsdSummary, RaftSummary, Usage,
+    ClusterStatus, Epochs, IoRates, IoTotals, MdsSummary, MonStatus, OsdSummary, RaftSummary, Usage,
 };
 
+use crate::mds_liveness::{self, MdsBeacon, MdsLiveness};
 use crate::network::peer_channel;
 use crate::osd_liveness::OsdLiveness;
 use crate::quorum::{Liveness, QuorumAge};
@@ -65,6 +66,7 @@ pub struct MonNode {
     pub credentials: Arc<MonCredentials>,
     pub liveness: Arc<Liveness>,
     pub osd_liveness: OsdLiveness,
+    pub mds_liveness: MdsLiveness,
     /// Each OSD's data device as its last beacon reported it (on the leader).
     osd_usage: Mutex<BTreeMap<u32, Usage>>,
     /// Each OSD's last I/O totals, when they arrived, and the rates since the sample before.
@@ -75,6 +77,9 @@ pub struct MonNode {
     pub osd_authority: TicketAuthority,
     /// Handed to OSDs (`ServiceKey`) so they can verify tickets.
     pub osd_service_key: SecretKey,
+    /// The same pair for the MDSs.
+    pub mds_authority: TicketAuthority,
+    pub mds_service_key: SecretKey,
     quorum_age: QuorumAge,
     peers: Mutex<HashMap<String, MonPeerClient<Channel>>>,
 }
@@ -92,6 +97,7 @@ impl MonNode {
         credentials: Arc<MonCredentials>,
         liveness: Arc<Liveness>,
         osd_service_key: SecretKey,
+        mds_service_key: SecretKey,
     ) -> MonNode {
         MonNode {
             osd_liveness: OsdLiveness::default(),
@@ -100,6 +106,9 @@ impl MonNode {
             pg_reports: Mutex::new(BTreeMap::new()),
             osd_authority: TicketAuthority::from_service_key(osd_service_key.clone()),
             osd_service_key,
+            mds_liveness: MdsLiveness::default(),
+            mds_authority: TicketAuthority::from_service_key(mds_service_key.clone()),
+            mds_service_key,
             id,
             name,
             fsid,
@@ -223,6 +232,22 @@ impl MonNode {
                 self.record_io(*osd, *io);
                 self.osd_beacon(*osd, failures, *going_down).await
             }
+            Forwarded::MdsBeacon {
+                name,
+                addr,
+                instance,
+                serving,
+                going_down,
+            } => {
+                let beacon = MdsBeacon {
+                    name,
+                    addr,
+                    instance,
+                    serving: *serving,
+                    going_down: *going_down,
+                };
+                self.mds_beacon(&beacon).await
+            }
             Forwarded::MonAdd { name, addr } => self.mon_add(name, addr).await,
             Forwarded::MonRm { name } => self.mon_rm(name).await,
         }
@@ -335,6 +360,36 @@ impl MonNode {
             at_ms: cairn_common::now_ms(),
         };
         self.propose_own(command).await
+    }
+
+    /// Records an MDS's beacon and proposes the FSMap change it calls for (see
+    /// `mds_liveness::beacon_command`). Answers with the FSMap epoch.
+    async fn mds_beacon(&self, beacon: &MdsBeacon<'_>) -> Result<Value, Attempt> {
+        self.mds_liveness
+            .beacon(beacon.name, beacon.instance, Instant::now());
+        let maps = self.shared.maps();
+        let command = mds_liveness::beacon_command(&maps, beacon, cairn_common::now_ms())
+            .map_err(|e| Attempt::Fail(Status::failed_precondition(e)))?;
+        if let Some(command) = command {
+            self.propose_own(command).await?;
+        }
+        Ok(json!(self.shared.maps().fsmap.epoch))
+    }
+
+    /// Fails the MDSs silent for `mon.mds_beacon_grace_ms`: their standbys take over.
+    pub async fn fail_silent_mdss(&self) -> Result<(), Attempt> {
+        let maps = self.shared.maps();
+        let grace = Duration::from_millis(self.settings.mds_beacon_grace_ms);
+        let failed =
+            self.mds_liveness
+                .failed(&maps.fsmap, grace, Instant::now(), cairn_common::now_ms());
+        for command in failed {
+            if let Command::MdsFailed { name, reason, .. } = &command {
+                tracing::info!(mds = %name, %reason, "failing mds");
+            }
+            self.propose_own(command).await?;
+        }
+        Ok(())
     }
 
     /// Proposes a command the mon decided on itself (no client request id: these are
@@ -535,6 +590,7 @@ impl MonNode {
                 osdmap: osdmap.epoch,
                 auth: maps.auth.epoch,
                 config: maps.config.epoch,
+                fsmap: maps.fsmap.epoch,
             },
             osds: OsdSummary {
                 total: osdmap.osds.len() as u32,
@@ -549,6 +605,7 @@ impl MonNode {
             usage,
             osd_usage,
             io: self.io_rates(),
+            mds: MdsSummary::of(&maps.fsmap),
             raft: RaftSummary {
                 term: metrics.current_term,
                 last_log_index: metrics.last_log_index.unwrap_or(0),
@@ -679,6 +736,7 @@ impl MonNode {
                     maps.osdmap.epoch,
                     maps.auth.epoch,
                     maps.config.epoch,
+                    maps.fsmap.epoch,
                 ],
             )
         });
@@ -686,7 +744,10 @@ impl MonNode {
         if is_leader {
             metrics::gauge!("cairn_mon_quorum_size").set(self.quorum().len() as f64);
         }
-        for (map, epoch) in ["monmap", "osdmap", "auth", "config"].iter().zip(epochs) {
+        for (map, epoch) in ["monmap", "osdmap", "auth", "config", "fsmap"]
+            .iter()
+            .zip(epochs)
+        {
             metrics::gauge!("cairn_mon_map_epoch", "map" => *map).set(epoch as f64);
         }
     }

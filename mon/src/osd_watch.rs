@@ -1,5 +1,6 @@
-//! The leader's watch over the OSDs: every tick it marks down the OSDs the liveness rules
-//! condemn (`osd_liveness`) and marks out those down longer than `mon.osd_out_interval_ms`.
+//! The leader's watch over the OSDs and MDSs: every tick it marks down the OSDs the liveness
+//! rules condemn (`osd_liveness`), marks out those down longer than `mon.osd_out_interval_ms`,
+//! and fails the MDSs silent for `mon.mds_beacon_grace_ms` (`mds_liveness`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,6 +23,7 @@ pub async fn watch_osds(node: Arc<MonNode>, mut stop: watch::Receiver<bool>) {
         if !now_leading {
             if leading {
                 node.osd_liveness.reset();
+                node.mds_liveness.reset();
             }
             leading = false;
             continue;
@@ -29,6 +31,7 @@ pub async fn watch_osds(node: Arc<MonNode>, mut stop: watch::Receiver<bool>) {
         leading = true;
         // Failures are retried at the next tick; the commands are idempotent.
         let _ = node.mark_failed_osds_down().await;
+        let _ = node.fail_silent_mdss().await;
         if let Some(ids) = overdue_for_out(&node) {
             tracing::info!(?ids, "marking osds out after their down interval");
             let _ = node.propose_own(Command::OsdOut { ids }).await;

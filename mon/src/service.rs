@@ -15,6 +15,7 @@ use tonic::{Request, Response, Status};
 
 use cairn_common::auth::{self, Need, Ticket};
 use cairn_common::command::{Command, Forwarded, PeerFailureReport, Proposal, RequestId};
+use cairn_common::fsmap::validate_mds;
 use cairn_common::maps::validate_daemon_name;
 use cairn_common::placement::PgId;
 use cairn_common::proto::auth_server::Auth;
@@ -100,6 +101,7 @@ impl Auth for AuthService {
             expires_at_ms: ticket.expires_at_ms,
             server_proof,
             osd_ticket: node.osd_authority.issue(&ticket),
+            mds_ticket: node.mds_authority.issue(&ticket),
         }))
     }
 }
@@ -112,14 +114,21 @@ pub struct MonService {
 
 type MapsStream = Pin<Box<dyn Stream<Item = Result<MapsReply, Status>> + Send + 'static>>;
 
-/// Checks the caller may run `cmd`: keys and caps need everything; config, OSD states and
-/// pools need write; an OSD boots only itself (or an admin with everything boots it).
+/// Checks the caller may run `cmd`: keys and caps need everything; config, OSD states,
+/// pools and filesystems need write; an OSD boots only itself (or an admin with everything
+/// boots it); MDS states come from the MDSs' beacons only.
 fn authorize_command(ticket: &Ticket, cmd: &Command) -> Result<(), Status> {
     let need = match cmd {
         Command::Bootstrap { .. } => {
             return Err(Status::permission_denied(
                 "bootstrap is issued by the monitors themselves",
             ))
+        }
+        Command::MdsBoot { .. } | Command::MdsFailed { .. } | Command::MdsServing { .. } => {
+            return Err(Status::permission_denied(format!(
+                "{} is issued by the monitors from the MDSs' beacons",
+                cmd.label()
+            )))
         }
         Command::OsdBoot { id, .. } if ticket.entity != format!("osd.{id}") => Need::All,
         Command::OsdBoot { .. }
@@ -130,7 +139,11 @@ fn authorize_command(ticket: &Ticket, cmd: &Command) -> Result<(), Status> {
         | Command::OsdIn { .. }
         | Command::PoolCreate { .. }
         | Command::PoolSet { .. }
-        | Command::PoolRm { .. } => Need::Write,
+        | Command::PoolRm { .. }
+        | Command::FsNew { .. }
+        | Command::FsRm { .. }
+        | Command::FsSet { .. }
+        | Command::FsAddDataPool { .. } => Need::Write,
         Command::AuthAdd { .. } | Command::AuthCaps { .. } | Command::AuthRm { .. } => Need::All,
     };
     ticket
@@ -165,6 +178,37 @@ fn pg_report(osd: u32, r: &PgReport) -> (PgId, cairn_common::pg_states::PgReport
 /// The OSD id of an `osd.N` ticket.
 fn osd_id_of(ticket: &Ticket) -> Option<u32> {
     ticket.entity.strip_prefix("osd.")?.parse().ok()
+}
+
+/// The MDS name of an `mds.NAME` ticket.
+fn mds_name_of(ticket: &Ticket) -> Option<&str> {
+    ticket.entity.strip_prefix("mds.")
+}
+
+/// The service key `service` names ("osd" when empty, as before MDSs existed), if the ticket's
+/// entity is a daemon of that service: only its daemons verify its tickets.
+fn service_key_for<'a>(
+    node: &'a MonNode,
+    ticket: &Ticket,
+    service: &str,
+) -> Result<&'a cairn_common::auth::SecretKey, Status> {
+    let (key, is_member) = match service {
+        "" | "osd" => (&node.osd_service_key, osd_id_of(ticket).is_some()),
+        "mds" => (&node.mds_service_key, mds_name_of(ticket).is_some()),
+        other => {
+            return Err(Status::invalid_argument(format!(
+                "unknown service {other:?}: service keys exist for osd and mds"
+            )))
+        }
+    };
+    let service = if service.is_empty() { "osd" } else { service };
+    if !is_member {
+        return Err(Status::permission_denied(format!(
+            "{} is not an {service}: only {service}s receive the {service} service key",
+            ticket.entity
+        )));
+    }
+    Ok(key)
 }
 
 #[tonic::async_trait]
@@ -352,15 +396,37 @@ impl Mon for MonService {
         &self,
         req: Request<ServiceKeyRequest>,
     ) -> Result<Response<ServiceKeyReply>, Status> {
-        let ticket = require(&req, Need::Read, "read the osd service key")?;
-        if osd_id_of(&ticket).is_none() {
+        let ticket = require(&req, Need::Read, "read a service key")?;
+        let key = service_key_for(&self.node, &ticket, &req.get_ref().service)?;
+        Ok(Response::new(ServiceKeyReply {
+            key: key.to_base64(),
+        }))
+    }
+
+    async fn mds_beacon(
+        &self,
+        req: Request<MdsBeaconRequest>,
+    ) -> Result<Response<MdsBeaconReply>, Status> {
+        let ticket = require(&req, Need::Write, "send mds beacons")?;
+        let req = req.into_inner();
+        if mds_name_of(&ticket) != Some(req.name.as_str()) {
             return Err(Status::permission_denied(format!(
-                "{} is not an osd: only osds receive the osd service key",
-                ticket.entity
+                "{} cannot send beacons for mds.{}",
+                ticket.entity, req.name
             )));
         }
-        Ok(Response::new(ServiceKeyReply {
-            key: self.node.osd_service_key.to_base64(),
+        // Refused here rather than by the state machine, so the daemon learns why.
+        validate_mds(&req.name, &req.addr, &req.instance).map_err(Status::invalid_argument)?;
+        let fwd = Forwarded::MdsBeacon {
+            name: req.name,
+            addr: req.addr,
+            instance: req.instance,
+            serving: req.serving,
+            going_down: req.going_down,
+        };
+        let v = self.node.execute(&ticket.entity, &fwd).await?;
+        Ok(Response::new(MdsBeaconReply {
+            fsmap_epoch: v.as_u64().unwrap_or(0),
         }))
     }
 

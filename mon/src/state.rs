@@ -11,7 +11,7 @@ use cairn_common::command::{
 use cairn_common::maps::{ClusterMaps, EntityInfo, MonInfo, OsdMap};
 use serde::{Deserialize, Serialize};
 
-use crate::osdmap_change;
+use crate::{fsmap_change, osdmap_change};
 
 /// Outcomes remembered per client, and clients remembered: enough for retries, bounded.
 pub const SESSION_OUTCOMES_MAX: usize = 64;
@@ -92,8 +92,14 @@ impl ClusterState {
     /// Checks a command against the current state without changing anything. The same checks
     /// run again in `apply`, where the state may have moved on.
     pub fn check(&self, cmd: &Command) -> Result<(), String> {
+        if let Command::PoolRm { name } = cmd {
+            fsmap_change::check_pool_rm(&self.maps.fsmap, name)?;
+        }
         if osdmap_change::is_osdmap_command(cmd) {
             return osdmap_change::check(&self.maps.osdmap, cmd);
+        }
+        if fsmap_change::is_fsmap_command(cmd) {
+            return fsmap_change::check(&self.maps, cmd);
         }
         match cmd {
             Command::Bootstrap { entities, .. } => {
@@ -182,11 +188,15 @@ impl ClusterState {
     }
 
     fn apply_command(&mut self, cmd: Command) -> CommandOutcome {
+        // Before the per-map modules: some checks span maps (a pool in use by a filesystem).
+        if let Err(reason) = self.check(&cmd) {
+            return CommandOutcome::Refused { reason };
+        }
         if osdmap_change::is_osdmap_command(&cmd) {
             return osdmap_change::apply(&mut self.maps.osdmap, cmd);
         }
-        if let Err(reason) = self.check(&cmd) {
-            return CommandOutcome::Refused { reason };
+        if fsmap_change::is_fsmap_command(&cmd) {
+            return fsmap_change::apply(&mut self.maps, cmd);
         }
         let maps = &mut self.maps;
         match cmd {

@@ -16,6 +16,7 @@ use cairn_common::auth::TicketAuthority;
 use cairn_common::command::Command;
 use cairn_common::config::Config;
 use cairn_common::keyring::Keyring;
+use cairn_common::lifecycle::{shutdown_signal, stopped};
 use cairn_common::proto::osd_server::OsdServer;
 use cairn_common::proto::OsdBeaconRequest;
 use cairn_common::telemetry;
@@ -72,7 +73,10 @@ pub async fn run(
         .await
         .with_context(|| format!("cannot listen on {}", config.osd.addr))?;
     let local = listener.local_addr()?;
-    let public = public_addr(&config, local).await?;
+    let public =
+        cairn_common::channel::announced_addr(&config.osd.public_addr, local, &config.monitors)
+            .await
+            .context("osd.public_addr")?;
     // The server stops last: it keeps answering peers while the mons hear of the shutdown.
     let (stop_tx, stop_rx) = watch::channel(false);
     let (server_stop_tx, server_stop_rx) = watch::channel(false);
@@ -162,47 +166,6 @@ async fn service_key(monc: &MonClient) -> anyhow::Result<cairn_common::auth::Sec
     }
 }
 
-/// The address peers and clients reach this OSD at: `osd.public_addr`, else the listening
-/// address, else (listening on every interface, as in a container) the local address of the
-/// route towards the mons.
-async fn public_addr(config: &Config, local: SocketAddr) -> anyhow::Result<SocketAddr> {
-    if !config.osd.public_addr.is_empty() {
-        let ip: std::net::IpAddr = config
-            .osd
-            .public_addr
-            .parse()
-            .context("osd.public_addr must be an IP address")?;
-        return Ok(SocketAddr::new(ip, local.port()));
-    }
-    if !local.ip().is_unspecified() {
-        return Ok(local);
-    }
-    for mon in &config.monitors {
-        match route_source(&mon.addr).await {
-            Ok(ip) => return Ok(SocketAddr::new(ip, local.port())),
-            Err(e) => tracing::warn!(mon = %mon.addr, error = %e, "no route towards this mon"),
-        }
-    }
-    bail!("osd.addr listens on every interface and no mon is reachable to pick the address peers should use: set osd.public_addr")
-}
-
-/// The local address the kernel would send from to reach `addr` (a connected UDP socket
-/// sends nothing).
-async fn route_source(addr: &str) -> anyhow::Result<std::net::IpAddr> {
-    let target = tokio::net::lookup_host(addr)
-        .await?
-        .next()
-        .context("the name resolves to no address")?;
-    let any: SocketAddr = if target.is_ipv4() {
-        "0.0.0.0:0".parse()?
-    } else {
-        "[::]:0".parse()?
-    };
-    let socket = tokio::net::UdpSocket::bind(any).await?;
-    socket.connect(target).await?;
-    Ok(socket.local_addr()?.ip())
-}
-
 fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
@@ -236,14 +199,6 @@ async fn serve(
         )
         .await
         .context("osd server failed")
-}
-
-async fn stopped(mut stop: watch::Receiver<bool>) {
-    while !*stop.borrow() {
-        if stop.changed().await.is_err() {
-            return;
-        }
-    }
 }
 
 /// Keeps the node's maps current from a mon subscription (moving to another mon when one
@@ -305,21 +260,6 @@ async fn reboot_if_marked_down(node: &OsdNode, boot: &Command) {
         tracing::warn!("the map marks this osd down while it runs: booting again");
         if let Err(e) = node.monc.command(boot.clone()).await {
             tracing::warn!(error = %e, "boot refused");
-        }
-    }
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
         }
     }
 }

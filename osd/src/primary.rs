@@ -137,6 +137,14 @@ pub async fn handle_op(node: &OsdNode, req: OpRequest) -> OpReply {
 
 async fn handle_op_inner(node: &OsdNode, req: OpRequest) -> OpReply {
     let maps = node.maps_at_least(req.osdmap_epoch).await;
+    if let Some(instance) = fenced_instance(&maps.osdmap, &req.reqid) {
+        let mut out = reply(
+            OpResult::Blocklisted,
+            format!("{instance} is blocklisted: its role was given to another daemon"),
+        );
+        out.osdmap_epoch = maps.osdmap.epoch;
+        return out;
+    }
     let mut out = match route(node, &maps, &req) {
         Ok((pool, target)) => {
             let Some(op) = req.op.and_then(|o| o.op) else {
@@ -148,6 +156,15 @@ async fn handle_op_inner(node: &OsdNode, req: OpRequest) -> OpReply {
     };
     out.osdmap_epoch = maps.osdmap.epoch;
     out
+}
+
+/// The sender's instance when the map fences it. A request id reads `entity|instance:number`
+/// (the OSD prefixes the authenticated entity); the blocklist names instances.
+fn fenced_instance<'a>(osdmap: &cairn_common::maps::OsdMap, reqid: &'a str) -> Option<&'a str> {
+    let (_, rest) = reqid.split_once('|')?;
+    let (instance, _) = rest.rsplit_once(':')?;
+    let until = osdmap.blocklist.get(instance)?;
+    (*until > cairn_common::now_ms()).then_some(instance)
 }
 
 /// Checks the op belongs here, now: the pool exists, this OSD is the PG's primary, enough

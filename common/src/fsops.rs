@@ -1,0 +1,279 @@
+//! The filesystem's metadata requests and replies between clients and the active MDS. Like
+//! the mon commands, they travel as serde-JSON bodies inside a protobuf envelope
+//! (`MdsRequest`/`MdsReply`): one definition serves the wire and the MDS journal.
+//!
+//! File data never passes through the MDS: file `ino`'s bytes live in the data pool as
+//! objects named by [`data_object`], each [`OBJECT_BYTES`] long at most.
+
+use serde::{Deserialize, Serialize};
+
+/// The root directory's inode number.
+pub const ROOT_INO: u64 = 1;
+/// Size of the data objects a file is cut into.
+pub const OBJECT_BYTES: u64 = 4 << 20;
+/// Longest name of one directory entry, as in Linux.
+pub const NAME_BYTES_MAX: usize = 255;
+/// Longest symlink target and xattr value; xattr names follow Linux's 255 bytes.
+pub const SYMLINK_BYTES_MAX: usize = 4096;
+pub const XATTR_VALUE_BYTES_MAX: usize = 64 << 10;
+/// Entries one readdir reply holds at most.
+pub const READDIR_MAX: u32 = 4096;
+
+/// The data object holding bytes `[index * OBJECT_BYTES, (index + 1) * OBJECT_BYTES)` of a file.
+pub fn data_object(ino: u64, index: u64) -> String {
+    format!("{ino:x}.{index:08x}")
+}
+
+/// What `stat` shows of an inode.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InodeAttr {
+    pub ino: u64,
+    /// File type bits (`S_IFREG`, …) and permission bits.
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub size: u64,
+    pub nlink: u32,
+    pub rdev: u32,
+    /// Nanoseconds since the Unix epoch.
+    pub atime_ns: i64,
+    pub mtime_ns: i64,
+    pub ctime_ns: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirEntry {
+    pub name: String,
+    pub ino: u64,
+    /// File type bits only.
+    pub mode: u32,
+}
+
+/// Changes `setattr` makes; `None` leaves a field alone.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SetAttrs {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime_ns: Option<i64>,
+    pub mtime_ns: Option<i64>,
+}
+
+/// Who asks, for ownership of new inodes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Caller {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FsOp {
+    /// Opens or renews the client's session (sent every few seconds by a mounted client).
+    Session,
+    Lookup {
+        parent: u64,
+        name: String,
+    },
+    /// Resolves a path from the root (`cairn mount --path`), following no symlinks.
+    Resolve {
+        path: String,
+    },
+    GetAttr {
+        ino: u64,
+    },
+    SetAttr {
+        ino: u64,
+        change: SetAttrs,
+    },
+    /// Creates a regular file, fifo, socket or device node (`mode` carries the type).
+    Mknod {
+        parent: u64,
+        name: String,
+        mode: u32,
+        rdev: u32,
+        caller: Caller,
+    },
+    Mkdir {
+        parent: u64,
+        name: String,
+        mode: u32,
+        caller: Caller,
+    },
+    Symlink {
+        parent: u64,
+        name: String,
+        target: String,
+        caller: Caller,
+    },
+    ReadLink {
+        ino: u64,
+    },
+    Link {
+        ino: u64,
+        new_parent: u64,
+        new_name: String,
+    },
+    Unlink {
+        parent: u64,
+        name: String,
+    },
+    Rmdir {
+        parent: u64,
+        name: String,
+    },
+    /// `flags` as Linux `renameat2`: `RENAME_NOREPLACE` (1) is supported.
+    Rename {
+        parent: u64,
+        name: String,
+        new_parent: u64,
+        new_name: String,
+        flags: u32,
+    },
+    /// Entries after `after` in name order, at most `max`.
+    ReadDir {
+        ino: u64,
+        after: String,
+        max: u32,
+    },
+    /// A client wrote file data: the size grows to at least `size`, mtime becomes `mtime_ns`.
+    Written {
+        ino: u64,
+        size: u64,
+        mtime_ns: i64,
+    },
+    SetXattr {
+        ino: u64,
+        name: String,
+        value: Vec<u8>,
+        flags: i32,
+    },
+    GetXattr {
+        ino: u64,
+        name: String,
+    },
+    ListXattr {
+        ino: u64,
+    },
+    RemoveXattr {
+        ino: u64,
+        name: String,
+    },
+    /// Inodes in use (statfs).
+    Files,
+}
+
+impl FsOp {
+    /// Whether the op changes metadata (and so is journaled before its reply).
+    pub fn is_change(&self) -> bool {
+        !matches!(
+            self,
+            FsOp::Session
+                | FsOp::Lookup { .. }
+                | FsOp::Resolve { .. }
+                | FsOp::GetAttr { .. }
+                | FsOp::ReadLink { .. }
+                | FsOp::ReadDir { .. }
+                | FsOp::GetXattr { .. }
+                | FsOp::ListXattr { .. }
+                | FsOp::Files
+        )
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FsReply {
+    Done,
+    Attr(InodeAttr),
+    Entries(Vec<DirEntry>),
+    Target(String),
+    Value(Vec<u8>),
+    Names(Vec<String>),
+    Count(u64),
+    /// A POSIX errno and why.
+    Error {
+        errno: i32,
+        message: String,
+    },
+}
+
+impl FsReply {
+    pub fn error(errno: i32, message: impl Into<String>) -> FsReply {
+        FsReply::Error {
+            errno,
+            message: message.into(),
+        }
+    }
+}
+
+/// Checks one name of a directory entry.
+pub fn validate_name(name: &str) -> Result<(), FsReply> {
+    if name.is_empty() || name == "." || name == ".." || name.contains('/') || name.contains('\0') {
+        return Err(FsReply::error(EINVAL, format!("invalid name {name:?}")));
+    }
+    if name.len() > NAME_BYTES_MAX {
+        return Err(FsReply::error(
+            ENAMETOOLONG,
+            format!("names are at most {NAME_BYTES_MAX} bytes"),
+        ));
+    }
+    Ok(())
+}
+
+/// Linux errno values the protocol names (both ends run on Linux; `common` does not link libc).
+pub const EPERM: i32 = 1;
+pub const ENOENT: i32 = 2;
+pub const EIO: i32 = 5;
+pub const EAGAIN: i32 = 11;
+pub const EACCES: i32 = 13;
+pub const EEXIST: i32 = 17;
+pub const EXDEV: i32 = 18;
+pub const ENOTDIR: i32 = 20;
+pub const EISDIR: i32 = 21;
+pub const EINVAL: i32 = 22;
+pub const EFBIG: i32 = 27;
+pub const ENOSPC: i32 = 28;
+pub const EMLINK: i32 = 31;
+pub const ERANGE: i32 = 34;
+pub const ENAMETOOLONG: i32 = 36;
+pub const ENOTEMPTY: i32 = 39;
+pub const ENODATA: i32 = 61;
+pub const ENOTSUP: i32 = 95;
+pub const ETIMEDOUT: i32 = 110;
+
+/// File type bits.
+pub const S_IFMT: u32 = 0o170000;
+pub const S_IFDIR: u32 = 0o040000;
+pub const S_IFREG: u32 = 0o100000;
+pub const S_IFLNK: u32 = 0o120000;
+
+pub fn is_dir(mode: u32) -> bool {
+    mode & S_IFMT == S_IFDIR
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_checked() {
+        assert!(validate_name("a").is_ok());
+        assert!(validate_name(&"x".repeat(255)).is_ok());
+        for bad in ["", ".", "..", "a/b", "a\0"] {
+            assert!(validate_name(bad).is_err(), "{bad:?}");
+        }
+        assert!(matches!(
+            validate_name(&"x".repeat(256)),
+            Err(FsReply::Error {
+                errno: ENAMETOOLONG,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn data_objects_sort_by_index() {
+        assert_eq!(data_object(0x2a, 3), "2a.00000003");
+        assert!(data_object(1, 9) < data_object(1, 10));
+    }
+}
