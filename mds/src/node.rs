@@ -1,0 +1,298 @@
+//! One MDS daemon's state and roles: it follows what the FSMap assigns to its instance —
+//! nothing (standby), tailing a rank's journal (standby-replay), or holding the rank (replay
+//! to the journal's end, then serve).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use tokio::sync::{watch, Mutex, Semaphore};
+use tonic::Status;
+
+use cairn_client::Rados;
+use cairn_common::config::MdsSettings;
+use cairn_common::fsmap::{FsId, MdsRole};
+use cairn_common::fsops::{FsOp, FsReply, ROOT_INO, S_IFDIR};
+
+use crate::inode::Inode;
+use crate::journal::Event;
+use crate::rank::Rank;
+use crate::replay::Replayer;
+
+/// How often a standby-replay re-reads the journal head (to drop what was written back).
+const HEAD_POLL: Duration = Duration::from_secs(1);
+
+pub struct MdsNode {
+    pub name: String,
+    pub addr: String,
+    pub rados: Arc<Rados>,
+    pub settings: MdsSettings,
+    /// The rank while this daemon serves it.
+    rank: Mutex<Option<Rank>>,
+    serving: AtomicBool,
+    admitted: Semaphore,
+    /// Set when the rank can no longer be served (a failed journal write): the daemon exits.
+    broken: watch::Sender<Option<String>>,
+}
+
+impl MdsNode {
+    pub fn new(name: &str, addr: String, rados: Arc<Rados>, settings: MdsSettings) -> MdsNode {
+        MdsNode {
+            name: name.to_string(),
+            addr,
+            rados,
+            admitted: Semaphore::new(settings.requests_in_flight_max),
+            settings,
+            rank: Mutex::new(None),
+            serving: AtomicBool::new(false),
+            broken: watch::channel(None).0,
+        }
+    }
+
+    pub fn serving(&self) -> bool {
+        self.serving.load(Ordering::Relaxed)
+    }
+
+    pub fn broken(&self) -> watch::Receiver<Option<String>> {
+        self.broken.subscribe()
+    }
+
+    fn fail(&self, why: String) {
+        tracing::error!(reason = %why, "the rank cannot be served any more");
+        self.serving.store(false, Ordering::Relaxed);
+        let _ = self.broken.send(Some(why));
+    }
+
+    /// The role the FSMap gives this daemon's instance (`None`: not in the map).
+    fn role(&self) -> Option<MdsRole> {
+        let maps = self.rados.maps();
+        maps.fsmap
+            .daemons
+            .get(&self.name)
+            .filter(|d| d.instance == self.rados.instance())
+            .map(|d| d.role.clone())
+    }
+
+    /// Answers one client request.
+    pub async fn handle(&self, client: &str, tid: u64, op: FsOp) -> Result<FsReply, Status> {
+        let _permit = self
+            .admitted
+            .try_acquire()
+            .map_err(|_| Status::resource_exhausted("too many requests waiting; retry later"))?;
+        let started = Instant::now();
+        let mut rank = self.rank.lock().await;
+        let Some(r) = rank.as_mut().filter(|_| self.serving()) else {
+            return Err(Status::unavailable(format!(
+                "mds.{} is not active",
+                self.name
+            )));
+        };
+        let reply = match r.handle(client, tid, op).await {
+            Ok(Ok(reply)) => reply,
+            Ok(Err(e)) => return Err(Status::unavailable(format!("{e:#}"))),
+            Err(e) => {
+                *rank = None;
+                self.fail(format!("{e:#}"));
+                return Err(Status::unavailable(format!(
+                    "mds.{} stopped serving: {e:#}",
+                    self.name
+                )));
+            }
+        };
+        metrics::counter!("cairn_mds_requests_total").increment(1);
+        metrics::histogram!("cairn_mds_request_seconds").record(started.elapsed().as_secs_f64());
+        Ok(reply)
+    }
+
+    /// Follows the role the FSMap assigns until `stop`; an error means this instance must
+    /// end (fenced, or its rank broken).
+    pub async fn follow_roles(&self, mut stop: watch::Receiver<bool>) -> anyhow::Result<()> {
+        let mut known = false;
+        let mut replayer: Option<(FsId, Replayer)> = None;
+        let mut head_polled = Instant::now();
+        let poll = Duration::from_millis(self.settings.replay_poll_ms.max(10));
+        loop {
+            if *stop.borrow() {
+                return Ok(());
+            }
+            if let Some(why) = self.broken.borrow().clone() {
+                bail!("{why}");
+            }
+            match self.role() {
+                None if known => bail!(
+                    "this instance is no longer in the FSMap (its rank was given away and it is fenced): exiting so a fresh instance can start"
+                ),
+                None => {}
+                Some(role) => {
+                    known = true;
+                    match role {
+                        MdsRole::Standby => {
+                            if self.serving() {
+                                bail!("the rank was taken from this daemon");
+                            }
+                            replayer = None;
+                        }
+                        MdsRole::StandbyReplay { fs } => {
+                            if self.serving() {
+                                bail!("the rank was taken from this daemon");
+                            }
+                            let r = self.tail(fs, replayer.take()).await?;
+                            let mut r = r;
+                            if head_polled.elapsed() >= HEAD_POLL {
+                                r.1.follow_head().await?;
+                                head_polled = Instant::now();
+                            }
+                            replayer = Some(r);
+                        }
+                        MdsRole::Active { fs, .. } => {
+                            if !self.serving() {
+                                self.take_over(fs, replayer.take()).await?;
+                            }
+                        }
+                    }
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(poll) => {}
+                _ = stop.changed() => {}
+            }
+        }
+    }
+
+    /// The metadata and default data pool of a filesystem.
+    fn pools(&self, fs: FsId) -> anyhow::Result<(String, String)> {
+        let maps = self.rados.maps();
+        let f = maps
+            .fsmap
+            .filesystems
+            .get(&fs)
+            .with_context(|| format!("filesystem {fs} is not in the FSMap"))?;
+        let data = f
+            .data_pools
+            .first()
+            .with_context(|| format!("filesystem {} has no data pool", f.name))?;
+        Ok((f.metadata_pool.clone(), data.clone()))
+    }
+
+    async fn replayer_for(
+        &self,
+        fs: FsId,
+        have: Option<(FsId, Replayer)>,
+    ) -> anyhow::Result<(FsId, Replayer)> {
+        match have {
+            Some((f, r)) if f == fs => Ok((f, r)),
+            _ => {
+                let (meta, _) = self.pools(fs)?;
+                let r = Replayer::start(
+                    self.rados.clone(),
+                    &meta,
+                    self.settings.journal_segment_bytes,
+                    self.settings.cache_entries_max,
+                )
+                .await?;
+                tracing::info!(fs, "replaying the journal");
+                Ok((fs, r))
+            }
+        }
+    }
+
+    /// One step of standby-replay: apply what the active journaled since the last step.
+    async fn tail(
+        &self,
+        fs: FsId,
+        have: Option<(FsId, Replayer)>,
+    ) -> anyhow::Result<(FsId, Replayer)> {
+        let (fs, mut r) = self.replayer_for(fs, have).await?;
+        if let Err(e) = r.catch_up().await {
+            // A gap or a read failure: start over from the head next time.
+            tracing::warn!(error = %e, "journal tail failed; replaying from the head again");
+            return self.replayer_for(fs, None).await;
+        }
+        Ok((fs, r))
+    }
+
+    /// Becomes the rank: replays to the journal's end (the map that gave this daemon the rank
+    /// also fenced its predecessor, and every read here carries that map's epoch, so nothing
+    /// more can be appended behind this replay), then serves.
+    async fn take_over(&self, fs: FsId, have: Option<(FsId, Replayer)>) -> anyhow::Result<()> {
+        let started = Instant::now();
+        let (_, mut r) = self.replayer_for(fs, have).await?;
+        r.follow_head().await?;
+        while r.catch_up().await? > 0 {}
+        let (_, data_pool) = self.pools(fs)?;
+        let replayed = r.finish();
+        let purges = replayed.purges.clone();
+        let seq = replayed.seq;
+        let mut rank = Rank::new(
+            self.rados.clone(),
+            &data_pool,
+            replayed,
+            self.settings.clone(),
+        );
+        ensure_root(&mut rank).await?;
+        for (ino, size) in purges {
+            crate::rank::spawn_purge(self.rados.clone(), &data_pool, ino, 0, size);
+        }
+        *self.rank.lock().await = Some(rank);
+        self.serving.store(true, Ordering::Relaxed);
+        tracing::info!(
+            fs,
+            journal_seq = seq,
+            took_ms = started.elapsed().as_millis() as u64,
+            "active: serving"
+        );
+        Ok(())
+    }
+
+    /// Writes back dirty metadata every `writeback_interval_ms` (sooner when much is dirty)
+    /// and expires silent sessions, until `stop`.
+    pub async fn run_writeback(&self, mut stop: watch::Receiver<bool>) {
+        let interval = Duration::from_millis(self.settings.writeback_interval_ms.max(10));
+        let mut last = Instant::now();
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                _ = stop.changed() => return,
+            }
+            let mut rank = self.rank.lock().await;
+            let Some(r) = rank.as_mut() else { continue };
+            if last.elapsed() < interval && !r.writeback_due() {
+                continue;
+            }
+            last = Instant::now();
+            r.expire_sessions();
+            metrics::gauge!("cairn_mds_sessions").set(r.sessions() as f64);
+            metrics::gauge!("cairn_mds_journal_seq").set(r.seq as f64);
+            if let Err(e) = r.write_back().await {
+                // Nothing is lost (the journal still holds it); try again next time.
+                tracing::warn!(error = %format!("{e:#}"), "write-back failed");
+            }
+        }
+    }
+
+    /// A clean stop of the active: write everything back so the next one replays little.
+    pub async fn flush(&self) {
+        let mut rank = self.rank.lock().await;
+        if let Some(r) = rank.as_mut() {
+            if let Err(e) = r.write_back().await {
+                tracing::warn!(error = %format!("{e:#}"), "final write-back failed; the journal keeps it");
+            }
+        }
+        self.serving.store(false, Ordering::Relaxed);
+    }
+}
+
+/// A new filesystem (or one whose first active died before its root was journaled) gets its
+/// root directory.
+async fn ensure_root(rank: &mut Rank) -> anyhow::Result<()> {
+    if rank.cache.inode(&rank.rados, ROOT_INO).await?.is_some() {
+        return Ok(());
+    }
+    let mut root = Inode::new(ROOT_INO, S_IFDIR | 0o755, 0, 0, crate::ops::now_ns());
+    root.parent = ROOT_INO;
+    rank.commit(vec![Event::Inode(root)], None).await?;
+    rank.cache.new_dir(ROOT_INO);
+    tracing::info!("created the root directory");
+    Ok(())
+}
