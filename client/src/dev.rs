@@ -3,7 +3,8 @@
 //!
 //! Layout of a cluster directory:
 //! `cairn.toml`, `keyring`, `mon.NAME/` and `osd.N/` (stores; an OSD's data file is
-//! `osd.N/block`), `log/TYPE.NAME.log`, `run/TYPE.NAME.pid`.
+//! `osd.N/block`), `log/TYPE.NAME.log`, `run/TYPE.NAME.pid`. MDS daemons keep no local
+//! state: the keyring's `mds.NAME` keys say which exist.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::TcpListener;
@@ -26,6 +27,7 @@ pub const KEYRING_FILE: &str = "keyring";
 pub enum Kind {
     Mon,
     Osd,
+    Mds,
 }
 
 impl Kind {
@@ -33,7 +35,8 @@ impl Kind {
         match s {
             "mon" => Ok(Kind::Mon),
             "osd" => Ok(Kind::Osd),
-            other => bail!("unknown daemon type {other:?}: expected mon or osd"),
+            "mds" => Ok(Kind::Mds),
+            other => bail!("unknown daemon type {other:?}: expected mon, osd or mds"),
         }
     }
 
@@ -41,6 +44,7 @@ impl Kind {
         match self {
             Kind::Mon => "mon",
             Kind::Osd => "osd",
+            Kind::Mds => "mds",
         }
     }
 
@@ -48,6 +52,7 @@ impl Kind {
         match self {
             Kind::Mon => "cairn-mon",
             Kind::Osd => "cairn-osd",
+            Kind::Mds => "cairn-mds",
         }
     }
 }
@@ -57,6 +62,15 @@ pub fn osd_caps() -> BTreeMap<String, String> {
     BTreeMap::from([
         ("mon".to_string(), "allow rw".to_string()),
         ("osd".to_string(), "allow *".to_string()),
+    ])
+}
+
+/// Caps of an MDS's entity: beacons to the mons, its pools' objects, and its own service.
+pub fn mds_caps() -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("mon".to_string(), "allow rw".to_string()),
+        ("osd".to_string(), "allow rw".to_string()),
+        ("mds".to_string(), "allow *".to_string()),
     ])
 }
 
@@ -251,7 +265,7 @@ impl DevCluster {
         cmd.arg("--conf").arg(self.config_path());
         match kind {
             Kind::Mon => cmd.arg("--name").arg(name),
-            Kind::Osd => cmd.arg("--id").arg(name),
+            Kind::Osd | Kind::Mds => cmd.arg("--id").arg(name),
         };
         cmd
     }
@@ -284,6 +298,21 @@ impl DevCluster {
         let mut keyring = Keyring::load(&path)?;
         keyring.add(entity, key, caps);
         keyring.save(&path)
+    }
+
+    /// Creates `mds.NAME`'s key (with the mons, then in the keyring) so the daemon can start.
+    pub async fn add_mds(&self, monc: &crate::MonClient, name: &str) -> anyhow::Result<()> {
+        cairn_common::maps::validate_daemon_name(name).map_err(anyhow::Error::msg)?;
+        let entity = format!("mds.{name}");
+        let key = SecretKey::generate();
+        monc.command(cairn_common::command::Command::AuthAdd {
+            entity: entity.clone(),
+            caps: mds_caps(),
+            key: Some(key.clone()),
+        })
+        .await
+        .with_context(|| format!("cannot add {entity}"))?;
+        self.add_keyring_entry(&entity, key, mds_caps())
     }
 
     /// OSD ids of the cluster: those with a store directory.
@@ -441,14 +470,25 @@ impl DevCluster {
         Ok(())
     }
 
-    /// Every daemon of the cluster, as (kind, name): mons first, so OSDs find them.
+    /// MDS names of the cluster: those with a key in its keyring.
+    pub fn mds_names(&self) -> anyhow::Result<Vec<String>> {
+        let keyring = Keyring::load(&self.dir.join(KEYRING_FILE))?;
+        Ok(keyring
+            .entries
+            .keys()
+            .filter_map(|e| e.strip_prefix("mds.").map(str::to_string))
+            .collect())
+    }
+
+    /// Every daemon of the cluster, as (kind, name): mons first, so the others find them.
     pub fn daemons(&self) -> anyhow::Result<Vec<(Kind, String)>> {
         let mons = self.mon_names()?.into_iter().map(|n| (Kind::Mon, n));
         let osds = self
             .osd_ids()?
             .into_iter()
             .map(|id| (Kind::Osd, id.to_string()));
-        Ok(mons.chain(osds).collect())
+        let mdss = self.mds_names()?.into_iter().map(|n| (Kind::Mds, n));
+        Ok(mons.chain(osds).chain(mdss).collect())
     }
 
     pub fn start_all(&self) -> anyhow::Result<()> {
@@ -460,9 +500,10 @@ impl DevCluster {
         Ok(())
     }
 
-    /// Stops every daemon (SIGTERM, then SIGKILL after `grace`).
+    /// Stops every daemon (SIGTERM, then SIGKILL after `grace`), in the reverse of start
+    /// order: MDSs write back to OSDs, OSDs tell the mons they go down.
     pub fn stop_all(&self, grace: Duration) -> anyhow::Result<()> {
-        for (kind, name) in self.daemons()? {
+        for (kind, name) in self.daemons()?.into_iter().rev() {
             self.stop(kind, &name, grace)?;
         }
         Ok(())

@@ -26,6 +26,8 @@ pub enum ClientError {
     NoSpace(String),
     #[error("data could not be read intact: {0}")]
     Io(String),
+    #[error("fenced: {0}")]
+    Blocklisted(String),
     #[error("gave up: {0}")]
     TimedOut(String),
 }

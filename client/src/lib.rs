@@ -3,6 +3,8 @@
 
 pub mod dev;
 pub mod error;
+pub mod fs;
+pub mod fuse;
 pub mod monc;
 pub mod rados;
 

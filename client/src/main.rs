@@ -68,6 +68,11 @@ pub enum Cmd {
     /// Placement groups.
     #[command(subcommand)]
     Pg(cli::pg::PgCmd),
+    /// Filesystems: create, list, change, remove, status, apply a spec.
+    #[command(subcommand)]
+    Fs(cli::fs::FsCmd),
+    /// Mount a filesystem through FUSE and serve it until SIGTERM or ^C.
+    Mount(cli::mount::MountArgs),
     /// Raw space of the OSDs, and the pools.
     Df,
     /// Benchmark a pool like `rados bench`: write, seq or rand for SECONDS.

@@ -32,6 +32,8 @@ struct Ticket {
     bearer: String,
     /// `Bearer <ticket>` for OSDs (signed with the OSD service key).
     osd_bearer: String,
+    /// `Bearer <ticket>` for MDSs (signed with the MDS service key).
+    mds_bearer: String,
     issued_at_ms: u64,
     expires_at_ms: u64,
 }
@@ -166,12 +168,21 @@ impl MonClient {
     /// `Bearer <ticket>` for calls to OSDs, authenticating first when the ticket is missing
     /// or due for renewal.
     pub async fn osd_bearer(&self) -> Result<String, ClientError> {
-        if let Some(b) = self.current_ticket(|t| t.osd_bearer.clone()) {
+        self.service_bearer(|t| t.osd_bearer.clone()).await
+    }
+
+    /// `Bearer <ticket>` for calls to MDSs, like `osd_bearer`.
+    pub async fn mds_bearer(&self) -> Result<String, ClientError> {
+        self.service_bearer(|t| t.mds_bearer.clone()).await
+    }
+
+    async fn service_bearer(&self, field: fn(&Ticket) -> String) -> Result<String, ClientError> {
+        if let Some(b) = self.current_ticket(field) {
             return Ok(b);
         }
         self.call(|mut c, r| async move { c.ping(with(r, PingRequest {})).await })
             .await?;
-        self.current_ticket(|t| t.osd_bearer.clone())
+        self.current_ticket(field)
             .ok_or_else(|| ClientError::Auth("no ticket after authenticating".into()))
     }
 
@@ -213,6 +224,7 @@ impl MonClient {
         self.lock().ticket = Some(Ticket {
             bearer: bearer.clone(),
             osd_bearer: format!("Bearer {}", reply.osd_ticket),
+            mds_bearer: format!("Bearer {}", reply.mds_ticket),
             issued_at_ms: cairn_common::now_ms(),
             expires_at_ms: reply.expires_at_ms,
         });
@@ -417,10 +429,37 @@ impl MonClient {
         Ok(reply.into_inner().osdmap_epoch)
     }
 
+    /// An MDS's beacon; returns the mons' FSMap epoch. A blocklisted instance is
+    /// `ClientError::Refused`: it lost its rank and must stop.
+    pub async fn mds_beacon(&self, req: MdsBeaconRequest) -> Result<u64, ClientError> {
+        let reply = self
+            .call(|mut c, r| {
+                let req = req.clone();
+                async move { c.mds_beacon(with(r, req)).await }
+            })
+            .await?;
+        Ok(reply.into_inner().fsmap_epoch)
+    }
+
     /// The key OSDs verify tickets with (for `osd.*` entities only).
     pub async fn osd_service_key(&self) -> Result<SecretKey, ClientError> {
+        self.service_key("osd").await
+    }
+
+    /// The key MDSs verify tickets with (for `mds.*` entities only).
+    pub async fn mds_service_key(&self) -> Result<SecretKey, ClientError> {
+        self.service_key("mds").await
+    }
+
+    async fn service_key(&self, service: &str) -> Result<SecretKey, ClientError> {
+        let req = ServiceKeyRequest {
+            service: service.to_string(),
+        };
         let reply = self
-            .call(|mut c, r| async move { c.service_key(with(r, ServiceKeyRequest {})).await })
+            .call(|mut c, r| {
+                let req = req.clone();
+                async move { c.service_key(with(r, req)).await }
+            })
             .await?;
         SecretKey::from_base64(&reply.into_inner().key)
             .map_err(|e| ClientError::Protocol(format!("unreadable service key: {e}")))

@@ -127,6 +127,11 @@ impl Rados {
         self.shared.maps()
     }
 
+    /// This connection's instance (`entity/nonce`): what an OSD blocklist entry names.
+    pub fn instance(&self) -> &str {
+        &self.shared.client_id
+    }
+
     pub fn monc(&self) -> &MonClient {
         &self.shared.monc
     }
@@ -524,6 +529,9 @@ impl Rados {
             Ok(OpResult::Invalid) => Err(Attempt::Fail(ClientError::Invalid(reply.message))),
             Ok(OpResult::NoSpace) => Err(Attempt::Fail(ClientError::NoSpace(reply.message))),
             Ok(OpResult::IoError) => Err(Attempt::Fail(ClientError::Io(reply.message))),
+            Ok(OpResult::Blocklisted) => {
+                Err(Attempt::Fail(ClientError::Blocklisted(reply.message)))
+            }
             Err(_) => Err(Attempt::Fail(ClientError::Protocol(format!(
                 "unknown result {}",
                 reply.result

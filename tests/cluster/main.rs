@@ -1,10 +1,11 @@
-//! Integration tests: real `cairn-mon` and `cairn-osd` processes on loopback, killed with
+//! Integration tests: real `cairn-mon`, `cairn-osd` and `cairn-mds` processes on loopback, killed with
 //! SIGKILL.
 //! One test binary; each module is one area of behaviour.
 
 mod auth;
 mod cli;
 mod containers;
+mod fs;
 mod healing;
 mod linearizable;
 mod manifests;

@@ -79,6 +79,13 @@ pub enum DevCmd {
         /// Size of each OSD's data file (bytes).
         #[arg(long, default_value_t = dev::DEV_OSD_BYTES)]
         osd_size: u64,
+        /// Number of MDS daemons (named a, b, …).
+        #[arg(long, default_value_t = 0)]
+        mds: usize,
+        /// Also create this filesystem, as the reference shape: metadata replicated 3 times,
+        /// data erasure-coded 2+1 (replicated when fewer than 3 OSDs), standby-replay on.
+        #[arg(long, requires = "mds")]
+        fs: Option<String>,
     },
     /// Stop every daemon of the cluster (SIGTERM).
     Down {
@@ -190,11 +197,15 @@ pub async fn run(cli: &Cli, cmd: &DevCmd) -> anyhow::Result<()> {
             mons,
             osds,
             osd_size,
+            mds,
+            fs,
         } => {
             let shape = Shape {
                 mons: *mons,
                 osds: *osds,
                 osd_bytes: *osd_size,
+                mds: *mds,
+                fs: fs.clone(),
             };
             up(&dir.dir(), &bin_dir, shape, &cli.sets, cli.format).await
         }
@@ -275,6 +286,8 @@ struct Shape {
     mons: usize,
     osds: u32,
     osd_bytes: u64,
+    mds: usize,
+    fs: Option<String>,
 }
 
 async fn up(
@@ -294,7 +307,11 @@ async fn up(
     let config = cluster.config()?;
     let client = MonClient::from_config(&config)?;
     let osds = cluster.osd_ids()?.len();
-    let status = wait_healthy(&client, &config, osds, HEALTHY_TIMEOUT).await?;
+    let mut status = wait_healthy(&client, &config, osds, HEALTHY_TIMEOUT).await?;
+    if let Some(fs) = add_filesystem(&cluster, &client, &shape, osds).await? {
+        wait_fs_active(&client, &fs, HEALTHY_TIMEOUT).await?;
+        status = client.status().await?;
+    }
     let conf = cluster.config_path();
     emit(
         format,
@@ -308,6 +325,68 @@ async fn up(
             )
         },
     )
+}
+
+/// Adds the MDS daemons the shape asks for (a, b, …; those the cluster has are kept) and
+/// starts them, then applies the reference filesystem spec when one is named (returned).
+async fn add_filesystem(
+    cluster: &DevCluster,
+    client: &MonClient,
+    shape: &Shape,
+    osds: usize,
+) -> anyhow::Result<Option<String>> {
+    let have = cluster.mds_names()?;
+    for name in (0..shape.mds).map(dev::mon_name) {
+        if !have.contains(&name) {
+            cluster.add_mds(client, &name).await?;
+        }
+        if cluster.running_pid(Kind::Mds, &name).is_none() {
+            cluster.start(Kind::Mds, &name)?;
+        }
+    }
+    let Some(name) = &shape.fs else {
+        return Ok(None);
+    };
+    let data = if osds >= 3 {
+        json!({ "erasureCoded": { "dataChunks": 2, "codingChunks": 1 } })
+    } else {
+        json!({ "replicated": { "size": osds.max(1) } })
+    };
+    let spec = json!({
+        "name": name,
+        "metadataPool": { "replicated": { "size": osds.clamp(1, 3) } },
+        "dataPools": [data],
+        "metadataServer": { "activeCount": 1, "activeStandby": shape.mds > 1 },
+    });
+    let domain = cluster.config()?.client.pool_failure_domain;
+    super::fs::apply_spec(client, &spec, domain).await?;
+    Ok(Some(name.clone()))
+}
+
+/// Polls until filesystem `name`'s rank is served.
+async fn wait_fs_active(client: &MonClient, name: &str, limit: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let maps = client.maps().await?;
+        let serving = maps.fsmap.fs_by_name(name).is_some_and(|(id, _)| {
+            maps.fsmap.active_of(id).is_some_and(|(_, d)| {
+                matches!(
+                    d.role,
+                    cairn_common::fsmap::MdsRole::Active { serving: true, .. }
+                )
+            })
+        });
+        if serving {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "filesystem {name} has no serving MDS after {} s",
+                limit.as_secs()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// Polls until every configured mon is in quorum, `osds` OSDs are up and health is OK.

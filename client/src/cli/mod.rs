@@ -3,7 +3,9 @@
 pub mod admin;
 pub mod bench;
 pub mod dev;
+pub mod fs;
 pub mod keyring;
+pub mod mount;
 pub mod osd;
 pub mod pg;
 pub mod rados;
@@ -32,6 +34,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let domain = load_config(&cli)?.client.pool_failure_domain;
             osd::run(&connect(&cli)?, cmd, domain, cli.format).await
         }
+        Cmd::Fs(cmd) => {
+            let domain = load_config(&cli)?.client.pool_failure_domain;
+            fs::run(&connect(&cli)?, cmd, domain, cli.format).await
+        }
+        Cmd::Mount(args) => mount::run(load_config(&cli)?, args).await,
         Cmd::Rados(cmd) => rados::run(&connect_rados(&cli).await?, cmd, cli.format).await,
         Cmd::Pg(cmd) => pg::run(&connect_rados(&cli).await?, cmd, cli.format).await,
         Cmd::Df => osd::df(&connect(&cli)?, cli.format).await,

@@ -51,10 +51,15 @@ pub enum PoolCmd {
     },
 }
 
+/// PGs of a new pool unless told otherwise (`osd pool create`, `fs apply`).
+pub const DEFAULT_PG_NUM: u32 = 64;
+/// Bytes of each chunk in an erasure-code stripe unless told otherwise.
+pub const DEFAULT_STRIPE_UNIT: u32 = 4096;
+
 #[derive(Args)]
 pub struct PoolCreateArgs {
     pub name: String,
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = DEFAULT_PG_NUM)]
     pub pg_num: u32,
     /// Full copies (the default kind).
     #[arg(long, conflicts_with = "erasure")]
@@ -73,7 +78,7 @@ pub struct PoolCreateArgs {
     #[arg(long)]
     pub m: Option<u32>,
     /// Bytes of each chunk in a stripe.
-    #[arg(long, default_value_t = 4096)]
+    #[arg(long, default_value_t = DEFAULT_STRIPE_UNIT)]
     pub stripe_unit: u32,
     /// host (default) or osd (for one-host clusters); default `client.pool_failure_domain`.
     #[arg(long)]
@@ -81,7 +86,17 @@ pub struct PoolCreateArgs {
 }
 
 impl PoolCreateArgs {
-    fn kind(&self) -> anyhow::Result<PoolKind> {
+    /// The `PoolCreate` these arguments ask for, in `default_domain` unless they name one.
+    pub fn command(&self, default_domain: FailureDomain) -> anyhow::Result<Command> {
+        Ok(Command::PoolCreate {
+            name: self.name.clone(),
+            pg_num: self.pg_num,
+            kind: self.kind()?,
+            failure_domain: self.failure_domain.unwrap_or(default_domain),
+        })
+    }
+
+    pub fn kind(&self) -> anyhow::Result<PoolKind> {
         if self.erasure {
             let (k, m) = (self.k.unwrap_or(0), self.m.unwrap_or(0));
             return Ok(PoolKind::Erasure {
@@ -135,7 +150,8 @@ pub async fn run(
     }
 }
 
-async fn change(client: &MonClient, cmd: Command, format: Format) -> anyhow::Result<()> {
+/// Commits `cmd` and prints the mons' answer.
+pub async fn change(client: &MonClient, cmd: Command, format: Format) -> anyhow::Result<()> {
     let (epoch, message) = client.command(cmd).await?;
     emit(
         format,
@@ -151,15 +167,7 @@ async fn pool(
     format: Format,
 ) -> anyhow::Result<()> {
     match cmd {
-        PoolCmd::Create(a) => {
-            let cmd = Command::PoolCreate {
-                name: a.name.clone(),
-                pg_num: a.pg_num,
-                kind: a.kind()?,
-                failure_domain: a.failure_domain.unwrap_or(default_domain),
-            };
-            change(client, cmd, format).await
-        }
+        PoolCmd::Create(a) => change(client, a.command(default_domain)?, format).await,
         PoolCmd::Ls => {
             let osdmap = client.maps().await?.osdmap;
             let pools: Vec<_> = osdmap
@@ -351,7 +359,7 @@ pub async fn df(client: &MonClient, format: Format) -> anyhow::Result<()> {
     })
 }
 
-fn kind_label(kind: &PoolKind) -> String {
+pub fn kind_label(kind: &PoolKind) -> String {
     match kind {
         PoolKind::Replicated { size, .. } => format!("replicated size {size}"),
         PoolKind::Erasure { k, m, .. } => format!("erasure {k}+{m}"),

@@ -1,0 +1,86 @@
+//! `cairn mount`: a Cairn shared filesystem as a local directory, through FUSE.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::signal::unix::{signal, SignalKind};
+
+use cairn_client::fs::FsClient;
+use cairn_client::fuse::{self, MountOptions};
+use cairn_common::config::Config;
+
+/// How often to look whether the mount was taken away from outside (`umount`).
+const UNMOUNT_POLL: Duration = Duration::from_secs(1);
+
+#[derive(clap::Args)]
+pub struct MountArgs {
+    /// The filesystem's name.
+    fs: String,
+    /// An existing empty directory.
+    mountpoint: std::path::PathBuf,
+    /// Mount this directory of the filesystem instead of its root.
+    #[arg(long, default_value = "/")]
+    path: String,
+    /// Let users other than the one mounting use the mount (mode bits still apply).
+    #[arg(long)]
+    allow_other: bool,
+}
+
+pub async fn run(config: Config, args: &MountArgs) -> anyhow::Result<()> {
+    mount(
+        config,
+        &args.fs,
+        &args.mountpoint,
+        &args.path,
+        args.allow_other,
+    )
+    .await
+}
+
+/// Mounts `path` of filesystem `fs_name` at `mountpoint` and serves it until SIGTERM or
+/// SIGINT, then unmounts; returns too when the mount is unmounted from outside.
+pub async fn mount(
+    config: Config,
+    fs_name: &str,
+    mountpoint: &Path,
+    path: &str,
+    allow_other: bool,
+) -> anyhow::Result<()> {
+    // Watched from the start, so a signal sent as soon as the mount appears still unmounts.
+    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+
+    let fs = FsClient::mount(&config, fs_name, path)
+        .await
+        .with_context(|| format!("cannot open {path} of file system {fs_name}"))?;
+    let opts = MountOptions {
+        allow_other,
+        read_only: false,
+    };
+    let runtime = tokio::runtime::Handle::current();
+    let target = mountpoint.to_path_buf();
+    // Mounting waits for the kernel's first request: not on a runtime thread.
+    let session = tokio::task::spawn_blocking(move || fuse::mount(fs, runtime, &target, &opts))
+        .await?
+        .with_context(|| format!("cannot mount at {}", mountpoint.display()))?;
+    eprintln!("mounted {fs_name} at {}", mountpoint.display());
+
+    let mut poll = tokio::time::interval(UNMOUNT_POLL);
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = poll.tick() => {
+                if session.guard.is_finished() {
+                    eprintln!("{} was unmounted", mountpoint.display());
+                    return session.join().context("the FUSE session failed");
+                }
+            }
+        }
+    }
+    // Dropping the session unmounts.
+    drop(session);
+    eprintln!("unmounted {}", mountpoint.display());
+    Ok(())
+}

@@ -1,0 +1,647 @@
+//! The filesystem client: metadata through the active MDS the FSMap names, file data read
+//! and written directly in the data pool's objects (`<ino>.<index>`, 4 MiB each).
+//!
+//! Coherence is close-to-open: a file's size is read from the MDS when it is opened, data
+//! written goes straight to the OSDs, and the new size and mtime reach the MDS on flush
+//! (close), fsync and release. Metadata requests wait through an MDS failover: they are
+//! retried (same request number, so a change is applied once) at whichever daemon holds
+//! the rank, until `fs_op_timeout_ms`.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::future::try_join_all;
+use tonic::{Code, Request};
+
+use cairn_common::config::Config;
+use cairn_common::fsmap::FsId;
+use cairn_common::fsops::{self, data_object, FsOp, FsReply, OBJECT_BYTES};
+use cairn_common::proto::mds_client::MdsClient;
+use cairn_common::proto::MdsRequest;
+
+use crate::{ClientError, Rados};
+
+pub use cairn_common::fsops::{Caller, DirEntry, InodeAttr as Attr, SetAttrs as SetAttr};
+
+/// How long a metadata request keeps trying (through MDS failovers) before it fails with
+/// ETIMEDOUT: applications see a pause, not an error.
+const FS_OP_TIMEOUT: Duration = Duration::from_secs(120);
+const BACKOFF_MIN: Duration = Duration::from_millis(50);
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// Session renewals: well inside the MDS's session timeout.
+const SESSION_RENEW: Duration = Duration::from_secs(5);
+
+#[derive(Clone, Debug, thiserror::Error)]
+#[error("{message} (errno {errno})")]
+pub struct FsError {
+    pub errno: i32,
+    pub message: String,
+}
+
+pub type FsResult<T> = Result<T, FsError>;
+
+fn fs_error(errno: i32, message: impl Into<String>) -> FsError {
+    FsError {
+        errno,
+        message: message.into(),
+    }
+}
+
+impl From<ClientError> for FsError {
+    fn from(e: ClientError) -> FsError {
+        let errno = match &e {
+            ClientError::NoSpace(_) => fsops::ENOSPC,
+            ClientError::Denied(_) | ClientError::Auth(_) => fsops::EACCES,
+            ClientError::Invalid(_) => fsops::EINVAL,
+            ClientError::TimedOut(_) => fsops::ETIMEDOUT,
+            ClientError::NotFound(_) => fsops::ENOENT,
+            _ => fsops::EIO,
+        };
+        fs_error(errno, e.to_string())
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct StatFs {
+    pub bytes_total: u64,
+    pub bytes_avail: u64,
+    pub files: u64,
+    pub block_size: u32,
+    pub name_max: u32,
+}
+
+/// A file this client has open: its size as this client knows it, and whether data written
+/// here has not been reported to the MDS yet.
+#[derive(Debug, Default)]
+struct OpenFile {
+    opens: u32,
+    size: u64,
+    unreported: Option<i64>,
+}
+
+pub struct FsClient {
+    rados: Arc<Rados>,
+    fs: FsId,
+    fs_name: String,
+    data_pool: String,
+    root: u64,
+    next_tid: AtomicU64,
+    channels: Mutex<HashMap<String, tonic::transport::Channel>>,
+    open: Mutex<HashMap<u64, OpenFile>>,
+    renewer: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl Drop for FsClient {
+    fn drop(&mut self) {
+        if let Some(task) = self
+            .renewer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            task.abort();
+        }
+    }
+}
+
+impl FsClient {
+    /// Connects to filesystem `fs_name`, rooted at `path` within it ("/" for all of it).
+    pub async fn mount(config: &Config, fs_name: &str, path: &str) -> FsResult<Arc<FsClient>> {
+        let rados = Arc::new(Rados::connect(config).await?);
+        let maps = rados.maps();
+        let (fs, f) = maps
+            .fsmap
+            .fs_by_name(fs_name)
+            .ok_or_else(|| fs_error(fsops::ENOENT, format!("no filesystem named {fs_name:?}")))?;
+        let data_pool = f.data_pools.first().cloned().ok_or_else(|| {
+            fs_error(
+                fsops::EINVAL,
+                format!("filesystem {fs_name} has no data pool"),
+            )
+        })?;
+        let mut client = FsClient {
+            rados,
+            fs,
+            fs_name: fs_name.to_string(),
+            data_pool,
+            root: fsops::ROOT_INO,
+            next_tid: AtomicU64::new(1),
+            channels: Mutex::new(HashMap::new()),
+            open: Mutex::new(HashMap::new()),
+            renewer: Mutex::new(None),
+        };
+        client.call(FsOp::Session).await?;
+        if !path.trim_matches('/').is_empty() {
+            client.root = attr(
+                client
+                    .call(FsOp::Resolve {
+                        path: path.to_string(),
+                    })
+                    .await?,
+            )?
+            .ino;
+        }
+        let client = Arc::new(client);
+        let weak = Arc::downgrade(&client);
+        let renewer = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(SESSION_RENEW).await;
+                let Some(c) = weak.upgrade() else { return };
+                if let Err(e) = c.call(FsOp::Session).await {
+                    tracing::warn!(error = %e, "session renewal failed");
+                }
+            }
+        });
+        *client.renewer.lock().unwrap_or_else(|e| e.into_inner()) = Some(renewer);
+        Ok(client)
+    }
+
+    pub fn root(&self) -> u64 {
+        self.root
+    }
+
+    /// Sends one metadata request to the active MDS, through failovers, until it is answered
+    /// or `FS_OP_TIMEOUT` passes.
+    async fn call(&self, op: FsOp) -> FsResult<FsReply> {
+        let tid = self.next_tid.fetch_add(1, Ordering::Relaxed);
+        let op_json =
+            serde_json::to_vec(&op).map_err(|e| fs_error(fsops::EINVAL, e.to_string()))?;
+        let deadline = Instant::now() + FS_OP_TIMEOUT;
+        let mut backoff = BACKOFF_MIN;
+        let mut last = String::from("no MDS is active");
+        let mut attempt = 0u32;
+        while Instant::now() < deadline {
+            attempt += 1;
+            match self.attempt(tid, &op_json, attempt).await {
+                Ok(FsReply::Error { errno, message }) => return Err(fs_error(errno, message)),
+                Ok(reply) => return Ok(reply),
+                Err(Retry::Fail(e)) => return Err(e),
+                Err(Retry::Later(why)) => last = why,
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+        Err(fs_error(
+            fsops::ETIMEDOUT,
+            format!(
+                "filesystem {}: no answer within {FS_OP_TIMEOUT:?}: {last}",
+                self.fs_name
+            ),
+        ))
+    }
+
+    async fn attempt(&self, tid: u64, op_json: &[u8], attempt: u32) -> Result<FsReply, Retry> {
+        let monc = self.rados.monc();
+        // The map subscription may lag behind a failover: ask the mons now and then.
+        let maps = if attempt.is_multiple_of(4) {
+            Arc::new(monc.maps().await.map_err(|e| Retry::Later(e.to_string()))?)
+        } else {
+            self.rados.maps()
+        };
+        let Some((name, mds)) = maps.fsmap.active_of(self.fs) else {
+            return Err(Retry::Later(format!(
+                "filesystem {} has no active MDS",
+                self.fs_name
+            )));
+        };
+        let bearer = monc.mds_bearer().await.map_err(|e| {
+            if e.is_retryable() {
+                Retry::Later(e.to_string())
+            } else {
+                Retry::Fail(e.into())
+            }
+        })?;
+        let channel = self.channel(&mds.addr).map_err(Retry::Fail)?;
+        let mut req = Request::new(MdsRequest {
+            client: self.rados.instance().to_string(),
+            tid,
+            op_json: op_json.to_vec(),
+        });
+        req.set_timeout(Duration::from_secs(30));
+        if let Ok(v) = bearer.parse() {
+            req.metadata_mut().insert("authorization", v);
+        }
+        match MdsClient::new(channel).call(req).await {
+            Ok(reply) => serde_json::from_slice(&reply.into_inner().reply_json).map_err(|e| {
+                Retry::Fail(fs_error(
+                    fsops::EIO,
+                    format!("mds.{name} answered garbage: {e}"),
+                ))
+            }),
+            Err(status) => Err(self.failure(name, &status)),
+        }
+    }
+
+    fn failure(&self, name: &str, status: &tonic::Status) -> Retry {
+        let why = format!("mds.{name}: {}", status.message());
+        match status.code() {
+            Code::PermissionDenied => Retry::Fail(fs_error(fsops::EACCES, why)),
+            Code::InvalidArgument => Retry::Fail(fs_error(fsops::EINVAL, why)),
+            Code::Unauthenticated => {
+                self.rados.monc().forget_ticket();
+                Retry::Later(why)
+            }
+            _ => Retry::Later(why),
+        }
+    }
+
+    fn channel(&self, addr: &str) -> FsResult<tonic::transport::Channel> {
+        let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = channels.get(addr) {
+            return Ok(c.clone());
+        }
+        let c = cairn_common::channel::endpoint(addr, Duration::from_secs(1))
+            .map_err(|e| fs_error(fsops::EIO, e))?
+            .connect_lazy();
+        channels.insert(addr.to_string(), c.clone());
+        Ok(c)
+    }
+
+    fn files(&self) -> std::sync::MutexGuard<'_, HashMap<u64, OpenFile>> {
+        self.open.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// An inode's attributes as this client sees them: what the MDS says, with this
+    /// client's unreported writes on top.
+    fn with_local(&self, mut a: Attr) -> Attr {
+        if let Some(f) = self.files().get(&a.ino) {
+            if let Some(mtime) = f.unreported {
+                a.size = a.size.max(f.size);
+                a.mtime_ns = a.mtime_ns.max(mtime);
+            }
+        }
+        a
+    }
+
+    pub async fn lookup(&self, parent: u64, name: &str) -> FsResult<Attr> {
+        let a = attr(
+            self.call(FsOp::Lookup {
+                parent,
+                name: name.to_string(),
+            })
+            .await?,
+        )?;
+        Ok(self.with_local(a))
+    }
+
+    pub async fn getattr(&self, ino: u64) -> FsResult<Attr> {
+        let a = attr(self.call(FsOp::GetAttr { ino }).await?)?;
+        Ok(self.with_local(a))
+    }
+
+    pub async fn setattr(&self, ino: u64, change: SetAttr, _caller: Caller) -> FsResult<Attr> {
+        // Report writes first: a truncate must see (and cut) every byte written before it.
+        self.report(ino).await?;
+        let size = change.size;
+        let a = attr(self.call(FsOp::SetAttr { ino, change }).await?)?;
+        if let (Some(size), Some(f)) = (size, self.files().get_mut(&ino)) {
+            f.size = size;
+        }
+        Ok(a)
+    }
+
+    pub async fn mknod(
+        &self,
+        parent: u64,
+        name: &str,
+        mode: u32,
+        rdev: u32,
+        caller: Caller,
+    ) -> FsResult<Attr> {
+        let op = FsOp::Mknod {
+            parent,
+            name: name.to_string(),
+            mode,
+            rdev,
+            caller,
+        };
+        attr(self.call(op).await?)
+    }
+
+    pub async fn mkdir(
+        &self,
+        parent: u64,
+        name: &str,
+        mode: u32,
+        caller: Caller,
+    ) -> FsResult<Attr> {
+        attr(
+            self.call(FsOp::Mkdir {
+                parent,
+                name: name.to_string(),
+                mode,
+                caller,
+            })
+            .await?,
+        )
+    }
+
+    pub async fn symlink(
+        &self,
+        parent: u64,
+        name: &str,
+        target: &str,
+        caller: Caller,
+    ) -> FsResult<Attr> {
+        let op = FsOp::Symlink {
+            parent,
+            name: name.to_string(),
+            target: target.to_string(),
+            caller,
+        };
+        attr(self.call(op).await?)
+    }
+
+    pub async fn readlink(&self, ino: u64) -> FsResult<String> {
+        match self.call(FsOp::ReadLink { ino }).await? {
+            FsReply::Target(t) => Ok(t),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub async fn link(&self, ino: u64, new_parent: u64, new_name: &str) -> FsResult<Attr> {
+        attr(
+            self.call(FsOp::Link {
+                ino,
+                new_parent,
+                new_name: new_name.to_string(),
+            })
+            .await?,
+        )
+    }
+
+    pub async fn unlink(&self, parent: u64, name: &str) -> FsResult<()> {
+        done(
+            self.call(FsOp::Unlink {
+                parent,
+                name: name.to_string(),
+            })
+            .await?,
+        )
+    }
+
+    pub async fn rmdir(&self, parent: u64, name: &str) -> FsResult<()> {
+        done(
+            self.call(FsOp::Rmdir {
+                parent,
+                name: name.to_string(),
+            })
+            .await?,
+        )
+    }
+
+    pub async fn rename(
+        &self,
+        parent: u64,
+        name: &str,
+        new_parent: u64,
+        new_name: &str,
+        flags: u32,
+    ) -> FsResult<()> {
+        let op = FsOp::Rename {
+            parent,
+            name: name.to_string(),
+            new_parent,
+            new_name: new_name.to_string(),
+            flags,
+        };
+        done(self.call(op).await?)
+    }
+
+    pub async fn readdir(&self, ino: u64, after: &str, max: u32) -> FsResult<Vec<DirEntry>> {
+        match self
+            .call(FsOp::ReadDir {
+                ino,
+                after: after.to_string(),
+                max,
+            })
+            .await?
+        {
+            FsReply::Entries(e) => Ok(e),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Opens a file: its size is read now (close-to-open coherence).
+    pub async fn open(&self, ino: u64) -> FsResult<()> {
+        let a = attr(self.call(FsOp::GetAttr { ino }).await?)?;
+        let mut files = self.files();
+        let f = files.entry(ino).or_default();
+        f.opens += 1;
+        if f.unreported.is_none() {
+            f.size = a.size;
+        }
+        Ok(())
+    }
+
+    /// Reads up to `size` bytes at `offset`; holes read as zeros; short only at end of file.
+    pub async fn read(&self, ino: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
+        let known = self.files().get(&ino).map(|f| f.size);
+        let file_size = match known {
+            Some(s) => s,
+            None => self.getattr(ino).await?.size,
+        };
+        let end = file_size.min(offset.saturating_add(size as u64));
+        if end <= offset {
+            return Ok(Vec::new());
+        }
+        let pieces = try_join_all(
+            pieces(offset, end - offset)
+                .map(|(index, at, len)| self.read_piece(ino, index, at, len)),
+        )
+        .await?;
+        Ok(pieces.concat())
+    }
+
+    async fn read_piece(&self, ino: u64, index: u64, at: u64, len: u64) -> FsResult<Vec<u8>> {
+        let mut data = match self
+            .rados
+            .read(&self.data_pool, &data_object(ino, index), at, len)
+            .await
+        {
+            Ok(d) => d,
+            Err(ClientError::NotFound(_)) => Vec::new(),
+            Err(e) => return Err(e.into()),
+        };
+        data.resize(len as usize, 0);
+        Ok(data)
+    }
+
+    pub async fn write(&self, ino: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
+        let len =
+            u32::try_from(data.len()).map_err(|_| fs_error(fsops::EFBIG, "write too large"))?;
+        try_join_all(pieces(offset, data.len() as u64).map(|(index, at, n)| {
+            let from = (index * OBJECT_BYTES + at - offset) as usize;
+            let chunk = data[from..from + n as usize].to_vec();
+            let object = data_object(ino, index);
+            async move { self.rados.write(&self.data_pool, &object, at, chunk).await }
+        }))
+        .await?;
+        let mut files = self.files();
+        let f = files.entry(ino).or_default();
+        f.size = f.size.max(offset + data.len() as u64);
+        f.unreported = Some(now_ns());
+        Ok(len)
+    }
+
+    /// Tells the MDS the size and mtime this client's writes gave the file.
+    async fn report(&self, ino: u64) -> FsResult<()> {
+        let pending = self
+            .files()
+            .get(&ino)
+            .and_then(|f| f.unreported.map(|mtime| (f.size, mtime)));
+        if let Some((size, mtime_ns)) = pending {
+            self.call(FsOp::Written {
+                ino,
+                size,
+                mtime_ns,
+            })
+            .await?;
+            if let Some(f) = self.files().get_mut(&ino) {
+                if f.unreported == Some(mtime_ns) {
+                    f.unreported = None;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn flush(&self, ino: u64) -> FsResult<()> {
+        self.report(ino).await
+    }
+
+    /// Data is durable once written (the OSDs acknowledge only then); the size and mtime
+    /// are durable once the MDS has journaled them.
+    pub async fn fsync(&self, ino: u64) -> FsResult<()> {
+        self.report(ino).await
+    }
+
+    pub async fn release(&self, ino: u64) -> FsResult<()> {
+        self.report(ino).await?;
+        let mut files = self.files();
+        if let Some(f) = files.get_mut(&ino) {
+            f.opens = f.opens.saturating_sub(1);
+            if f.opens == 0 && f.unreported.is_none() {
+                files.remove(&ino);
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn statfs(&self) -> FsResult<StatFs> {
+        let usage = self.rados.monc().status().await?.usage;
+        let files = match self.call(FsOp::Files).await? {
+            FsReply::Count(n) => n,
+            other => return Err(unexpected(other)),
+        };
+        Ok(StatFs {
+            bytes_total: usage.total_bytes,
+            bytes_avail: usage.available(),
+            files,
+            block_size: 4096,
+            name_max: fsops::NAME_BYTES_MAX as u32,
+        })
+    }
+
+    pub async fn setxattr(&self, ino: u64, name: &str, value: &[u8], flags: i32) -> FsResult<()> {
+        let op = FsOp::SetXattr {
+            ino,
+            name: name.to_string(),
+            value: value.to_vec(),
+            flags,
+        };
+        self.call(op).await.map(|_| ())
+    }
+
+    pub async fn getxattr(&self, ino: u64, name: &str) -> FsResult<Vec<u8>> {
+        match self
+            .call(FsOp::GetXattr {
+                ino,
+                name: name.to_string(),
+            })
+            .await?
+        {
+            FsReply::Value(v) => Ok(v),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub async fn listxattr(&self, ino: u64) -> FsResult<Vec<String>> {
+        match self.call(FsOp::ListXattr { ino }).await? {
+            FsReply::Names(n) => Ok(n),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub async fn removexattr(&self, ino: u64, name: &str) -> FsResult<()> {
+        self.call(FsOp::RemoveXattr {
+            ino,
+            name: name.to_string(),
+        })
+        .await
+        .map(|_| ())
+    }
+}
+
+enum Retry {
+    Later(String),
+    Fail(FsError),
+}
+
+/// Splits the byte range `[offset, offset + len)` of a file into `(object index, offset in
+/// the object, length)` pieces.
+fn pieces(offset: u64, len: u64) -> impl Iterator<Item = (u64, u64, u64)> {
+    let end = offset + len;
+    let mut at = offset;
+    std::iter::from_fn(move || {
+        if at >= end {
+            return None;
+        }
+        let index = at / OBJECT_BYTES;
+        let within = at % OBJECT_BYTES;
+        let n = (OBJECT_BYTES - within).min(end - at);
+        at += n;
+        Some((index, within, n))
+    })
+}
+
+fn attr(reply: FsReply) -> FsResult<Attr> {
+    match reply {
+        FsReply::Attr(a) => Ok(a),
+        other => Err(unexpected(other)),
+    }
+}
+
+fn done(reply: FsReply) -> FsResult<()> {
+    match reply {
+        FsReply::Done => Ok(()),
+        other => Err(unexpected(other)),
+    }
+}
+
+fn unexpected(reply: FsReply) -> FsError {
+    fs_error(fsops::EIO, format!("the MDS answered {reply:?}"))
+}
+
+fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_split_at_object_boundaries() {
+        let got: Vec<_> = pieces(OBJECT_BYTES - 10, 30).collect();
+        assert_eq!(got, vec![(0, OBJECT_BYTES - 10, 10), (1, 0, 20)]);
+        assert_eq!(pieces(5, 0).count(), 0);
+        let whole: u64 = pieces(3, 3 * OBJECT_BYTES).map(|p| p.2).sum();
+        assert_eq!(whole, 3 * OBJECT_BYTES);
+    }
+}

@@ -1,0 +1,840 @@
+//! The FUSE mount of a Cairn shared filesystem (`cairn mount`), on the pure-Rust `fuser`:
+//! no libfuse, and as root the kernel mount is made directly.
+//!
+//! Two choices shape it:
+//! - **The kernel caches nothing past one call.** Entries and attributes are returned with a
+//!   TTL of zero, so every lookup, `stat` and permission check asks the MDS, and files are
+//!   opened without `FOPEN_KEEP_CACHE`, so a file's page cache is dropped at each open. Two
+//!   mounts of one filesystem thus see each other's metadata changes at once, and each
+//!   other's data from the next open after the writer's close (close-to-open, as NFS).
+//! - **fuser's request thread never waits on the network.** Each callback moves its reply
+//!   into a task on the tokio runtime and returns, so many requests are in flight at once.
+//!
+//! Inode numbers are the MDS's, except that the mounted directory (not the filesystem's root
+//! when a sub-path is mounted) is FUSE's root inode 1.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::future::Future;
+use std::io;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fuser::{
+    AccessFlags, BackgroundSession, BsdFileFlags, Errno, FileAttr, FileHandle, FileType,
+    Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner, MountOption,
+    OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty,
+    ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, SessionACL, TimeOrNow,
+    WriteFlags,
+};
+use tokio::runtime::Handle;
+
+use crate::fs::{Attr, Caller, DirEntry, FsClient, FsError, FsResult, SetAttr, StatFs};
+
+/// How long the kernel may trust an entry or attributes: not at all (see the module doc).
+const TTL: Duration = Duration::ZERO;
+/// The I/O size `stat` suggests.
+const BLOCK_SIZE: u32 = 64 * 1024;
+/// The largest write the kernel sends in one request.
+const MAX_WRITE: u32 = 1024 * 1024;
+/// Directory entries asked of the MDS at a time when listing a directory.
+const READDIR_PAGE: u32 = 1024;
+/// The free inodes `statfs` reports: the MDS sets no limit, and `df -i` shows the used count.
+const FREE_INODES: u64 = 1 << 32;
+
+/// How to mount.
+#[derive(Clone, Debug, Default)]
+pub struct MountOptions {
+    /// Let users other than the one mounting use the mount (mode bits still apply).
+    pub allow_other: bool,
+    /// Refuse every change.
+    pub read_only: bool,
+}
+
+/// Mounts `fs` at `mountpoint`, serving requests on `runtime`. The mount lasts as long as the
+/// returned session: dropping it unmounts. Blocks until the kernel has set the mount up.
+pub fn mount(
+    fs: Arc<FsClient>,
+    runtime: Handle,
+    mountpoint: &Path,
+    opts: &MountOptions,
+) -> io::Result<BackgroundSession> {
+    let mut config = fuser::Config::default();
+    // The kernel checks mode bits, owners and groups itself (`access` is never called).
+    config.mount_options = vec![
+        MountOption::FSName("cairn".to_owned()),
+        MountOption::DefaultPermissions,
+    ];
+    if opts.read_only {
+        config.mount_options.push(MountOption::RO);
+    }
+    if opts.allow_other {
+        config.acl = SessionACL::All;
+    }
+    fuser::spawn_mount(CairnFs::new(fs, runtime), mountpoint, &config)
+}
+
+/// The `fuser::Filesystem` over a [`FsClient`].
+struct CairnFs {
+    fs: Arc<FsClient>,
+    runtime: Handle,
+    inodes: Inodes,
+    dirs: Arc<OpenDirs>,
+}
+
+impl CairnFs {
+    fn new(fs: Arc<FsClient>, runtime: Handle) -> Self {
+        let inodes = Inodes { root: fs.root() };
+        Self {
+            fs,
+            runtime,
+            inodes,
+            dirs: Arc::default(),
+        }
+    }
+
+    fn client(&self) -> Arc<FsClient> {
+        Arc::clone(&self.fs)
+    }
+
+    /// Runs `task`, which replies to the kernel, off fuser's request thread.
+    fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
+        self.runtime.spawn(task);
+    }
+}
+
+impl Filesystem for CairnFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
+        if let Err(limit) = config.set_max_write(MAX_WRITE) {
+            tracing::debug!(limit, "FUSE max_write refused");
+        }
+        // Lookups and listings in one directory need not wait for each other.
+        if let Err(missing) = config.add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS) {
+            tracing::debug!(?missing, "the kernel lacks parallel directory operations");
+        }
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let Some(name) = utf8(name) else {
+            return reply.error(Errno::EINVAL);
+        };
+        let (fs, inodes) = (self.client(), self.inodes);
+        self.spawn(async move {
+            let found = fs.lookup(inodes.to_mds(parent), &name).await;
+            reply_entry(inodes, reply, found);
+        });
+    }
+
+    /// Inode numbers are the MDS's and outlive the kernel's references: nothing to drop.
+    fn forget(&self, _req: &Request, _ino: INodeNo, _nlookup: u64) {}
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let (fs, inodes) = (self.client(), self.inodes);
+        self.spawn(async move {
+            let attr = fs.getattr(inodes.to_mds(ino)).await;
+            reply_attr(inodes, reply, attr);
+        });
+    }
+
+    fn setattr(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let change = SetAttr {
+            mode,
+            uid,
+            gid,
+            size,
+            atime_ns: atime.map(time_ns),
+            mtime_ns: mtime.map(time_ns),
+        };
+        let (fs, inodes, caller) = (self.client(), self.inodes, caller(req));
+        self.spawn(async move {
+            let attr = fs.setattr(inodes.to_mds(ino), change, caller).await;
+            reply_attr(inodes, reply, attr);
+        });
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        let (fs, ino) = (self.client(), self.inodes.to_mds(ino));
+        self.spawn(async move {
+            match fs.readlink(ino).await {
+                Ok(target) => reply.data(target.as_bytes()),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        let Some(name) = utf8(name) else {
+            return reply.error(Errno::EINVAL);
+        };
+        let (fs, inodes, caller) = (self.client(), self.inodes, caller(req));
+        self.spawn(async move {
+            let made = fs
+                .mknod(inodes.to_mds(parent), &name, mode, rdev, caller)
+                .await;
+            reply_entry(inodes, reply, made);
+        });
+    }
+
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let Some(name) = utf8(name) else {
+            return reply.error(Errno::EINVAL);
+        };
+        let (fs, inodes, caller) = (self.client(), self.inodes, caller(req));
+        self.spawn(async move {
+            let made = fs.mkdir(inodes.to_mds(parent), &name, mode, caller).await;
+            reply_entry(inodes, reply, made);
+        });
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let Some(name) = utf8(name) else {
+            return reply.error(Errno::EINVAL);
+        };
+        let (fs, parent) = (self.client(), self.inodes.to_mds(parent));
+        self.spawn(async move { reply_empty(reply, fs.unlink(parent, &name).await) });
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let Some(name) = utf8(name) else {
+            return reply.error(Errno::EINVAL);
+        };
+        let (fs, parent) = (self.client(), self.inodes.to_mds(parent));
+        self.spawn(async move { reply_empty(reply, fs.rmdir(parent, &name).await) });
+    }
+
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        let (Some(name), Some(target)) = (utf8(link_name), utf8(target.as_os_str())) else {
+            return reply.error(Errno::EINVAL);
+        };
+        let (fs, inodes, caller) = (self.client(), self.inodes, caller(req));
+        self.spawn(async move {
+            let made = fs
+                .symlink(inodes.to_mds(parent), &name, &target, caller)
+                .await;
+            reply_entry(inodes, reply, made);
+        });
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        let (Some(name), Some(newname)) = (utf8(name), utf8(newname)) else {
+            return reply.error(Errno::EINVAL);
+        };
+        let (fs, inodes) = (self.client(), self.inodes);
+        let (parent, newparent) = (inodes.to_mds(parent), inodes.to_mds(newparent));
+        self.spawn(async move {
+            let renamed = fs
+                .rename(parent, &name, newparent, &newname, flags.bits())
+                .await;
+            reply_empty(reply, renamed);
+        });
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        let Some(newname) = utf8(newname) else {
+            return reply.error(Errno::EINVAL);
+        };
+        let (fs, inodes) = (self.client(), self.inodes);
+        let (ino, newparent) = (inodes.to_mds(ino), inodes.to_mds(newparent));
+        self.spawn(async move {
+            let linked = fs.link(ino, newparent, &newname).await;
+            reply_entry(inodes, reply, linked);
+        });
+    }
+
+    /// No `FOPEN_KEEP_CACHE`: the kernel drops the file's cached pages (close-to-open).
+    fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let (fs, ino) = (self.client(), self.inodes.to_mds(ino));
+        self.spawn(async move {
+            match fs.open(ino).await {
+                Ok(()) => reply.opened(FileHandle(0), FopenFlags::empty()),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let (fs, ino) = (self.client(), self.inodes.to_mds(ino));
+        self.spawn(async move {
+            match fs.read(ino, offset, size).await {
+                Ok(data) => reply.data(&data),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        let (fs, ino, data) = (self.client(), self.inodes.to_mds(ino), data.to_vec());
+        self.spawn(async move {
+            match fs.write(ino, offset, &data).await {
+                Ok(written) => reply.written(written),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        let (fs, ino) = (self.client(), self.inodes.to_mds(ino));
+        self.spawn(async move { reply_empty(reply, fs.flush(ino).await) });
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        let (fs, ino) = (self.client(), self.inodes.to_mds(ino));
+        self.spawn(async move { reply_empty(reply, flush_and_release(&fs, ino, flush).await) });
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        let (fs, ino) = (self.client(), self.inodes.to_mds(ino));
+        self.spawn(async move { reply_empty(reply, fs.fsync(ino).await) });
+    }
+
+    fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        reply.opened(self.dirs.open(), FopenFlags::empty());
+    }
+
+    /// The kernel resumes a listing at the offset of the last entry it took, so entries carry
+    /// their index + 1 in a listing kept per open directory. A read from offset 0 (a new
+    /// open, or `rewinddir`) lists the directory afresh.
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        reply: ReplyDirectory,
+    ) {
+        let (fs, inodes, dirs) = (self.client(), self.inodes, Arc::clone(&self.dirs));
+        self.spawn(async move {
+            let kept = if offset == 0 { None } else { dirs.listing(fh) };
+            let listing = match kept {
+                Some(listing) => listing,
+                None => match list_dir(&fs, inodes, ino).await {
+                    Ok(listing) => dirs.keep(fh, listing),
+                    Err(e) => return reply.error(errno(&e)),
+                },
+            };
+            fill_directory(reply, &listing, offset);
+        });
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.dirs.release(fh);
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let fs = self.client();
+        self.spawn(async move {
+            match fs.statfs().await {
+                Ok(stats) => reply_statfs(reply, &stats),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        let Some(name) = utf8(name) else {
+            return reply.error(Errno::EINVAL);
+        };
+        let (fs, ino, value) = (self.client(), self.inodes.to_mds(ino), value.to_vec());
+        self.spawn(async move {
+            reply_empty(reply, fs.setxattr(ino, &name, &value, flags).await);
+        });
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let Some(name) = utf8(name) else {
+            return reply.error(Errno::EINVAL);
+        };
+        let (fs, ino) = (self.client(), self.inodes.to_mds(ino));
+        self.spawn(async move {
+            match fs.getxattr(ino, &name).await {
+                Ok(value) => reply_xattr(reply, size, &value),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let (fs, ino) = (self.client(), self.inodes.to_mds(ino));
+        self.spawn(async move {
+            match fs.listxattr(ino).await {
+                Ok(names) => reply_xattr(reply, size, &nul_terminated(&names)),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let Some(name) = utf8(name) else {
+            return reply.error(Errno::EINVAL);
+        };
+        let (fs, ino) = (self.client(), self.inodes.to_mds(ino));
+        self.spawn(async move { reply_empty(reply, fs.removexattr(ino, &name).await) });
+    }
+
+    /// Not called under `default_permissions`, where the kernel checks access itself.
+    fn access(&self, _req: &Request, _ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
+        reply.ok();
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        _flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let Some(name) = utf8(name) else {
+            return reply.error(Errno::EINVAL);
+        };
+        let (fs, inodes, caller) = (self.client(), self.inodes, caller(req));
+        self.spawn(async move {
+            match create_and_open(&fs, inodes.to_mds(parent), &name, mode, caller).await {
+                Ok(attr) => reply.created(
+                    &TTL,
+                    &inodes.file_attr(&attr),
+                    Generation(0),
+                    FileHandle(0),
+                    FopenFlags::empty(),
+                ),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _offset: u64,
+        _length: u64,
+        _mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        reply.error(Errno::EOPNOTSUPP);
+    }
+}
+
+/// Creates regular file `name` in `parent` and opens it, as `open(O_CREAT)` does.
+async fn create_and_open(
+    fs: &FsClient,
+    parent: u64,
+    name: &str,
+    mode: u32,
+    caller: Caller,
+) -> FsResult<Attr> {
+    let mode = libc::S_IFREG | (mode & !libc::S_IFMT);
+    let attr = fs.mknod(parent, name, mode, 0, caller).await?;
+    fs.open(attr.ino).await?;
+    Ok(attr)
+}
+
+/// The last close of an open file, flushing it first when the kernel asks to.
+async fn flush_and_release(fs: &FsClient, ino: u64, flush: bool) -> FsResult<()> {
+    let flushed = if flush { fs.flush(ino).await } else { Ok(()) };
+    let released = fs.release(ino).await;
+    flushed.and(released)
+}
+
+/// FUSE inode numbers: the MDS's, with the mounted directory and FUSE's root (1) swapped.
+/// Swapping, rather than only mapping the mounted directory to 1, keeps the mapping one to
+/// one should the filesystem's own root (MDS inode 1) be reached from a mounted sub-path.
+#[derive(Clone, Copy)]
+struct Inodes {
+    root: u64,
+}
+
+impl Inodes {
+    fn to_mds(self, ino: INodeNo) -> u64 {
+        self.swap(ino.0)
+    }
+
+    fn to_fuse(self, ino: u64) -> INodeNo {
+        INodeNo(self.swap(ino))
+    }
+
+    fn swap(self, ino: u64) -> u64 {
+        if ino == self.root {
+            INodeNo::ROOT.0
+        } else if ino == INodeNo::ROOT.0 {
+            self.root
+        } else {
+            ino
+        }
+    }
+
+    fn file_attr(self, attr: &Attr) -> FileAttr {
+        let ctime = system_time(attr.ctime_ns);
+        FileAttr {
+            ino: self.to_fuse(attr.ino),
+            size: attr.size,
+            blocks: attr.size.div_ceil(512),
+            atime: system_time(attr.atime_ns),
+            mtime: system_time(attr.mtime_ns),
+            ctime,
+            crtime: ctime,
+            kind: file_type(attr.mode),
+            perm: (attr.mode & 0o7777) as u16,
+            nlink: attr.nlink,
+            uid: attr.uid,
+            gid: attr.gid,
+            rdev: attr.rdev,
+            blksize: BLOCK_SIZE,
+            flags: 0,
+        }
+    }
+}
+
+/// One entry of a directory listing, as the kernel is sent it.
+struct Entry {
+    ino: INodeNo,
+    kind: FileType,
+    name: String,
+}
+
+type Listing = Arc<[Entry]>;
+
+/// The listings of open directories, by file handle. A handle's listing is kept from its
+/// first read until it is released, so the offsets the kernel resumes from stay valid.
+#[derive(Default)]
+struct OpenDirs {
+    next: AtomicU64,
+    listings: Mutex<HashMap<FileHandle, Option<Listing>>>,
+}
+
+impl OpenDirs {
+    fn open(&self) -> FileHandle {
+        let fh = FileHandle(self.next.fetch_add(1, Ordering::Relaxed));
+        self.lock().insert(fh, None);
+        fh
+    }
+
+    fn listing(&self, fh: FileHandle) -> Option<Listing> {
+        self.lock().get(&fh).cloned().flatten()
+    }
+
+    /// Keeps `listing` for `fh`, unless the handle was released meanwhile, and returns it.
+    fn keep(&self, fh: FileHandle, listing: Listing) -> Listing {
+        if let Some(kept) = self.lock().get_mut(&fh) {
+            *kept = Some(Arc::clone(&listing));
+        }
+        listing
+    }
+
+    fn release(&self, fh: FileHandle) {
+        self.lock().remove(&fh);
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<FileHandle, Option<Listing>>> {
+        // The map stays consistent whatever panicked while holding it.
+        self.listings.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// All of directory `dir`, "." and ".." first, paging through the MDS's listing.
+async fn list_dir(fs: &FsClient, inodes: Inodes, dir: INodeNo) -> FsResult<Listing> {
+    let mut entries: Vec<DirEntry> = Vec::new();
+    loop {
+        let after = entries.last().map_or("", |e| e.name.as_str());
+        let page = fs.readdir(inodes.to_mds(dir), after, READDIR_PAGE).await?;
+        let last = page.len() < READDIR_PAGE as usize;
+        entries.extend(page);
+        if last {
+            break;
+        }
+    }
+    let dots = [".", ".."].map(|name| Entry {
+        ino: dir,
+        kind: FileType::Directory,
+        name: name.to_owned(),
+    });
+    let named = entries.into_iter().map(|e| Entry {
+        ino: inodes.to_fuse(e.ino),
+        kind: file_type(e.mode),
+        name: e.name,
+    });
+    Ok(dots.into_iter().chain(named).collect())
+}
+
+/// Sends the entries after `offset`, as many as the kernel's buffer holds.
+fn fill_directory(mut reply: ReplyDirectory, listing: &[Entry], offset: u64) {
+    let start = usize::try_from(offset).unwrap_or(usize::MAX);
+    for (index, entry) in listing.iter().enumerate().skip(start) {
+        if reply.add(entry.ino, index as u64 + 1, entry.kind, &entry.name) {
+            break;
+        }
+    }
+    reply.ok();
+}
+
+fn reply_entry(inodes: Inodes, reply: ReplyEntry, result: FsResult<Attr>) {
+    match result {
+        Ok(attr) => reply.entry(&TTL, &inodes.file_attr(&attr), Generation(0)),
+        Err(e) => reply.error(errno(&e)),
+    }
+}
+
+fn reply_attr(inodes: Inodes, reply: ReplyAttr, result: FsResult<Attr>) {
+    match result {
+        Ok(attr) => reply.attr(&TTL, &inodes.file_attr(&attr)),
+        Err(e) => reply.error(errno(&e)),
+    }
+}
+
+fn reply_empty(reply: ReplyEmpty, result: FsResult<()>) {
+    match result {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(errno(&e)),
+    }
+}
+
+/// An xattr value or name list: its size when asked (`size` 0), else the data if it fits.
+fn reply_xattr(reply: ReplyXattr, size: u32, data: &[u8]) {
+    match u32::try_from(data.len()) {
+        Err(_) => reply.error(Errno::E2BIG),
+        Ok(len) if size == 0 => reply.size(len),
+        Ok(len) if len > size => reply.error(Errno::ERANGE),
+        Ok(_) => reply.data(data),
+    }
+}
+
+fn reply_statfs(reply: ReplyStatfs, stats: &StatFs) {
+    let block = stats.block_size.max(1);
+    let blocks = stats.bytes_total / u64::from(block);
+    let avail = stats.bytes_avail / u64::from(block);
+    let files = stats.files.saturating_add(FREE_INODES);
+    reply.statfs(
+        blocks,
+        avail,
+        avail,
+        files,
+        FREE_INODES,
+        block,
+        stats.name_max,
+        block,
+    );
+}
+
+/// xattr names as `listxattr(2)` returns them: each followed by a NUL.
+fn nul_terminated(names: &[String]) -> Vec<u8> {
+    names.iter().flat_map(|n| n.bytes().chain([0])).collect()
+}
+
+/// Names are UTF-8 in Cairn: anything else is refused (EINVAL).
+fn utf8(name: &OsStr) -> Option<String> {
+    name.to_str().map(str::to_owned)
+}
+
+fn caller(req: &Request) -> Caller {
+    Caller {
+        uid: req.uid(),
+        gid: req.gid(),
+    }
+}
+
+fn errno(error: &FsError) -> Errno {
+    tracing::debug!(errno = error.errno, message = %error.message, "cairn fs call failed");
+    Errno::from_i32(error.errno)
+}
+
+fn file_type(mode: u32) -> FileType {
+    match mode & libc::S_IFMT {
+        libc::S_IFDIR => FileType::Directory,
+        libc::S_IFLNK => FileType::Symlink,
+        libc::S_IFIFO => FileType::NamedPipe,
+        libc::S_IFCHR => FileType::CharDevice,
+        libc::S_IFBLK => FileType::BlockDevice,
+        libc::S_IFSOCK => FileType::Socket,
+        _ => FileType::RegularFile,
+    }
+}
+
+/// `ns` nanoseconds after the Unix epoch (before it when negative).
+fn system_time(ns: i64) -> SystemTime {
+    let distance = Duration::from_nanos(ns.unsigned_abs());
+    let time = if ns < 0 {
+        UNIX_EPOCH.checked_sub(distance)
+    } else {
+        UNIX_EPOCH.checked_add(distance)
+    };
+    time.unwrap_or(UNIX_EPOCH)
+}
+
+/// Nanoseconds after the Unix epoch (negative before it), saturating.
+fn epoch_ns(time: SystemTime) -> i64 {
+    match time.duration_since(UNIX_EPOCH) {
+        Ok(after) => i64::try_from(after.as_nanos()).unwrap_or(i64::MAX),
+        Err(before) => i64::try_from(before.duration().as_nanos()).map_or(i64::MIN, |ns| -ns),
+    }
+}
+
+fn time_ns(time: TimeOrNow) -> i64 {
+    match time {
+        TimeOrNow::SpecificTime(time) => epoch_ns(time),
+        TimeOrNow::Now => epoch_ns(SystemTime::now()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_mounted_directory_is_fuse_root_both_ways() {
+        let inodes = Inodes { root: 42 };
+        assert_eq!(inodes.to_fuse(42), INodeNo::ROOT);
+        assert_eq!(inodes.to_mds(INodeNo::ROOT), 42);
+        assert_eq!(inodes.to_fuse(1), INodeNo(42));
+        assert_eq!(inodes.to_mds(INodeNo(42)), 1);
+        assert_eq!(inodes.to_fuse(7), INodeNo(7));
+        assert_eq!(inodes.to_mds(INodeNo(7)), 7);
+        let identity = Inodes { root: 1 };
+        assert_eq!(identity.to_fuse(1), INodeNo::ROOT);
+        assert_eq!(identity.to_mds(INodeNo::ROOT), 1);
+    }
+
+    #[test]
+    fn times_round_trip_either_side_of_the_epoch() {
+        for ns in [0, 1, 1_700_000_000_123_456_789, -1, -86_400_000_000_001] {
+            assert_eq!(epoch_ns(system_time(ns)), ns);
+        }
+    }
+
+    #[test]
+    fn xattr_names_are_nul_terminated() {
+        let names = ["user.a".to_owned(), "user.bc".to_owned()];
+        assert_eq!(nul_terminated(&names), b"user.a\0user.bc\0");
+        assert!(nul_terminated(&[]).is_empty());
+    }
+
+    #[test]
+    fn file_types_come_from_the_mode() {
+        assert_eq!(file_type(libc::S_IFDIR | 0o755), FileType::Directory);
+        assert_eq!(file_type(libc::S_IFLNK | 0o777), FileType::Symlink);
+        assert_eq!(file_type(libc::S_IFREG | 0o644), FileType::RegularFile);
+    }
+}

@@ -1,0 +1,519 @@
+//! The shared filesystem through real FUSE mounts (`cairn mount`, a separate process) on a
+//! cluster of real mons, OSDs and MDSs: POSIX behaviour, two mounts seeing each other,
+//! kill -9 of the active MDS under a metadata workload, and a restart of every daemon.
+
+use std::ffi::CString;
+use std::fs;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command as Process, Stdio};
+use std::time::{Duration, Instant};
+
+use cairn_client::dev::Kind;
+use cairn_common::command::Command;
+use cairn_common::fsmap::MdsRole;
+use cairn_common::maps::{FailureDomain, PoolKind};
+use cairn_tests::{bin_dir, wait_for, TestCluster};
+
+const FS: &str = "myfs";
+
+/// A cluster with 3 OSDs, a replicated-3 metadata pool, an EC 2+1 data pool, filesystem
+/// `myfs` with standby-replay, and MDS daemons `names` (the first becomes active).
+async fn fs_cluster(names: &[&str], overrides: &[&str]) -> TestCluster {
+    let t = TestCluster::start_with_osds(1, 3, overrides).await;
+    let monc = t.admin();
+    for (name, kind) in [
+        (
+            "meta",
+            PoolKind::Replicated {
+                size: 3,
+                min_size: 2,
+            },
+        ),
+        (
+            "data",
+            PoolKind::Erasure {
+                k: 2,
+                m: 1,
+                stripe_unit: 4096,
+                min_size: 2,
+            },
+        ),
+    ] {
+        monc.command(Command::PoolCreate {
+            name: name.into(),
+            pg_num: 8,
+            kind,
+            failure_domain: FailureDomain::Osd,
+        })
+        .await
+        .expect("create pool");
+    }
+    monc.command(Command::FsNew {
+        name: FS.into(),
+        metadata_pool: "meta".into(),
+        data_pool: "data".into(),
+    })
+    .await
+    .expect("fs new");
+    monc.command(Command::FsSet {
+        name: FS.into(),
+        key: "allow_standby_replay".into(),
+        value: "true".into(),
+    })
+    .await
+    .expect("fs set");
+    for name in names {
+        t.cluster.add_mds(&monc, name).await.expect("add mds");
+        t.cluster.start(Kind::Mds, name).expect("start mds");
+    }
+    wait_for_active(&t, names.len() > 1).await;
+    t
+}
+
+/// Waits until the filesystem's rank is served (and has a standby-replay, if wanted);
+/// returns the active's name.
+async fn wait_for_active(t: &TestCluster, standby_replay: bool) -> String {
+    let monc = t.admin();
+    wait_for(Duration::from_secs(60), "an active MDS", || async {
+        let maps = monc.maps().await.ok()?;
+        let (id, _) = maps.fsmap.fs_by_name(FS)?;
+        let (name, d) = maps.fsmap.active_of(id)?;
+        let serving = matches!(d.role, MdsRole::Active { serving: true, .. });
+        let replay_ok = !standby_replay || maps.fsmap.standby_replay_of(id).is_some();
+        (serving && replay_ok).then(|| name.to_string())
+    })
+    .await
+}
+
+/// A `cairn mount` process and its mountpoint; unmounted (and the process ended) on drop.
+struct Mount {
+    child: Child,
+    path: PathBuf,
+}
+
+impl Mount {
+    async fn new(t: &TestCluster, path: &Path) -> Mount {
+        fs::create_dir_all(path).expect("mountpoint");
+        let log = fs::File::create(t.dir().join(format!(
+            "log/mount.{}.log",
+            path.file_name().and_then(|n| n.to_str()).unwrap_or("m")
+        )))
+        .expect("mount log");
+        let child = Process::new(bin_dir().join("cairn"))
+            .arg("--conf")
+            .arg(t.cluster.config_path())
+            .args(["mount", FS])
+            .arg(path)
+            .arg("--allow-other")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("start cairn mount");
+        let m = Mount {
+            child,
+            path: path.to_path_buf(),
+        };
+        let p = m.path.clone();
+        wait_for(Duration::from_secs(30), "the FUSE mount", || {
+            let p = p.clone();
+            async move { is_mounted(&p).then_some(()) }
+        })
+        .await;
+        m
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        // SAFETY: signals the mount process this test started.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline && matches!(self.child.try_wait(), Ok(None)) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if is_mounted(&self.path) {
+            if let Ok(c) = CString::new(self.path.as_os_str().as_encoded_bytes()) {
+                // SAFETY: detaches a mount this test made; the path is a valid C string.
+                unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+            }
+        }
+    }
+}
+
+fn is_mounted(path: &Path) -> bool {
+    let mounts = fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let want = path.to_string_lossy();
+    mounts
+        .lines()
+        .any(|l| l.split_whitespace().nth(1) == Some(want.as_ref()) && l.contains("fuse"))
+}
+
+/// Runs blocking filesystem work off the runtime (the mount's own I/O must keep flowing).
+async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(work)
+        .await
+        .expect("blocking work")
+}
+
+fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| ((i as u64).wrapping_mul(31).wrapping_add(seed) % 251) as u8)
+        .collect()
+}
+
+fn set_xattr(path: &Path, name: &str, value: &[u8]) -> std::io::Result<()> {
+    let p = CString::new(path.as_os_str().as_encoded_bytes()).expect("path");
+    let n = CString::new(name).expect("name");
+    // SAFETY: valid C strings and a buffer of the given length.
+    let rc = unsafe {
+        libc::setxattr(
+            p.as_ptr(),
+            n.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+fn get_xattr(path: &Path, name: &str) -> std::io::Result<Vec<u8>> {
+    let p = CString::new(path.as_os_str().as_encoded_bytes()).expect("path");
+    let n = CString::new(name).expect("name");
+    let mut buf = vec![0u8; 4096];
+    // SAFETY: valid C strings and a buffer of the given length.
+    let rc = unsafe { libc::getxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    buf.truncate(rc as usize);
+    Ok(buf)
+}
+
+/// File operations a program does, checked through the mount.
+fn posix_checks(root: &Path) {
+    // Write at offsets, read back, sparse holes read as zeros.
+    let f = root.join("file");
+    let mut h = fs::File::create(&f).expect("create");
+    h.write_all(&pattern(1, 100_000)).expect("write");
+    h.seek(SeekFrom::Start(9 << 20)).expect("seek");
+    h.write_all(b"tail").expect("write far");
+    drop(h);
+    let data = fs::read(&f).expect("read");
+    assert_eq!(data.len(), (9 << 20) + 4);
+    assert_eq!(&data[..100_000], &pattern(1, 100_000)[..]);
+    assert!(
+        data[100_000..9 << 20].iter().all(|b| *b == 0),
+        "a hole reads as zeros"
+    );
+    assert_eq!(&data[9 << 20..], b"tail");
+    // Overwrite across an object boundary at an odd offset.
+    let mut h = fs::OpenOptions::new().write(true).open(&f).expect("open");
+    h.seek(SeekFrom::Start((4 << 20) - 7)).expect("seek");
+    h.write_all(&pattern(2, 33)).expect("overwrite");
+    drop(h);
+    let data = fs::read(&f).expect("read");
+    assert_eq!(&data[(4 << 20) - 7..(4 << 20) + 26], &pattern(2, 33)[..]);
+    // Truncate down, then up: the cut bytes do not come back.
+    let h = fs::OpenOptions::new().write(true).open(&f).expect("open");
+    h.set_len(50_000).expect("truncate down");
+    h.set_len(200_000).expect("truncate up");
+    drop(h);
+    let data = fs::read(&f).expect("read");
+    assert_eq!(data.len(), 200_000);
+    assert_eq!(&data[..50_000], &pattern(1, 50_000)[..]);
+    assert!(
+        data[50_000..].iter().all(|b| *b == 0),
+        "truncated bytes stay gone"
+    );
+    // Append.
+    let mut h = fs::OpenOptions::new().append(true).open(&f).expect("open");
+    h.write_all(b"appended").expect("append");
+    drop(h);
+    assert_eq!(fs::metadata(&f).expect("stat").len(), 200_008);
+
+    // Directories, rename over files and over empty directories, across directories.
+    fs::create_dir(root.join("d1")).expect("mkdir");
+    fs::create_dir(root.join("d2")).expect("mkdir");
+    fs::write(root.join("d1/a"), b"A").expect("write");
+    fs::write(root.join("d2/b"), b"B").expect("write");
+    fs::rename(root.join("d1/a"), root.join("d2/b")).expect("rename over a file");
+    assert_eq!(fs::read(root.join("d2/b")).expect("read"), b"A");
+    assert!(!root.join("d1/a").exists());
+    fs::create_dir(root.join("d1/sub")).expect("mkdir");
+    fs::create_dir(root.join("d2/empty")).expect("mkdir");
+    fs::rename(root.join("d1/sub"), root.join("d2/empty")).expect("rename over an empty dir");
+    assert!(root.join("d2/empty").is_dir());
+    assert_eq!(
+        fs::remove_dir(root.join("d2"))
+            .expect_err("not empty")
+            .raw_os_error(),
+        Some(libc::ENOTEMPTY)
+    );
+    assert_eq!(
+        fs::rename(root.join("d2"), root.join("d2/empty/x"))
+            .expect_err("into itself")
+            .raw_os_error(),
+        Some(libc::EINVAL)
+    );
+    assert_eq!(
+        fs::metadata(root.join("d2")).expect("stat").nlink(),
+        3,
+        "d2 holds one directory"
+    );
+
+    // Hard links and symlinks.
+    fs::hard_link(root.join("d2/b"), root.join("link")).expect("link");
+    assert_eq!(fs::metadata(root.join("link")).expect("stat").nlink(), 2);
+    fs::remove_file(root.join("d2/b")).expect("unlink");
+    assert_eq!(fs::metadata(root.join("link")).expect("stat").nlink(), 1);
+    assert_eq!(fs::read(root.join("link")).expect("read"), b"A");
+    std::os::unix::fs::symlink("d2/empty", root.join("sym")).expect("symlink");
+    assert_eq!(
+        fs::read_link(root.join("sym")).expect("readlink"),
+        PathBuf::from("d2/empty")
+    );
+    assert!(root.join("sym").is_dir(), "the symlink resolves");
+
+    // Long names, xattrs, times, modes.
+    let long = "n".repeat(255);
+    fs::write(root.join(&long), b"x").expect("255-byte name");
+    assert_eq!(
+        fs::write(root.join("n".repeat(256)), b"x")
+            .expect_err("too long")
+            .raw_os_error(),
+        Some(libc::ENAMETOOLONG)
+    );
+    set_xattr(&f, "user.color", b"blue").expect("setxattr");
+    assert_eq!(get_xattr(&f, "user.color").expect("getxattr"), b"blue");
+    assert_eq!(
+        get_xattr(&f, "user.none")
+            .expect_err("absent")
+            .raw_os_error(),
+        Some(libc::ENODATA)
+    );
+    fs::set_permissions(&f, fs::Permissions::from_mode(0o600)).expect("chmod");
+    assert_eq!(fs::metadata(&f).expect("stat").mode() & 0o7777, 0o600);
+    let before = fs::metadata(&f).expect("stat").mtime();
+    std::thread::sleep(Duration::from_millis(1100));
+    fs::OpenOptions::new()
+        .append(true)
+        .open(&f)
+        .expect("open")
+        .write_all(b"!")
+        .expect("write");
+    assert!(
+        fs::metadata(&f).expect("stat").mtime() > before,
+        "a write moves mtime"
+    );
+}
+
+/// A user other than root is held to the mode bits.
+fn non_root_checks(root: &Path) {
+    fs::create_dir(root.join("private")).expect("mkdir");
+    fs::set_permissions(root.join("private"), fs::Permissions::from_mode(0o700)).expect("chmod");
+    fs::create_dir(root.join("shared")).expect("mkdir");
+    fs::set_permissions(root.join("shared"), fs::Permissions::from_mode(0o777)).expect("chmod");
+    let as_nobody = |script: &str| {
+        use std::os::unix::process::CommandExt;
+        Process::new("/bin/sh")
+            .args(["-c", script])
+            .current_dir("/")
+            .uid(65534)
+            .gid(65534)
+            .status()
+            .expect("run as nobody")
+            .success()
+    };
+    let private = root.join("private/x");
+    let shared = root.join("shared/mine");
+    assert!(
+        !as_nobody(&format!("echo hi > {}", private.display())),
+        "mode 0700 keeps nobody out"
+    );
+    assert!(
+        as_nobody(&format!("echo hi > {}", shared.display())),
+        "mode 0777 lets nobody in"
+    );
+    let meta = fs::metadata(&shared).expect("stat");
+    assert_eq!(
+        (meta.uid(), meta.gid()),
+        (65534, 65534),
+        "new files belong to their creator"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn posix_behaviour_through_two_mounts() {
+    // A tiny cache written back often: directories and inodes are evicted and loaded back
+    // from the metadata pool all the time.
+    let t = fs_cluster(
+        &["a", "b"],
+        &["mds.cache_entries_max=64", "mds.writeback_interval_ms=200"],
+    )
+    .await;
+    let base = t.dir().join("mnt");
+    let one = Mount::new(&t, &base.join("one")).await;
+    let two = Mount::new(&t, &base.join("two")).await;
+    // The test's directories are private to root: let other users reach the mounts.
+    for dir in [t.dir().parent().expect("temp dir"), t.dir(), &base] {
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
+    let (p1, p2) = (one.path.clone(), two.path.clone());
+    blocking(move || {
+        posix_checks(&p1);
+        non_root_checks(&p1);
+        // The other mount sees creates at once and data after close.
+        fs::write(p1.join("shared-file"), pattern(7, 300_000)).expect("write");
+        assert_eq!(
+            fs::metadata(p2.join("shared-file")).expect("stat").len(),
+            300_000
+        );
+        assert_eq!(
+            fs::read(p2.join("shared-file")).expect("read"),
+            pattern(7, 300_000)
+        );
+        fs::write(p2.join("shared-file"), b"changed").expect("rewrite");
+        assert_eq!(fs::read(p1.join("shared-file")).expect("read"), b"changed");
+        // A large directory, listed whole.
+        fs::create_dir(p1.join("many")).expect("mkdir");
+        for i in 0..10_000 {
+            fs::File::create(p1.join(format!("many/f{i:05}"))).expect("create");
+        }
+        let mut names: Vec<String> = fs::read_dir(p2.join("many"))
+            .expect("readdir")
+            .map(|e| e.expect("entry").file_name().into_string().expect("utf-8"))
+            .collect();
+        names.sort();
+        assert_eq!(names.len(), 10_000);
+        assert_eq!(names[9_999], "f09999");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn active_mds_killed_under_a_metadata_workload() {
+    let t = fs_cluster(&["a", "b"], &[]).await;
+    let active = wait_for_active(&t, true).await;
+    let mount = Mount::new(&t, &t.dir().join("mnt")).await;
+    let root = mount.path.clone();
+    let workload = tokio::task::spawn_blocking(move || {
+        let started = Instant::now();
+        let mut made = Vec::new();
+        let mut i = 0u32;
+        while started.elapsed() < Duration::from_secs(12) {
+            let dir = root.join(format!("d{}", i % 7));
+            if i < 7 {
+                fs::create_dir(&dir).expect("mkdir");
+            }
+            let p = dir.join(format!("f{i}"));
+            fs::write(&p, format!("file {i}")).expect("create during failover");
+            if i.is_multiple_of(5) {
+                let q = dir.join(format!("r{i}"));
+                fs::rename(&p, &q).expect("rename during failover");
+                made.push(q);
+            } else {
+                made.push(p);
+            }
+            i += 1;
+        }
+        made
+    });
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let killed_at = Instant::now();
+    assert!(t.cluster.kill(Kind::Mds, &active).expect("kill"));
+    let monc = t.admin();
+    wait_for(
+        Duration::from_secs(30),
+        "the standby-replay to take the rank",
+        || async {
+            let maps = monc.maps().await.ok()?;
+            let (id, _) = maps.fsmap.fs_by_name(FS)?;
+            let (name, d) = maps.fsmap.active_of(id)?;
+            (name != active && matches!(d.role, MdsRole::Active { serving: true, .. }))
+                .then_some(())
+        },
+    )
+    .await;
+    eprintln!(
+        "takeover: {} ms from kill -9 to an active MDS",
+        killed_at.elapsed().as_millis()
+    );
+    let made = workload
+        .await
+        .expect("the workload finished without an error");
+    assert!(
+        made.len() > 50,
+        "the workload made progress ({} files)",
+        made.len()
+    );
+    let root = mount.path.clone();
+    blocking(move || {
+        for (n, p) in made.iter().enumerate() {
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            let i: u32 = name[1..].parse().expect("index");
+            assert_eq!(
+                fs::read_to_string(p).expect("every acknowledged file is there"),
+                format!("file {i}"),
+                "file {n}"
+            );
+        }
+        assert!(root.join("d0").is_dir());
+    })
+    .await;
+    // The killed daemon comes back as a standby.
+    t.cluster.start(Kind::Mds, &active).expect("restart");
+    wait_for_active(&t, true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_filesystem_survives_a_restart_of_every_daemon() {
+    let t = fs_cluster(&["a", "b"], &[]).await;
+    {
+        let mount = Mount::new(&t, &t.dir().join("mnt")).await;
+        let root = mount.path.clone();
+        blocking(move || {
+            fs::create_dir_all(root.join("x/y")).expect("mkdir");
+            fs::write(root.join("x/y/data"), pattern(3, 5 << 20)).expect("write");
+            let mut h = fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(root.join("x/synced"))
+                .expect("create");
+            h.write_all(b"durable").expect("write");
+            h.sync_all().expect("fsync");
+        })
+        .await;
+    }
+    t.cluster
+        .stop_all(Duration::from_secs(10))
+        .expect("stop all");
+    t.cluster.start_all().expect("start all");
+    t.wait_healthy(Duration::from_secs(60)).await;
+    wait_for_active(&t, false).await;
+    let mount = Mount::new(&t, &t.dir().join("mnt2")).await;
+    let root = mount.path.clone();
+    blocking(move || {
+        assert_eq!(
+            fs::read(root.join("x/y/data")).expect("read"),
+            pattern(3, 5 << 20)
+        );
+        let mut s = String::new();
+        fs::File::open(root.join("x/synced"))
+            .expect("open")
+            .read_to_string(&mut s)
+            .expect("read");
+        assert_eq!(s, "durable");
+    })
+    .await;
+}
