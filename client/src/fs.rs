@@ -77,8 +77,18 @@ pub struct StatFs {
 #[derive(Debug, Default)]
 struct OpenFile {
     opens: u32,
+    /// The size reads go up to: the MDS's at open, grown by writes here.
     size: u64,
-    unreported: Option<i64>,
+    unreported: Option<Unreported>,
+}
+
+/// Writes of this client the MDS has not heard of: where the furthest one ended, and when.
+/// Only that end is reported (never the size seen at open, which another client may have
+/// cut since).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Unreported {
+    end: u64,
+    mtime_ns: i64,
 }
 
 pub struct FsClient {
@@ -267,9 +277,9 @@ impl FsClient {
     /// client's unreported writes on top.
     fn with_local(&self, mut a: Attr) -> Attr {
         if let Some(f) = self.files().get(&a.ino) {
-            if let Some(mtime) = f.unreported {
-                a.size = a.size.max(f.size);
-                a.mtime_ns = a.mtime_ns.max(mtime);
+            if let Some(w) = f.unreported {
+                a.size = a.size.max(w.end);
+                a.mtime_ns = a.mtime_ns.max(w.mtime_ns);
             }
         }
         a
@@ -479,28 +489,30 @@ impl FsClient {
             async move { self.rados.write(&self.data_pool, &object, at, chunk).await }
         }))
         .await?;
+        let end = offset + data.len() as u64;
         let mut files = self.files();
         let f = files.entry(ino).or_default();
-        f.size = f.size.max(offset + data.len() as u64);
-        f.unreported = Some(now_ns());
+        f.size = f.size.max(end);
+        f.unreported = Some(Unreported {
+            end: f.unreported.map_or(end, |w| w.end.max(end)),
+            mtime_ns: now_ns(),
+        });
         Ok(len)
     }
 
     /// Tells the MDS the size and mtime this client's writes gave the file.
     async fn report(&self, ino: u64) -> FsResult<()> {
-        let pending = self
-            .files()
-            .get(&ino)
-            .and_then(|f| f.unreported.map(|mtime| (f.size, mtime)));
-        if let Some((size, mtime_ns)) = pending {
+        let pending = self.files().get(&ino).and_then(|f| f.unreported);
+        if let Some(w) = pending {
             self.call(FsOp::Written {
                 ino,
-                size,
-                mtime_ns,
+                size: w.end,
+                mtime_ns: w.mtime_ns,
             })
             .await?;
             if let Some(f) = self.files().get_mut(&ino) {
-                if f.unreported == Some(mtime_ns) {
+                // Writes that came in meanwhile stay to report.
+                if f.unreported == Some(w) {
                     f.unreported = None;
                 }
             }
@@ -519,15 +531,20 @@ impl FsClient {
     }
 
     pub async fn release(&self, ino: u64) -> FsResult<()> {
-        self.report(ino).await?;
+        let reported = self.report(ino).await;
+        // A file removed meanwhile has nothing left to report to.
+        let gone = matches!(&reported, Err(e) if e.errno == fsops::ENOENT);
         let mut files = self.files();
         if let Some(f) = files.get_mut(&ino) {
             f.opens = f.opens.saturating_sub(1);
-            if f.opens == 0 && f.unreported.is_none() {
+            if f.opens == 0 && (f.unreported.is_none() || gone) {
                 files.remove(&ino);
             }
         }
-        Ok(())
+        if gone {
+            return Ok(());
+        }
+        reported
     }
 
     pub async fn statfs(&self) -> FsResult<StatFs> {

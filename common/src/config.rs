@@ -150,7 +150,9 @@ impl Default for MdsSettings {
             writeback_interval_ms: 2000,
             dirty_entries_max: 100_000,
             cache_entries_max: 200_000,
-            session_timeout_ms: 60_000,
+            // Longer than a client retries one request (2 minutes): a retry must still find
+            // its reply remembered, or a change could be applied twice.
+            session_timeout_ms: 300_000,
             requests_in_flight_max: 1024,
             replay_poll_ms: 100,
         }

@@ -49,11 +49,13 @@ pub async fn run(config: Config, name: &str) -> anyhow::Result<()> {
     )
     .await
     .context("mds.public_addr")?;
+    let lease = Duration::from_millis(config.mon.mds_beacon_grace_ms / 2);
     let node = Arc::new(MdsNode::new(
         name,
         public.to_string(),
         rados.clone(),
         config.mds.clone(),
+        lease,
     ));
     let (stop_tx, stop_rx) = watch::channel(false);
     let (server_stop_tx, server_stop_rx) = watch::channel(false);
@@ -148,7 +150,11 @@ async fn run_beacons(node: Arc<MdsNode>, mut stop: watch::Receiver<bool>) {
     loop {
         let call = node.rados.monc().mds_beacon(beacon(&node, false));
         match tokio::time::timeout(interval * 4, call).await {
-            Ok(Ok(_)) => {}
+            Ok(Ok(_)) => node.beacon_acked(),
+            Ok(Err(cairn_client::ClientError::Refused(why))) => {
+                // Blocklisted: this instance lost its role for good.
+                node.fail(format!("the mons refuse this instance: {why}"));
+            }
             Ok(Err(e)) => tracing::debug!(error = %e, "beacon failed"),
             Err(_) => tracing::debug!("beacon timed out"),
         }

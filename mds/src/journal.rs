@@ -3,9 +3,11 @@
 //! its PG. A record is `[length u32][crc32c u32][JSON entry]`; one record is one RADOS
 //! append, which the OSDs apply atomically, so a record is wholly there or absent.
 //!
-//! The writer moves to the next segment only once the current one holds
-//! `journal_segment_bytes`, so a reader that has consumed a segment that long knows to go on
-//! to the next one, and one shorter than that is the tail. `journal.head` says where replay
+//! The writer moves to the next segment only once the current one holds its segment size, so
+//! a reader that has consumed a segment that long knows to go on to the next one, and one
+//! shorter than that is the tail. Every entry carries the segment size its writer used: the
+//! reader follows that, not its own configuration, so daemons configured differently still
+//! agree on where the journal ends. `journal.head` says where replay
 //! starts: everything before it has been written back to the directory and inode objects.
 
 use std::collections::BTreeMap;
@@ -60,6 +62,8 @@ pub struct Entry {
     pub next_ino: u64,
     #[serde(default)]
     pub request: Option<Completed>,
+    /// The segment size of the writer (see the module comment).
+    pub segment_bytes: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -175,6 +179,10 @@ impl Writer {
         self.position
     }
 
+    pub fn segment_bytes(&self) -> u64 {
+        self.segment_bytes
+    }
+
     /// Makes `entry` durable. An error leaves the journal's end unknown: the caller must stop
     /// serving (its successor replays whatever landed).
     pub async fn append(&mut self, rados: &Rados, entry: &Entry) -> anyhow::Result<()> {
@@ -228,8 +236,8 @@ impl Reader {
                 Err(ClientError::NotFound(_)) => Vec::new(),
                 Err(e) => return Err(e).context("cannot read the journal"),
             };
-            let (mut got, used) = unframe(&bytes, &object)?;
-            entries.append(&mut got);
+            let (got, used) = unframe(&bytes, &object)?;
+            self.take(got, &mut entries);
             self.position.offset += used as u64;
             if used > 0 {
                 continue;
@@ -237,8 +245,8 @@ impl Reader {
             if bytes.len() >= RECORD_HEADER_BYTES {
                 // A record longer than one read: fetch it whole.
                 let whole = self.read_record(rados, &object, &bytes).await?;
-                let (mut got, used) = unframe(&whole, &object)?;
-                entries.append(&mut got);
+                let (got, used) = unframe(&whole, &object)?;
+                self.take(got, &mut entries);
                 self.position.offset += used as u64;
                 continue;
             }
@@ -251,6 +259,16 @@ impl Reader {
             }
             return Ok(entries);
         }
+    }
+
+    /// Keeps entries read, following the segment size their writer used.
+    fn take(&mut self, got: Vec<Entry>, into: &mut Vec<Entry>) {
+        if let Some(last) = got.last() {
+            if last.segment_bytes > 0 {
+                self.segment_bytes = last.segment_bytes;
+            }
+        }
+        into.extend(got);
     }
 
     async fn read_record(
@@ -292,6 +310,7 @@ mod tests {
             }],
             next_ino: seq + 1,
             request: None,
+            segment_bytes: 1 << 20,
         }
     }
 

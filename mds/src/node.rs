@@ -34,10 +34,21 @@ pub struct MdsNode {
     admitted: Semaphore,
     /// Set when the rank can no longer be served (a failed journal write): the daemon exits.
     broken: watch::Sender<Option<String>>,
+    /// When the mons last answered a beacon, and how long that keeps this daemon sure it
+    /// still holds its role (half the mons' grace): an active cut off from the mons stops
+    /// answering before they can have handed its rank to another.
+    beacon_acked: std::sync::Mutex<Instant>,
+    lease: Duration,
 }
 
 impl MdsNode {
-    pub fn new(name: &str, addr: String, rados: Arc<Rados>, settings: MdsSettings) -> MdsNode {
+    pub fn new(
+        name: &str,
+        addr: String,
+        rados: Arc<Rados>,
+        settings: MdsSettings,
+        lease: Duration,
+    ) -> MdsNode {
         MdsNode {
             name: name.to_string(),
             addr,
@@ -47,7 +58,24 @@ impl MdsNode {
             rank: Mutex::new(None),
             serving: AtomicBool::new(false),
             broken: watch::channel(None).0,
+            beacon_acked: std::sync::Mutex::new(Instant::now()),
+            lease,
         }
+    }
+
+    /// The mons answered a beacon.
+    pub fn beacon_acked(&self) {
+        *self.beacon_acked.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+    }
+
+    /// Whether the mons answered a beacon recently enough that no other daemon can hold
+    /// this one's rank yet.
+    fn leased(&self) -> bool {
+        self.beacon_acked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .elapsed()
+            < self.lease
     }
 
     pub fn serving(&self) -> bool {
@@ -58,7 +86,7 @@ impl MdsNode {
         self.broken.subscribe()
     }
 
-    fn fail(&self, why: String) {
+    pub fn fail(&self, why: String) {
         tracing::error!(reason = %why, "the rank cannot be served any more");
         self.serving.store(false, Ordering::Relaxed);
         let _ = self.broken.send(Some(why));
@@ -88,6 +116,13 @@ impl MdsNode {
                 self.name
             )));
         };
+        if !self.leased() {
+            return Err(Status::unavailable(format!(
+                "mds.{} has not heard from the mons for {} ms: it may no longer hold the rank",
+                self.name,
+                self.lease.as_millis()
+            )));
+        }
         let reply = match r.handle(client, tid, op).await {
             Ok(Ok(reply)) => reply,
             Ok(Err(e)) => return Err(Status::unavailable(format!("{e:#}"))),
@@ -256,7 +291,10 @@ impl MdsNode {
                 _ = stop.changed() => return,
             }
             let mut rank = self.rank.lock().await;
-            let Some(r) = rank.as_mut() else { continue };
+            // Writing back without the lease could overwrite a successor's writes.
+            let Some(r) = rank.as_mut().filter(|_| self.leased()) else {
+                continue;
+            };
             if last.elapsed() < interval && !r.writeback_due() {
                 continue;
             }
@@ -274,7 +312,7 @@ impl MdsNode {
     /// A clean stop of the active: write everything back so the next one replays little.
     pub async fn flush(&self) {
         let mut rank = self.rank.lock().await;
-        if let Some(r) = rank.as_mut() {
+        if let Some(r) = rank.as_mut().filter(|_| self.leased()) {
             if let Err(e) = r.write_back().await {
                 tracing::warn!(error = %format!("{e:#}"), "final write-back failed; the journal keeps it");
             }

@@ -3,9 +3,9 @@
 //! before anything is journaled.
 
 use cairn_common::fsops::{
-    validate_name, Caller, DirEntry, FsOp, FsReply, SetAttrs, EEXIST, EINVAL, EISDIR, ENODATA,
-    ENOENT, ENOTDIR, ENOTEMPTY, ERANGE, READDIR_MAX, ROOT_INO, SYMLINK_BYTES_MAX, S_IFDIR, S_IFLNK,
-    S_IFMT, S_IFREG, XATTR_VALUE_BYTES_MAX,
+    validate_name, Caller, DirEntry, FsOp, FsReply, SetAttrs, EEXIST, EFBIG, EINVAL, EISDIR,
+    ENODATA, ENOENT, ENOTDIR, ENOTEMPTY, ERANGE, READDIR_MAX, ROOT_INO, SYMLINK_BYTES_MAX, S_IFBLK,
+    S_IFCHR, S_IFDIR, S_IFIFO, S_IFLNK, S_IFMT, S_IFREG, S_IFSOCK, XATTR_VALUE_BYTES_MAX,
 };
 
 use crate::inode::{Dentry, Inode};
@@ -16,6 +16,8 @@ const XATTR_CREATE: i32 = 1;
 const XATTR_REPLACE: i32 = 2;
 const RENAME_NOREPLACE: u32 = 1;
 const XATTR_NAME_BYTES_MAX: usize = 255;
+/// Largest file: a removed file's objects are deleted one by one up to its size.
+const FILE_BYTES_MAX: u64 = 1 << 40;
 
 pub fn now_ns() -> i64 {
     std::time::SystemTime::now()
@@ -124,7 +126,7 @@ impl Rank {
                 } else {
                     mode & S_IFMT
                 };
-                if kind == S_IFDIR || kind == S_IFLNK {
+                if ![S_IFREG, S_IFIFO, S_IFSOCK, S_IFCHR, S_IFBLK].contains(&kind) {
                     return Err(posix(
                         EINVAL,
                         "mknod makes files, fifos, sockets and devices",
@@ -189,6 +191,10 @@ impl Rank {
                 mtime_ns,
             } => {
                 let mut inode = self.inode_of(ino).await?;
+                if inode.mode & S_IFMT != S_IFREG {
+                    return Err(posix(EINVAL, "only regular files hold data"));
+                }
+                check_file_size(size)?;
                 inode.size = inode.size.max(size);
                 inode.mtime_ns = inode.mtime_ns.max(mtime_ns);
                 inode.ctime_ns = inode.ctime_ns.max(mtime_ns);
@@ -211,6 +217,19 @@ impl Rank {
                 }
                 let mut inode = self.inode_of(ino).await?;
                 let exists = inode.xattrs.contains_key(&name);
+                // Every journal entry carries the whole inode: keep it small.
+                let others: usize = inode
+                    .xattrs
+                    .iter()
+                    .filter(|(n, _)| **n != name)
+                    .map(|(n, v)| n.len() + v.len())
+                    .sum();
+                if others + name.len() + value.len() > XATTR_VALUE_BYTES_MAX {
+                    return Err(posix(
+                        cairn_common::fsops::ENOSPC,
+                        "an inode's attributes hold at most 64 KiB",
+                    ));
+                }
                 if flags & XATTR_CREATE != 0 && exists {
                     return Err(posix(EEXIST, format!("attribute {name:?} exists")));
                 }
@@ -367,15 +386,15 @@ impl Rank {
             None => None,
         };
         if let Some(r) = &replaced {
+            if flags & RENAME_NOREPLACE != 0 {
+                return Err(posix(EEXIST, format!("{new_name:?} exists")));
+            }
             if r.ino == moved.ino {
                 return Ok(Plan {
                     events: Vec::new(),
                     reply: FsReply::Done,
                     new_dir: None,
                 });
-            }
-            if flags & RENAME_NOREPLACE != 0 {
-                return Err(posix(EEXIST, format!("{new_name:?} exists")));
             }
             match (moved.is_dir(), r.is_dir()) {
                 (true, false) => {
@@ -460,6 +479,7 @@ impl Rank {
             if inode.is_dir() {
                 return Err(posix(EISDIR, "cannot truncate a directory"));
             }
+            check_file_size(size)?;
             if size < inode.size {
                 // The bytes beyond go before the size is journaled: a size change replayed
                 // later must never delete data written after it.
@@ -486,6 +506,14 @@ impl Rank {
         inode.ctime_ns = now;
         Ok(updated(inode))
     }
+}
+
+/// Files end before `FILE_BYTES_MAX`: deleting a file's objects walks its whole size.
+fn check_file_size(size: u64) -> Result<(), Fail> {
+    if size > FILE_BYTES_MAX {
+        return Err(posix(EFBIG, "files are at most 1 TiB"));
+    }
+    Ok(())
 }
 
 /// The plan of a change to one inode only.

@@ -15,6 +15,8 @@ use cairn_common::fsops::{data_object, FsOp, FsReply, OBJECT_BYTES};
 use crate::cache::Cache;
 use crate::journal::{self, Completed, Entry, Event, Head, Writer};
 
+/// Data objects deleted at once when a file is removed or truncated.
+const PURGE_IN_FLIGHT: usize = 32;
 /// Replies remembered per client for retries (the newest ones).
 const COMPLETED_PER_CLIENT: usize = 256;
 
@@ -66,7 +68,11 @@ impl Rank {
         settings: MdsSettings,
     ) -> Rank {
         let mut completed: HashMap<String, VecDeque<(u64, FsReply)>> = HashMap::new();
+        let mut sessions = HashMap::new();
         for (client, replies) in replayed.completed {
+            // Clients of the previous active: their sessions run from now, so their replies
+            // are forgotten once they stay away for the session timeout.
+            sessions.insert(client.clone(), Instant::now());
             completed.insert(client, replies.into_iter().collect());
         }
         Rank {
@@ -81,7 +87,7 @@ impl Rank {
             seq: replayed.seq,
             next_ino: replayed.next_ino,
             completed,
-            sessions: HashMap::new(),
+            sessions,
             first_segment: replayed.first_segment,
             settings,
         }
@@ -142,6 +148,7 @@ impl Rank {
             events,
             next_ino: self.next_ino,
             request,
+            segment_bytes: self.journal.segment_bytes(),
         };
         self.journal.append(&self.rados, &entry).await?;
         self.seq = entry.seq;
@@ -172,6 +179,7 @@ impl Rank {
     /// removes the segments replay no longer needs. Runs under the rank's lock: requests wait
     /// for it (one pass every `writeback_interval_ms`).
     pub async fn write_back(&mut self) -> anyhow::Result<()> {
+        self.cache.evict();
         let dirty = self.cache.dirty(self.seq);
         if dirty.is_empty() {
             return Ok(());
@@ -256,14 +264,19 @@ pub async fn purge(
     from: u64,
     size: u64,
 ) -> anyhow::Result<()> {
+    use futures::{StreamExt, TryStreamExt};
     let first_whole = from.div_ceil(OBJECT_BYTES);
     let end = size.div_ceil(OBJECT_BYTES);
-    for index in first_whole..end {
-        match rados.remove(pool, &data_object(ino, index)).await {
-            Ok(()) | Err(ClientError::NotFound(_)) => {}
-            Err(e) => return Err(e).context("cannot remove a data object"),
-        }
-    }
+    futures::stream::iter(first_whole..end)
+        .map(|index| async move {
+            match rados.remove(pool, &data_object(ino, index)).await {
+                Ok(()) | Err(ClientError::NotFound(_)) => Ok(()),
+                Err(e) => Err(e).context("cannot remove a data object"),
+            }
+        })
+        .buffer_unordered(PURGE_IN_FLIGHT)
+        .try_collect::<()>()
+        .await?;
     if !from.is_multiple_of(OBJECT_BYTES) && from < size {
         let object = data_object(ino, from / OBJECT_BYTES);
         match rados.truncate(pool, &object, from % OBJECT_BYTES).await {

@@ -22,7 +22,7 @@ pub struct Replayed {
     pub end: Position,
     pub first_segment: u64,
     pub completed: BTreeMap<String, Vec<(u64, FsReply)>>,
-    /// Files whose data may still be waiting for deletion.
+    /// Files whose data may still be waiting for deletion: (inode, size).
     pub purges: Vec<(u64, u64)>,
 }
 
@@ -37,7 +37,8 @@ pub struct Replayer {
     next_ino: u64,
     first_segment: u64,
     completed: HashMap<String, VecDeque<(u64, FsReply)>>,
-    purges: Vec<(u64, u64)>,
+    /// (entry, inode, size) of removed files since the head.
+    purges: Vec<(u64, u64, u64)>,
 }
 
 impl Replayer {
@@ -99,7 +100,7 @@ impl Replayer {
             self.cache.apply(entry.seq, &entry.events);
             for event in &entry.events {
                 if let Event::Purge { ino, size } = event {
-                    self.purges.push((*ino, *size));
+                    self.purges.push((entry.seq, *ino, *size));
                 }
             }
             crate::rank::remember_replayed(&mut self.completed, &entry);
@@ -125,6 +126,8 @@ impl Replayer {
             self.restart_at(head);
         } else if head.seq > 0 {
             self.cache.mark_clean(head.seq - 1);
+            // The active purged those itself (or its successor will, from its own replay).
+            self.purges.retain(|(seq, _, _)| *seq >= head.seq);
             self.cache.evict();
             self.first_segment = head.position.segment;
         }
@@ -147,7 +150,11 @@ impl Replayer {
                 .into_iter()
                 .map(|(c, r)| (c, r.into_iter().collect()))
                 .collect(),
-            purges: self.purges,
+            purges: self
+                .purges
+                .into_iter()
+                .map(|(_, ino, size)| (ino, size))
+                .collect(),
         }
     }
 }

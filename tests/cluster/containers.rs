@@ -17,7 +17,7 @@ use cairn_client::{MonClient, Rados};
 use cairn_common::config::Config;
 use cairn_common::health::Severity;
 use cairn_common::status::ClusterStatus;
-use cairn_tests::{bin_dir, seed, wait_for};
+use cairn_tests::{bin_dir, seed};
 
 use crate::rados::payload;
 
@@ -423,11 +423,24 @@ impl Cluster {
         self.monc.status().await.ok()
     }
 
+    /// Polls the status until `ok`; on timeout the panic shows the last status and health
+    /// detail, to say what never settled.
     async fn wait_until(&self, what: &str, ok: impl Fn(&ClusterStatus) -> bool) -> ClusterStatus {
-        wait_for(HEALTHY_LIMIT, what, || async {
-            self.status().await.filter(|s| ok(s))
-        })
-        .await
+        let deadline = Instant::now() + HEALTHY_LIMIT;
+        let mut last = String::from("no status answered");
+        loop {
+            match self.status().await {
+                Some(s) if ok(&s) => return s,
+                Some(s) => last = format!("{}\n{}", s.render(), s.health.render(true)),
+                None => {}
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out after {} ms waiting for {what}; last status:\n{last}",
+                HEALTHY_LIMIT.as_millis()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// HEALTH_OK with every mon in quorum and every OSD up and in.

@@ -517,3 +517,45 @@ async fn the_filesystem_survives_a_restart_of_every_daemon() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_osd_killed_under_a_file_workload() {
+    let t = fs_cluster(&["a", "b"], &[]).await;
+    let mount = Mount::new(&t, &t.dir().join("mnt")).await;
+    let root = mount.path.clone();
+    let workload = tokio::task::spawn_blocking(move || {
+        let started = Instant::now();
+        let mut written = 0u64;
+        while started.elapsed() < Duration::from_secs(10) {
+            // Whole files and overwrites at odd offsets, on the erasure-coded data pool.
+            let p = root.join(format!("f{written}"));
+            fs::write(&p, pattern(written, 300_000)).expect("write during the OSD's absence");
+            let mut h = fs::OpenOptions::new().write(true).open(&p).expect("open");
+            h.seek(SeekFrom::Start(12_345)).expect("seek");
+            h.write_all(&pattern(written + 1, 777)).expect("overwrite");
+            h.sync_all().expect("fsync");
+            written += 1;
+        }
+        written
+    });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(t.cluster.kill(Kind::Osd, "1").expect("kill osd.1"));
+    let written = workload
+        .await
+        .expect("the workload finished without an error");
+    t.cluster.start(Kind::Osd, "1").expect("restart osd.1");
+    let root = mount.path.clone();
+    blocking(move || {
+        for i in 0..written {
+            let mut want = pattern(i, 300_000);
+            want[12_345..12_345 + 777].copy_from_slice(&pattern(i + 1, 777));
+            assert_eq!(
+                fs::read(root.join(format!("f{i}"))).expect("read"),
+                want,
+                "file {i}"
+            );
+        }
+    })
+    .await;
+    t.wait_healthy(Duration::from_secs(60)).await;
+}
