@@ -436,7 +436,7 @@ impl FsClient {
 
     /// Opens a file: its size is read now (close-to-open coherence).
     pub async fn open(&self, ino: u64) -> FsResult<()> {
-        let a = attr(self.call(FsOp::GetAttr { ino }).await?)?;
+        let a = attr(self.call(FsOp::Open { ino }).await?)?;
         let mut files = self.files();
         let f = files.entry(ino).or_default();
         f.opens += 1;
@@ -531,7 +531,10 @@ impl FsClient {
     }
 
     pub async fn release(&self, ino: u64) -> FsResult<()> {
-        let reported = self.report(ino).await;
+        let reported = match self.report(ino).await {
+            Ok(()) => self.call(FsOp::Release { ino }).await.map(|_| ()),
+            failed => failed,
+        };
         // A file removed meanwhile has nothing left to report to.
         let gone = matches!(&reported, Err(e) if e.errno == fsops::ENOENT);
         let mut files = self.files();

@@ -161,6 +161,15 @@ pub enum FsOp {
     },
     /// Inodes in use (statfs).
     Files,
+    /// A file is opened: its attributes, and the MDS keeps it while open even once its last
+    /// name is removed (POSIX: data lives until the last close).
+    Open {
+        ino: u64,
+    },
+    /// One open of the file ends.
+    Release {
+        ino: u64,
+    },
 }
 
 impl FsOp {
@@ -177,6 +186,7 @@ impl FsOp {
                 | FsOp::GetXattr { .. }
                 | FsOp::ListXattr { .. }
                 | FsOp::Files
+                | FsOp::Open { .. }
         )
     }
 }

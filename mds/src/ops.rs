@@ -58,7 +58,7 @@ impl Rank {
         self.inode_of(dentry.ino).await
     }
 
-    pub async fn query(&mut self, op: FsOp) -> Result<FsReply, Fail> {
+    pub async fn query(&mut self, client: &str, op: FsOp) -> Result<FsReply, Fail> {
         match op {
             FsOp::Session => Ok(FsReply::Done),
             FsOp::Lookup { parent, name } => {
@@ -108,11 +108,16 @@ impl Rank {
                 self.inode_of(ino).await?.xattrs.into_keys().collect(),
             )),
             FsOp::Files => Ok(FsReply::Count(self.next_ino.saturating_sub(1))),
+            FsOp::Open { ino } => {
+                let attr = self.inode_of(ino).await?.attr();
+                self.opened(client, ino);
+                Ok(FsReply::Attr(attr))
+            }
             change => Err(posix(EINVAL, format!("{change:?} is not a query"))),
         }
     }
 
-    pub async fn plan(&mut self, op: FsOp) -> Result<Plan, Fail> {
+    pub async fn plan(&mut self, client: &str, op: FsOp) -> Result<Plan, Fail> {
         match op {
             FsOp::Mknod {
                 parent,
@@ -240,6 +245,21 @@ impl Rank {
                 inode.ctime_ns = now_ns();
                 Ok(updated(inode))
             }
+            FsOp::Release { ino } => {
+                let still_open = self.released(client, ino);
+                let inode = self.inode_of(ino).await?;
+                // The last close of a file whose last name went: it goes now, data too.
+                let events = if inode.nlink == 0 && !still_open {
+                    gone(&inode)
+                } else {
+                    Vec::new()
+                };
+                Ok(Plan {
+                    events,
+                    reply: FsReply::Done,
+                    new_dir: None,
+                })
+            }
             FsOp::RemoveXattr { ino, name } => {
                 let mut inode = self.inode_of(ino).await?;
                 if inode.xattrs.remove(&name).is_none() {
@@ -356,7 +376,8 @@ impl Rank {
             name: name.to_string(),
             entry: None,
         }];
-        events.extend(drop_link(target, now));
+        let open = self.is_open(target.ino);
+        events.extend(drop_link(target, now, open));
         events.push(Event::Inode(dir));
         Ok(Plan {
             events,
@@ -425,7 +446,8 @@ impl Rank {
         ];
         let replaced_dir = replaced.as_ref().is_some_and(|r| r.is_dir());
         if let Some(r) = replaced {
-            events.extend(drop_link(r, now));
+            let open = self.is_open(r.ino);
+            events.extend(drop_link(r, now, open));
         }
         moved.ctime_ns = now;
         if moved.is_dir() {
@@ -526,22 +548,27 @@ fn updated(inode: Inode) -> Plan {
 }
 
 /// One name of `inode` goes away: the inode loses a link, or goes with its data when it was
-/// the last (directories have one name).
-fn drop_link(mut inode: Inode, now: i64) -> Vec<Event> {
-    if inode.is_dir() || inode.nlink <= 1 {
-        let mut events = vec![Event::InodeGone {
-            ino: inode.ino,
-            was_dir: inode.is_dir(),
-        }];
-        if inode.mode & S_IFMT == S_IFREG && inode.size > 0 {
-            events.push(Event::Purge {
-                ino: inode.ino,
-                size: inode.size,
-            });
-        }
-        return events;
+/// the last (directories have one name) and no client has it open.
+fn drop_link(mut inode: Inode, now: i64, open: bool) -> Vec<Event> {
+    if inode.is_dir() || (inode.nlink <= 1 && !open) {
+        return gone(&inode);
     }
-    inode.nlink -= 1;
+    inode.nlink = inode.nlink.saturating_sub(1);
     inode.ctime_ns = now;
     vec![Event::Inode(inode)]
+}
+
+/// The inode goes, with its data.
+fn gone(inode: &Inode) -> Vec<Event> {
+    let mut events = vec![Event::InodeGone {
+        ino: inode.ino,
+        was_dir: inode.is_dir(),
+    }];
+    if inode.mode & S_IFMT == S_IFREG && inode.size > 0 {
+        events.push(Event::Purge {
+            ino: inode.ino,
+            size: inode.size,
+        });
+    }
+    events
 }

@@ -56,6 +56,9 @@ pub struct Rank {
     sessions: HashMap<String, Instant>,
     /// The oldest journal segment not yet removed.
     first_segment: u64,
+    /// Files open, by inode: how many opens each client holds. In memory only: after a
+    /// takeover, files opened before it count as closed (see ARCHITECTURE.md).
+    opens: HashMap<u64, HashMap<String, u32>>,
     settings: MdsSettings,
 }
 
@@ -89,6 +92,7 @@ impl Rank {
             completed,
             sessions,
             first_segment: replayed.first_segment,
+            opens: HashMap::new(),
             settings,
         }
     }
@@ -106,17 +110,21 @@ impl Rank {
             return Ok(Ok(reply));
         }
         if !op.is_change() {
-            return Ok(match self.query(op).await {
+            return Ok(match self.query(client, op).await {
                 Ok(reply) => Ok(reply),
                 Err(Fail::Posix(reply)) => Ok(reply),
                 Err(Fail::Internal(e)) => Err(e),
             });
         }
-        let plan = match self.plan(op).await {
+        let plan = match self.plan(client, op).await {
             Ok(plan) => plan,
             Err(Fail::Posix(reply)) => return Ok(Ok(reply)),
             Err(Fail::Internal(e)) => return Ok(Err(e)),
         };
+        if plan.events.is_empty() {
+            // Nothing changed (a release that leaves the file): nothing to journal.
+            return Ok(Ok(plan.reply));
+        }
         let request = Completed {
             client: client.to_string(),
             tid,
@@ -162,6 +170,37 @@ impl Rank {
             }
         }
         Ok(())
+    }
+
+    pub fn opened(&mut self, client: &str, ino: u64) {
+        *self
+            .opens
+            .entry(ino)
+            .or_default()
+            .entry(client.to_string())
+            .or_default() += 1;
+    }
+
+    /// One open ends; returns whether the file is still open anywhere.
+    pub fn released(&mut self, client: &str, ino: u64) -> bool {
+        let Some(by_client) = self.opens.get_mut(&ino) else {
+            return false;
+        };
+        if let Some(n) = by_client.get_mut(client) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                by_client.remove(client);
+            }
+        }
+        if by_client.is_empty() {
+            self.opens.remove(&ino);
+            return false;
+        }
+        true
+    }
+
+    pub fn is_open(&self, ino: u64) -> bool {
+        self.opens.contains_key(&ino)
     }
 
     pub fn allocate_ino(&mut self) -> u64 {
@@ -222,6 +261,10 @@ impl Rank {
             tracing::info!(client = %client, "session timed out");
             self.sessions.remove(&client);
             self.completed.remove(&client);
+            self.opens.retain(|_, by_client| {
+                by_client.remove(&client);
+                !by_client.is_empty()
+            });
         }
     }
 

@@ -284,6 +284,25 @@ fn posix_checks(root: &Path) {
     );
     assert!(root.join("sym").is_dir(), "the symlink resolves");
 
+    // A file removed while open lives on until it is closed.
+    let tmp = root.join("tmpfile");
+    let mut h = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&tmp)
+        .expect("create");
+    fs::remove_file(&tmp).expect("unlink while open");
+    assert!(!tmp.exists());
+    h.write_all(b"still here").expect("write after unlink");
+    h.seek(SeekFrom::Start(0)).expect("seek");
+    let mut back = String::new();
+    h.read_to_string(&mut back).expect("read after unlink");
+    assert_eq!(back, "still here");
+    assert_eq!(h.metadata().expect("fstat after unlink").nlink(), 0);
+    drop(h);
+
     // Long names, xattrs, times, modes.
     let long = "n".repeat(255);
     fs::write(root.join(&long), b"x").expect("255-byte name");
@@ -558,4 +577,84 @@ async fn an_osd_killed_under_a_file_workload() {
     })
     .await;
     t.wait_healthy(Duration::from_secs(60)).await;
+}
+
+/// Runs a tool on the mount and asserts it succeeds; says so and returns when it is not
+/// installed.
+fn assert_tool_passes(program: &str, args: &[String]) {
+    match Process::new(program).args(args).output() {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            eprintln!("SKIPPED: {program} is not installed (scripts/install-deps installs it)");
+        }
+        Err(e) => panic!("cannot run {program}: {e}"),
+        Ok(out) => {
+            let text = String::from_utf8_lossy(&out.stdout).to_string()
+                + &String::from_utf8_lossy(&out.stderr);
+            assert!(
+                out.status.success(),
+                "{program} failed on the mount:\n{text}"
+            );
+            eprintln!("{program} passed on the mount");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fio_verify_and_stress_ng_pass_on_the_mount() {
+    let t = fs_cluster(&["a", "b"], &[]).await;
+    let mount = Mount::new(&t, &t.dir().join("mnt")).await;
+    let root = mount.path.clone();
+    blocking(move || {
+        let fio_dir = root.join("fio");
+        let sng_dir = root.join("stress-ng");
+        fs::create_dir(&fio_dir).expect("mkdir");
+        fs::create_dir(&sng_dir).expect("mkdir");
+        // Random writes of mixed sizes by two jobs, every block read back and checked.
+        let fio: Vec<String> = [
+            "--name=verify",
+            &format!("--directory={}", fio_dir.display()),
+            "--size=16M",
+            "--bsrange=4k-128k",
+            "--rw=randwrite",
+            "--verify=crc32c",
+            "--verify_fatal=1",
+            "--do_verify=1",
+            "--ioengine=psync",
+            "--numjobs=2",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        assert_tool_passes("fio", &fio);
+        let stress: Vec<String> = [
+            "--temp-path",
+            &sng_dir.display().to_string(),
+            "--dir",
+            "1",
+            "--dentry",
+            "1",
+            "--rename",
+            "1",
+            "--chmod",
+            "1",
+            "--hdd",
+            "1",
+            "--hdd-bytes",
+            "8M",
+            "--fstat",
+            "1",
+            "--getdent",
+            "1",
+            "--dirdeep",
+            "1",
+            "--timeout",
+            "10s",
+            "--verify",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        assert_tool_passes("stress-ng", &stress);
+    })
+    .await;
 }
