@@ -95,6 +95,11 @@ struct Mount {
 
 impl Mount {
     async fn new(t: &TestCluster, path: &Path) -> Mount {
+        Mount::new_at_path(t, path, "/").await
+    }
+
+    /// Mounts directory `fs_path` of the filesystem at `path`.
+    async fn new_at_path(t: &TestCluster, path: &Path, fs_path: &str) -> Mount {
         fs::create_dir_all(path).expect("mountpoint");
         let log = fs::File::create(t.dir().join(format!(
             "log/mount.{}.log",
@@ -106,7 +111,7 @@ impl Mount {
             .arg(t.cluster.config_path())
             .args(["mount", FS])
             .arg(path)
-            .arg("--allow-other")
+            .args(["--allow-other", "--path", fs_path])
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
@@ -655,6 +660,118 @@ async fn fio_verify_and_stress_ng_pass_on_the_mount() {
         .map(|s| s.to_string())
         .collect();
         assert_tool_passes("stress-ng", &stress);
+    })
+    .await;
+}
+
+/// The PostgreSQL server binaries of the Debian package, if installed.
+fn postgres_bin() -> Option<PathBuf> {
+    let mut versions: Vec<PathBuf> = fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+        .filter(|p| p.join("initdb").exists())
+        .collect();
+    versions.sort();
+    versions.pop()
+}
+
+/// Runs a PostgreSQL tool as the `postgres` user; panics with its output on failure.
+fn as_postgres(bin: &Path, tool: &str, args: &[&str]) -> String {
+    let mut command = format!("{}", bin.join(tool).display());
+    for a in args {
+        command.push_str(&format!(" '{a}'"));
+    }
+    let out = Process::new("su")
+        .args(["postgres", "-s", "/bin/sh", "-c", &command])
+        .current_dir("/")
+        .output()
+        .expect("run su");
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{tool} failed:\n{text}");
+    text
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgresql_runs_on_a_subpath_of_the_mount() {
+    let Some(bin) = postgres_bin() else {
+        eprintln!("SKIPPED: PostgreSQL is not installed (scripts/install-deps installs it)");
+        return;
+    };
+    let t = fs_cluster(&["a", "b"], &[]).await;
+    {
+        let whole = Mount::new(&t, &t.dir().join("whole")).await;
+        let pg = whole.path.join("pg");
+        fs::create_dir(&pg).expect("mkdir");
+        let chown = Process::new("chown")
+            .arg("postgres:postgres")
+            .arg(&pg)
+            .status()
+            .expect("chown");
+        assert!(chown.success());
+    }
+    // The data directory's mount: only the subdirectory, as Rook users mount a subvolume.
+    for dir in [t.dir().parent().expect("temp dir"), t.dir()] {
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
+    let mount = Mount::new_at_path(&t, &t.dir().join("pgmnt"), "/pg").await;
+    let data = mount.path.join("data");
+    let socket = t.dir().join("pgsock");
+    fs::create_dir(&socket).expect("socket dir");
+    let chown = Process::new("chown")
+        .arg("postgres:postgres")
+        .arg(&socket)
+        .status()
+        .expect("chown");
+    assert!(chown.success());
+    let port = cairn_client::dev::free_ports(1).expect("port")[0].to_string();
+    let (d, s) = (data.display().to_string(), socket.display().to_string());
+    // Unix socket only, in a directory the postgres user owns (its log goes there too).
+    let server_opts = format!("-k {s} -p {port} -c listen_addresses=");
+    let log = socket.join("postgresql.log").display().to_string();
+    blocking(move || {
+        let conn = ["-h", s.as_str(), "-p", port.as_str()];
+        as_postgres(&bin, "initdb", &["-D", &d]);
+        as_postgres(
+            &bin,
+            "pg_ctl",
+            &["-D", &d, "-o", &server_opts, "-l", &log, "-w", "start"],
+        );
+        as_postgres(
+            &bin,
+            "pgbench",
+            &[&conn[..], &["-i", "-s", "1", "postgres"]].concat(),
+        );
+        let run = as_postgres(
+            &bin,
+            "pgbench",
+            &[&conn[..], &["-c", "2", "-T", "5", "postgres"]].concat(),
+        );
+        assert!(run.contains("number of failed transactions: 0"), "{run}");
+        eprintln!(
+            "{}",
+            run.lines()
+                .filter(|l| l.starts_with("tps"))
+                .collect::<String>()
+        );
+        // A clean restart, then every table and index checked.
+        as_postgres(&bin, "pg_ctl", &["-D", &d, "-m", "fast", "-w", "stop"]);
+        as_postgres(
+            &bin,
+            "pg_ctl",
+            &["-D", &d, "-o", &server_opts, "-l", &log, "-w", "start"],
+        );
+        as_postgres(
+            &bin,
+            "psql",
+            &[&conn[..], &["-c", "create extension amcheck", "postgres"]].concat(),
+        );
+        as_postgres(
+            &bin,
+            "pg_amcheck",
+            &[&conn[..], &["--heapallindexed", "postgres"]].concat(),
+        );
+        as_postgres(&bin, "pg_ctl", &["-D", &d, "-m", "fast", "-w", "stop"]);
     })
     .await;
 }
