@@ -204,7 +204,7 @@ async fn serve(
 /// Keeps the node's maps current from a mon subscription (moving to another mon when one
 /// goes away), and boots again if a map shows this OSD down while it runs.
 async fn follow_maps(node: Arc<OsdNode>, boot: Command, mut stop: watch::Receiver<bool>) {
-    let background = Arc::new(Background::default());
+    tokio::spawn(act_on_map_changes(node.clone(), stop.clone()));
     loop {
         match node.monc.subscribe().await {
             Ok(stream) => {
@@ -213,9 +213,7 @@ async fn follow_maps(node: Arc<OsdNode>, boot: Command, mut stop: watch::Receive
                     tokio::select! {
                         item = stream.next() => match item {
                             Some(Ok(maps)) => {
-                                if node.publish_maps(maps) {
-                                    after_map_change(&node, &background);
-                                }
+                                node.publish_maps(maps);
                                 reboot_if_marked_down(&node, &boot).await;
                             }
                             Some(Err(e)) => {
@@ -232,6 +230,26 @@ async fn follow_maps(node: Arc<OsdNode>, boot: Command, mut stop: watch::Receive
         }
         tokio::select! {
             _ = tokio::time::sleep(RESUBSCRIBE_PAUSE) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+/// Starts the background work of every map change, whoever installed the new map: the
+/// subscription, or a request that carried a newer epoch and made the node fetch it first.
+/// (Reacting only to the subscription missed changes a request had already installed: the
+/// subscription's copy then looked old, and the PGs of that change were never activated.)
+async fn act_on_map_changes(node: Arc<OsdNode>, mut stop: watch::Receiver<bool>) {
+    let background = Arc::new(Background::default());
+    let mut maps = node.subscribe_maps();
+    loop {
+        tokio::select! {
+            changed = maps.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                after_map_change(&node, &background);
+            }
             _ = stop.changed() => return,
         }
     }

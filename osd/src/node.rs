@@ -97,8 +97,9 @@ impl OsdNode {
         self.maps_tx.subscribe()
     }
 
-    /// Installs newer maps; older or equal ones (from a lagging mon) are ignored.
-    pub fn publish_maps(&self, maps: ClusterMaps) -> bool {
+    /// Installs newer maps; older or equal ones (from a lagging mon) are ignored. Whoever
+    /// installs them, the daemon's map watcher starts the work a change calls for.
+    pub fn publish_maps(&self, maps: ClusterMaps) {
         self.remember_osdmaps([maps.osdmap.clone()]);
         self.maps_tx.send_if_modified(|cur| {
             if maps.epoch_sum() > cur.epoch_sum() && maps.osdmap.epoch >= cur.osdmap.epoch {
@@ -107,7 +108,7 @@ impl OsdNode {
             } else {
                 false
             }
-        })
+        });
     }
 
     /// Maps with an OSD map at least `epoch`: waits for the subscription, then asks the mons.
