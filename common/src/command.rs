@@ -111,9 +111,13 @@ pub enum Command {
         metadata_pool: String,
         data_pool: String,
     },
-    /// Removes a filesystem (not its pools); its daemons go back to standby.
+    /// Removes a filesystem (not its pools); its active is fenced and leaves the map (it
+    /// restarts as a fresh standby), its other daemons go back to standby. `at_ms` is the
+    /// fence's start, stamped by the mon that proposes the command.
     FsRm {
         name: String,
+        #[serde(default)]
+        at_ms: u64,
     },
     /// Changes one property of a filesystem: `allow_standby_replay` or `max_mds`.
     FsSet {

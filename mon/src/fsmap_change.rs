@@ -37,7 +37,7 @@ pub fn check(maps: &ClusterMaps, cmd: &Command) -> Result<(), String> {
             metadata_pool,
             data_pool,
         } => check_fs_new(maps, name, metadata_pool, data_pool),
-        Command::FsRm { name } => require_fs(&maps.fsmap, name).map(|_| ()),
+        Command::FsRm { name, .. } => require_fs(&maps.fsmap, name).map(|_| ()),
         Command::FsSet { name, key, value } => {
             let (_, fs) = require_fs(&maps.fsmap, name)?;
             fs_with(fs, key, value).map(|_| ())
@@ -80,8 +80,13 @@ pub fn apply(maps: &mut ClusterMaps, cmd: Command) -> CommandOutcome {
             metadata_pool,
             data_pool,
         } => fs_new(&mut maps.fsmap, name, metadata_pool, data_pool),
-        Command::FsRm { name } => {
+        Command::FsRm { name, at_ms } => {
             let (id, _) = require_fs(&maps.fsmap, &name).expect("checked");
+            // Fenced like a failed active: a paused one must not write to pools that a new
+            // filesystem may be given.
+            if let Some(active) = maps.fsmap.active_of(id).map(|(n, _)| n.to_string()) {
+                remove_daemon(maps, &active, at_ms);
+            }
             maps.fsmap.release_fs(id);
             maps.fsmap.filesystems.remove(&id);
             format!("filesystem '{name}' removed (its pools remain)")
@@ -530,6 +535,7 @@ mod tests {
             &mut s,
             Command::FsRm {
                 name: "myfs".into(),
+                at_ms: 1,
             },
         );
         done(
@@ -637,15 +643,18 @@ mod tests {
     }
 
     #[test]
-    fn removing_a_filesystem_frees_its_daemons() {
+    fn removing_a_filesystem_fences_its_active_and_frees_the_rest() {
         let mut s = serving_fs();
         done(
             &mut s,
             Command::FsRm {
                 name: "myfs".into(),
+                at_ms: 1,
             },
         );
         assert!(s.maps.fsmap.filesystems.is_empty());
+        assert!(s.maps.osdmap.blocklist.contains_key("mds.a/1"));
+        assert!(!s.maps.fsmap.daemons.contains_key("a"));
         assert!(s
             .maps
             .fsmap
@@ -655,7 +664,7 @@ mod tests {
         // Their ranks go to the next filesystem that needs one.
         done(&mut s, fs_new("fs2", "meta", "data"));
         assert_eq!(
-            role(&s, "a"),
+            role(&s, "b"),
             MdsRole::Active {
                 fs: 2,
                 serving: false

@@ -263,8 +263,12 @@ impl MonNode {
                 return Ok(out);
             }
         }
-        if let Command::AuthAdd { key, .. } = &mut p.command {
-            key.get_or_insert_with(SecretKey::generate);
+        match &mut p.command {
+            Command::AuthAdd { key, .. } => {
+                key.get_or_insert_with(SecretKey::generate);
+            }
+            Command::FsRm { at_ms, .. } => *at_ms = cairn_common::now_ms(),
+            _ => {}
         }
         if self.shared.read(|a| a.state.check(&p.command)).is_err() {
             self.read_barrier().await?;

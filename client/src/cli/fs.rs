@@ -87,7 +87,12 @@ pub async fn run(
                     "removing filesystem '{name}' makes its files unreachable: add --yes-i-really-mean-it"
                 );
             }
-            change(client, Command::FsRm { name: name.clone() }, format).await
+            // The mon stamps the time.
+            let rm = Command::FsRm {
+                name: name.clone(),
+                at_ms: 0,
+            };
+            change(client, rm, format).await
         }
         FsCmd::Set { name, key, value } => {
             let cmd = Command::FsSet {
