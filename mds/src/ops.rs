@@ -301,22 +301,7 @@ impl Rank {
             dir.nlink += 1;
         }
         fill(&mut inode);
-        dir.mtime_ns = now;
-        dir.ctime_ns = now;
-        let reply = FsReply::Attr(inode.attr());
-        Ok(Plan {
-            events: vec![
-                Event::Dentry {
-                    dir: parent,
-                    name: name.to_string(),
-                    entry: Some(Dentry::of(&inode)),
-                },
-                Event::Inode(inode),
-                Event::Inode(dir),
-            ],
-            reply,
-            new_dir: None,
-        })
+        Ok(named(dir, name, inode, now))
     }
 
     async fn link(&mut self, ino: u64, new_parent: u64, new_name: &str) -> Result<Plan, Fail> {
@@ -328,29 +313,14 @@ impl Rank {
                 "directories cannot be hard-linked",
             ));
         }
-        let mut dir = self.dir_inode(new_parent).await?;
+        let dir = self.dir_inode(new_parent).await?;
         if self.child(new_parent, new_name).await?.is_some() {
             return Err(posix(EEXIST, format!("{new_name:?} exists")));
         }
         let now = now_ns();
         inode.nlink += 1;
         inode.ctime_ns = now;
-        dir.mtime_ns = now;
-        dir.ctime_ns = now;
-        let reply = FsReply::Attr(inode.attr());
-        Ok(Plan {
-            events: vec![
-                Event::Dentry {
-                    dir: new_parent,
-                    name: new_name.to_string(),
-                    entry: Some(Dentry::of(&inode)),
-                },
-                Event::Inode(inode),
-                Event::Inode(dir),
-            ],
-            reply,
-            new_dir: None,
-        })
+        Ok(named(dir, new_name, inode, now))
     }
 
     async fn remove(&mut self, parent: u64, name: &str, want_dir: bool) -> Result<Plan, Fail> {
@@ -536,6 +506,25 @@ fn check_file_size(size: u64) -> Result<(), Fail> {
         return Err(posix(EFBIG, "files are at most 1 TiB"));
     }
     Ok(())
+}
+
+/// The plan of a new name `name` in directory `dir` for `inode` (created or linked).
+fn named(mut dir: Inode, name: &str, inode: Inode, now: i64) -> Plan {
+    dir.mtime_ns = now;
+    dir.ctime_ns = now;
+    Plan {
+        reply: FsReply::Attr(inode.attr()),
+        events: vec![
+            Event::Dentry {
+                dir: dir.ino,
+                name: name.to_string(),
+                entry: Some(Dentry::of(&inode)),
+            },
+            Event::Inode(inode),
+            Event::Inode(dir),
+        ],
+        new_dir: None,
+    }
 }
 
 /// The plan of a change to one inode only.
