@@ -271,3 +271,94 @@ impl Cache {
             .retain(|_, d| d.entries.values().any(|s| s.dirty.is_some()));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cairn_common::fsops::{S_IFDIR, S_IFREG};
+
+    fn file(ino: u64) -> Inode {
+        Inode::new(ino, S_IFREG | 0o644, 0, 0, 1)
+    }
+
+    fn entry(dir: u64, name: &str, ino: Option<u64>) -> Event {
+        Event::Dentry {
+            dir,
+            name: name.into(),
+            entry: ino.map(|ino| Dentry { ino, kind: S_IFREG }),
+        }
+    }
+
+    #[test]
+    fn write_back_cleans_only_what_it_wrote() {
+        let mut c = Cache::new("meta", 100);
+        c.apply(1, &[Event::Inode(file(2)), entry(1, "a", Some(2))]);
+        c.apply(2, &[Event::Inode(file(3)), entry(1, "b", Some(3))]);
+        let d = c.dirty(1);
+        assert_eq!(d.upto, 1);
+        assert_eq!(
+            d.inodes.len(),
+            2,
+            "every dirty item is written, newest value"
+        );
+        // Entry 2 landed while the pass ran: cleaning up to 1 keeps it dirty.
+        c.apply(3, &[Event::Inode(file(2))]);
+        c.mark_clean(2);
+        assert_eq!(c.dirty_count(), 1, "inode 2 changed again at 3");
+        c.mark_clean(3);
+        assert_eq!(c.dirty_count(), 0);
+    }
+
+    #[test]
+    fn removed_directories_are_written_once_then_forgotten() {
+        let mut c = Cache::new("meta", 100);
+        let dir = Inode::new(5, S_IFDIR | 0o755, 0, 0, 1);
+        c.apply(1, &[Event::Inode(dir)]);
+        c.apply(
+            2,
+            &[Event::InodeGone {
+                ino: 5,
+                was_dir: true,
+            }],
+        );
+        assert_eq!(c.dirty(2).gone_dirs, vec![5]);
+        c.mark_clean(2);
+        assert!(c.dirty(2).is_empty());
+    }
+
+    #[test]
+    fn listings_skip_removed_names_and_start_after_the_cursor() {
+        let mut c = Cache::new("meta", 100);
+        c.new_dir(1);
+        c.apply(
+            1,
+            &[
+                entry(1, "a", Some(2)),
+                entry(1, "b", Some(3)),
+                entry(1, "c", Some(4)),
+            ],
+        );
+        c.apply(2, &[entry(1, "b", None)]);
+        let dir = &c.dirs[&1];
+        let names: Vec<&String> = dir.listing("").map(|(n, _)| n).collect();
+        assert_eq!(names, ["a", "c"]);
+        let after_a: Vec<&String> = dir.listing("a").map(|(n, _)| n).collect();
+        assert_eq!(after_a, ["c"]);
+        assert_eq!(dir.get("b"), None);
+        assert!(!dir.is_empty());
+    }
+
+    #[test]
+    fn eviction_keeps_dirty_items() {
+        let mut c = Cache::new("meta", 1);
+        c.apply(1, &[Event::Inode(file(2)), Event::Inode(file(3))]);
+        c.mark_clean(1);
+        c.apply(2, &[Event::Inode(file(4))]);
+        c.evict();
+        assert!(
+            c.inodes.contains_key(&4),
+            "dirty: the only copy outside the journal"
+        );
+        assert!(!c.inodes.contains_key(&2) && !c.inodes.contains_key(&3));
+    }
+}
