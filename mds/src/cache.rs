@@ -294,14 +294,15 @@ mod tests {
         let mut c = Cache::new("meta", 100);
         c.apply(1, &[Event::Inode(file(2)), entry(1, "a", Some(2))]);
         c.apply(2, &[Event::Inode(file(3)), entry(1, "b", Some(3))]);
-        let d = c.dirty(1);
-        assert_eq!(d.upto, 1);
+        let d = c.dirty(2);
+        assert_eq!(d.upto, 2);
         assert_eq!(
             d.inodes.len(),
             2,
             "every dirty item is written, newest value"
         );
-        // Entry 2 landed while the pass ran: cleaning up to 1 keeps it dirty.
+        assert_eq!(d.dentries[&1].len(), 2);
+        // Inode 2 changes again while the pass writes: cleaning up to 2 keeps it dirty.
         c.apply(3, &[Event::Inode(file(2))]);
         c.mark_clean(2);
         assert_eq!(c.dirty_count(), 1, "inode 2 changed again at 3");
