@@ -301,7 +301,7 @@ impl FsClient {
         Ok(self.with_local(a))
     }
 
-    pub async fn setattr(&self, ino: u64, change: SetAttr, _caller: Caller) -> FsResult<Attr> {
+    pub async fn setattr(&self, ino: u64, change: SetAttr) -> FsResult<Attr> {
         // Report writes first: a truncate must see (and cut) every byte written before it.
         self.report(ino).await?;
         let size = change.size;

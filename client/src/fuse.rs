@@ -141,7 +141,7 @@ impl Filesystem for CairnFs {
 
     fn setattr(
         &self,
-        req: &Request,
+        _req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -165,9 +165,9 @@ impl Filesystem for CairnFs {
             atime_ns: atime.map(time_ns),
             mtime_ns: mtime.map(time_ns),
         };
-        let (fs, inodes, caller) = (self.client(), self.inodes, caller(req));
+        let (fs, inodes) = (self.client(), self.inodes);
         self.spawn(async move {
-            let attr = fs.setattr(inodes.to_mds(ino), change, caller).await;
+            let attr = fs.setattr(inodes.to_mds(ino), change).await;
             reply_attr(inodes, reply, attr);
         });
     }

@@ -82,10 +82,6 @@ impl MdsNode {
         self.serving.load(Ordering::Relaxed)
     }
 
-    pub fn broken(&self) -> watch::Receiver<Option<String>> {
-        self.broken.subscribe()
-    }
-
     pub fn fail(&self, why: String) {
         tracing::error!(reason = %why, "the rank cannot be served any more");
         self.serving.store(false, Ordering::Relaxed);
@@ -172,8 +168,7 @@ impl MdsNode {
                             if self.serving() {
                                 bail!("the rank was taken from this daemon");
                             }
-                            let r = self.tail(fs, replayer.take()).await?;
-                            let mut r = r;
+                            let mut r = self.tail(fs, replayer.take()).await?;
                             if head_polled.elapsed() >= HEAD_POLL {
                                 r.1.follow_head().await?;
                                 head_polled = Instant::now();

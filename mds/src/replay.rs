@@ -134,10 +134,6 @@ impl Replayer {
         Ok(())
     }
 
-    pub fn seq(&self) -> u64 {
-        self.seq
-    }
-
     pub fn finish(self) -> Replayed {
         Replayed {
             cache: self.cache,

@@ -626,6 +626,8 @@ async fn fio_verify_and_stress_ng_pass_on_the_mount() {
             "--do_verify=1",
             "--ioengine=psync",
             "--numjobs=2",
+            // fio would leave its verify state files in the working directory.
+            "--verify_state_save=0",
         ]
         .iter()
         .map(|s| s.to_string())
