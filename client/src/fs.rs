@@ -1,15 +1,18 @@
 //! The filesystem client: metadata through the active MDS the FSMap names, file data read
 //! and written directly in the data pool's objects (`<ino>.<index>`, 4 MiB each).
 //!
-//! Coherence is close-to-open: a file's size is read from the MDS when it is opened, data
-//! written goes straight to the OSDs, and the new size and mtime reach the MDS on flush
-//! (close), fsync and release. Metadata requests wait through an MDS failover: they are
-//! retried (same request number, so a change is applied once) at whichever daemon holds
-//! the rank, until `fs_op_timeout_ms`.
+//! Coherence: data written goes straight to the OSDs; the new size and mtime reach the MDS
+//! on flush (close), fsync and release, or sooner when the MDS recalls them through the
+//! client's session stream because another client asks for the file's attributes (so a
+//! stat elsewhere sees a write as soon as it returned). A file's size is read from the MDS
+//! when it is opened. Metadata requests wait through an MDS failover: they are retried (same
+//! request number, so a change is applied once) at whichever daemon holds the rank, until
+//! `FS_OP_TIMEOUT`; the session stream reconnects to the new active and states the files
+//! this client has open.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use futures::future::try_join_all;
@@ -17,9 +20,9 @@ use tonic::{Code, Request};
 
 use cairn_common::config::Config;
 use cairn_common::fsmap::FsId;
-use cairn_common::fsops::{self, data_object, FsOp, FsReply, OBJECT_BYTES};
+use cairn_common::fsops::{self, data_object, FsOp, FsReply, MdsStatus, OBJECT_BYTES};
 use cairn_common::proto::mds_client::MdsClient;
-use cairn_common::proto::MdsRequest;
+use cairn_common::proto::{MdsRequest, MdsSessionEvent, MdsSessionRequest, OpenFileState};
 
 use crate::{ClientError, Rados};
 
@@ -30,8 +33,6 @@ pub use cairn_common::fsops::{Caller, DirEntry, InodeAttr as Attr, SetAttrs as S
 const FS_OP_TIMEOUT: Duration = Duration::from_secs(120);
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
-/// Session renewals: well inside the MDS's session timeout.
-const SESSION_RENEW: Duration = Duration::from_secs(5);
 
 #[derive(Clone, Debug, thiserror::Error)]
 #[error("{message} (errno {errno})")]
@@ -72,11 +73,12 @@ pub struct StatFs {
     pub name_max: u32,
 }
 
-/// A file this client has open: its size as this client knows it, and whether data written
-/// here has not been reported to the MDS yet.
+/// A file this client has open: how often and how, its size as this client knows it, and
+/// whether data written here has not been reported to the MDS yet.
 #[derive(Debug, Default)]
 struct OpenFile {
-    opens: u32,
+    readers: u32,
+    writers: u32,
     /// The size reads go up to: the MDS's at open, grown by writes here.
     size: u64,
     unreported: Option<Unreported>,
@@ -100,13 +102,13 @@ pub struct FsClient {
     next_tid: AtomicU64,
     channels: Mutex<HashMap<String, tonic::transport::Channel>>,
     open: Mutex<HashMap<u64, OpenFile>>,
-    renewer: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    session: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl Drop for FsClient {
     fn drop(&mut self) {
         if let Some(task) = self
-            .renewer
+            .session
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .take()
@@ -117,8 +119,27 @@ impl Drop for FsClient {
 }
 
 impl FsClient {
-    /// Connects to filesystem `fs_name`, rooted at `path` within it ("/" for all of it).
+    /// Connects to filesystem `fs_name`, rooted at `path` within it ("/" for all of it), and
+    /// opens the session that lasts until the client is dropped.
     pub async fn mount(config: &Config, fs_name: &str, path: &str) -> FsResult<Arc<FsClient>> {
+        let mut client = FsClient::connect(config, fs_name).await?;
+        client.root = attr(
+            client
+                .call(FsOp::Resolve {
+                    path: path.to_string(),
+                })
+                .await?,
+        )?
+        .ino;
+        let client = Arc::new(client);
+        let session = tokio::spawn(run_session(Arc::downgrade(&client)));
+        *client.session.lock().unwrap_or_else(|e| e.into_inner()) = Some(session);
+        Ok(client)
+    }
+
+    /// Connects to filesystem `fs_name` without a session: enough to ask the MDS for its
+    /// status, not to open files.
+    pub async fn connect(config: &Config, fs_name: &str) -> FsResult<FsClient> {
         let rados = Arc::new(Rados::connect(config).await?);
         let maps = rados.maps();
         let (fs, f) = maps
@@ -131,7 +152,7 @@ impl FsClient {
                 format!("filesystem {fs_name} has no data pool"),
             )
         })?;
-        let mut client = FsClient {
+        Ok(FsClient {
             rados,
             fs,
             fs_name: fs_name.to_string(),
@@ -140,32 +161,16 @@ impl FsClient {
             next_tid: AtomicU64::new(1),
             channels: Mutex::new(HashMap::new()),
             open: Mutex::new(HashMap::new()),
-            renewer: Mutex::new(None),
-        };
-        client.call(FsOp::Session).await?;
-        if !path.trim_matches('/').is_empty() {
-            client.root = attr(
-                client
-                    .call(FsOp::Resolve {
-                        path: path.to_string(),
-                    })
-                    .await?,
-            )?
-            .ino;
+            session: Mutex::new(None),
+        })
+    }
+
+    /// What the active MDS holds: sessions, journal, cache.
+    pub async fn mds_status(&self) -> FsResult<MdsStatus> {
+        match self.call(FsOp::Status).await? {
+            FsReply::Status(s) => Ok(s),
+            other => Err(unexpected(other)),
         }
-        let client = Arc::new(client);
-        let weak = Arc::downgrade(&client);
-        let renewer = tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(SESSION_RENEW).await;
-                let Some(c) = weak.upgrade() else { return };
-                if let Err(e) = c.call(FsOp::Session).await {
-                    tracing::warn!(error = %e, "session renewal failed");
-                }
-            }
-        });
-        *client.renewer.lock().unwrap_or_else(|e| e.into_inner()) = Some(renewer);
-        Ok(client)
     }
 
     pub fn root(&self) -> u64 {
@@ -203,9 +208,36 @@ impl FsClient {
     }
 
     async fn attempt(&self, tid: u64, op_json: &[u8], attempt: u32) -> Result<FsReply, Retry> {
-        let monc = self.rados.monc();
         // The map subscription may lag behind a failover: ask the mons now and then.
-        let maps = if attempt.is_multiple_of(4) {
+        let (name, channel, bearer) = self.active(attempt.is_multiple_of(4)).await?;
+        let mut req = Request::new(MdsRequest {
+            client: self.rados.instance().to_string(),
+            tid,
+            op_json: op_json.to_vec(),
+        });
+        req.set_timeout(Duration::from_secs(30));
+        if let Ok(v) = bearer.parse() {
+            req.metadata_mut().insert("authorization", v);
+        }
+        match MdsClient::new(channel).call(req).await {
+            Ok(reply) => serde_json::from_slice(&reply.into_inner().reply_json).map_err(|e| {
+                Retry::Fail(fs_error(
+                    fsops::EIO,
+                    format!("mds.{name} answered garbage: {e}"),
+                ))
+            }),
+            Err(status) => Err(self.failure(&name, &status)),
+        }
+    }
+
+    /// The active MDS (from the mons' current maps when `ask_mons`), a channel to it and the
+    /// bearer to present.
+    async fn active(
+        &self,
+        ask_mons: bool,
+    ) -> Result<(String, tonic::transport::Channel, String), Retry> {
+        let monc = self.rados.monc();
+        let maps = if ask_mons {
             Arc::new(monc.maps().await.map_err(|e| Retry::Later(e.to_string()))?)
         } else {
             self.rados.maps()
@@ -224,23 +256,61 @@ impl FsClient {
             }
         })?;
         let channel = self.channel(&mds.addr).map_err(Retry::Fail)?;
-        let mut req = Request::new(MdsRequest {
+        Ok((name.to_string(), channel, bearer))
+    }
+
+    /// Opens the session stream at the active MDS, stating the files open here.
+    async fn open_session(
+        &self,
+        ask_mons: bool,
+    ) -> Result<tonic::Streaming<MdsSessionEvent>, String> {
+        let (name, channel, bearer) = self.active(ask_mons).await.map_err(|r| match r {
+            Retry::Later(why) => why,
+            Retry::Fail(e) => e.to_string(),
+        })?;
+        let open_files = self
+            .files()
+            .iter()
+            .filter(|(_, f)| f.readers + f.writers > 0)
+            .map(|(ino, f)| OpenFileState {
+                ino: *ino,
+                readers: f.readers,
+                writers: f.writers,
+            })
+            .collect();
+        let mut req = Request::new(MdsSessionRequest {
             client: self.rados.instance().to_string(),
-            tid,
-            op_json: op_json.to_vec(),
+            open_files,
         });
-        req.set_timeout(Duration::from_secs(30));
         if let Ok(v) = bearer.parse() {
             req.metadata_mut().insert("authorization", v);
         }
-        match MdsClient::new(channel).call(req).await {
-            Ok(reply) => serde_json::from_slice(&reply.into_inner().reply_json).map_err(|e| {
-                Retry::Fail(fs_error(
-                    fsops::EIO,
-                    format!("mds.{name} answered garbage: {e}"),
-                ))
-            }),
-            Err(status) => Err(self.failure(name, &status)),
+        match MdsClient::new(channel).session(req).await {
+            Ok(stream) => {
+                tracing::debug!(mds = %name, "session stream open");
+                Ok(stream.into_inner())
+            }
+            Err(status) => {
+                if status.code() == Code::Unauthenticated {
+                    self.rados.monc().forget_ticket();
+                }
+                Err(format!("mds.{name}: {}", status.message()))
+            }
+        }
+    }
+
+    /// The MDS recalls this client's writes to a file: report them, then say so.
+    async fn answer_recall(&self, event: MdsSessionEvent) {
+        if let Err(e) = self.report(event.ino).await {
+            tracing::warn!(ino = event.ino, error = %e, "cannot report writes the MDS recalled");
+        }
+        if let Err(e) = self
+            .call(FsOp::Recalled {
+                recall: event.recall,
+            })
+            .await
+        {
+            tracing::debug!(error = %e, "cannot answer a recall");
         }
     }
 
@@ -434,16 +504,49 @@ impl FsClient {
         }
     }
 
-    /// Opens a file: its size is read now (close-to-open coherence).
-    pub async fn open(&self, ino: u64) -> FsResult<()> {
-        let a = attr(self.call(FsOp::Open { ino }).await?)?;
+    /// Opens a file (for writing when `write`): its size is read now.
+    pub async fn open(&self, ino: u64, write: bool) -> FsResult<()> {
+        // Counted before the MDS hears of it: a session stream reconnecting meanwhile then
+        // states the open (the MDS may count it twice, which only delays a removal; never
+        // once too few, which could remove a file still open here).
+        self.count_open(ino, write, true);
+        match self.call(FsOp::Open { ino, write }).await.and_then(attr) {
+            Ok(a) => {
+                if let Some(f) = self.files().get_mut(&ino) {
+                    if f.unreported.is_none() {
+                        f.size = a.size;
+                    }
+                }
+                Ok(())
+            }
+            Err(e) => {
+                self.count_open(ino, write, false);
+                self.forget_if_closed(ino, true);
+                Err(e)
+            }
+        }
+    }
+
+    fn count_open(&self, ino: u64, write: bool, up: bool) {
         let mut files = self.files();
         let f = files.entry(ino).or_default();
-        f.opens += 1;
-        if f.unreported.is_none() {
-            f.size = a.size;
+        let n = if write {
+            &mut f.writers
+        } else {
+            &mut f.readers
+        };
+        *n = if up { *n + 1 } else { n.saturating_sub(1) };
+    }
+
+    /// Forgets a file no longer open here, unless writes to it are still to report (and
+    /// `reported_or_gone` does not say there is nothing to report them to).
+    fn forget_if_closed(&self, ino: u64, reported_or_gone: bool) {
+        let mut files = self.files();
+        if let Some(f) = files.get(&ino) {
+            if f.readers + f.writers == 0 && (f.unreported.is_none() || reported_or_gone) {
+                files.remove(&ino);
+            }
         }
-        Ok(())
     }
 
     /// Reads up to `size` bytes at `offset`; holes read as zeros; short only at end of file.
@@ -530,20 +633,15 @@ impl FsClient {
         self.report(ino).await
     }
 
-    pub async fn release(&self, ino: u64) -> FsResult<()> {
+    pub async fn release(&self, ino: u64, write: bool) -> FsResult<()> {
         let reported = match self.report(ino).await {
-            Ok(()) => self.call(FsOp::Release { ino }).await.map(|_| ()),
+            Ok(()) => self.call(FsOp::Release { ino, write }).await.map(|_| ()),
             failed => failed,
         };
         // A file removed meanwhile has nothing left to report to.
         let gone = matches!(&reported, Err(e) if e.errno == fsops::ENOENT);
-        let mut files = self.files();
-        if let Some(f) = files.get_mut(&ino) {
-            f.opens = f.opens.saturating_sub(1);
-            if f.opens == 0 && (f.unreported.is_none() || gone) {
-                files.remove(&ino);
-            }
-        }
+        self.count_open(ino, write, false);
+        self.forget_if_closed(ino, gone);
         if gone {
             return Ok(());
         }
@@ -608,6 +706,37 @@ impl FsClient {
 enum Retry {
     Later(String),
     Fail(FsError),
+}
+
+/// The client's session: keeps a stream open at the active MDS (reopening it after a
+/// failover) and answers the recalls that come through it, until the client is dropped.
+async fn run_session(client: Weak<FsClient>) {
+    let mut backoff = BACKOFF_MIN;
+    let mut failures = 0u32;
+    loop {
+        let opened = {
+            let Some(c) = client.upgrade() else { return };
+            // After a failure the map may lag behind a failover: ask the mons.
+            c.open_session(failures > 0).await
+        };
+        match opened {
+            Ok(mut stream) => {
+                backoff = BACKOFF_MIN;
+                failures = 0;
+                while let Ok(Some(event)) = stream.message().await {
+                    let Some(c) = client.upgrade() else { return };
+                    tokio::spawn(async move { c.answer_recall(event).await });
+                }
+                tracing::info!("the MDS session stream ended; reconnecting");
+            }
+            Err(why) => {
+                failures += 1;
+                tracing::debug!(error = %why, "cannot open the MDS session yet");
+            }
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
 }
 
 /// Splits the byte range `[offset, offset + len)` of a file into `(object index, offset in

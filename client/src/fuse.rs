@@ -302,10 +302,10 @@ impl Filesystem for CairnFs {
     }
 
     /// No `FOPEN_KEEP_CACHE`: the kernel drops the file's cached pages (close-to-open).
-    fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let (fs, ino) = (self.client(), self.inodes.to_mds(ino));
         self.spawn(async move {
-            match fs.open(ino).await {
+            match fs.open(ino, writes(flags)).await {
                 Ok(()) => reply.opened(FileHandle(0), FopenFlags::empty()),
                 Err(e) => reply.error(errno(&e)),
             }
@@ -370,13 +370,15 @@ impl Filesystem for CairnFs {
         _req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
-        _flags: OpenFlags,
+        flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         flush: bool,
         reply: ReplyEmpty,
     ) {
-        let (fs, ino) = (self.client(), self.inodes.to_mds(ino));
-        self.spawn(async move { reply_empty(reply, flush_and_release(&fs, ino, flush).await) });
+        let (fs, ino, write) = (self.client(), self.inodes.to_mds(ino), writes(flags));
+        self.spawn(
+            async move { reply_empty(reply, flush_and_release(&fs, ino, write, flush).await) },
+        );
     }
 
     fn fsync(
@@ -504,15 +506,16 @@ impl Filesystem for CairnFs {
         name: &OsStr,
         mode: u32,
         _umask: u32,
-        _flags: i32,
+        flags: i32,
         reply: ReplyCreate,
     ) {
         let Some(name) = utf8(name) else {
             return reply.error(Errno::EINVAL);
         };
         let (fs, inodes, caller) = (self.client(), self.inodes, caller(req));
+        let write = writes(OpenFlags(flags));
         self.spawn(async move {
-            match create_and_open(&fs, inodes.to_mds(parent), &name, mode, caller).await {
+            match create_and_open(&fs, inodes.to_mds(parent), &name, mode, write, caller).await {
                 Ok(attr) => reply.created(
                     &TTL,
                     &inodes.file_attr(&attr),
@@ -545,18 +548,25 @@ async fn create_and_open(
     parent: u64,
     name: &str,
     mode: u32,
+    write: bool,
     caller: Caller,
 ) -> FsResult<Attr> {
     let mode = libc::S_IFREG | (mode & !libc::S_IFMT);
     let attr = fs.mknod(parent, name, mode, 0, caller).await?;
-    fs.open(attr.ino).await?;
+    fs.open(attr.ino, write).await?;
     Ok(attr)
 }
 
+/// Whether a file is opened for writing (the MDS then recalls its size from this client
+/// when another asks).
+fn writes(flags: OpenFlags) -> bool {
+    flags.0 & libc::O_ACCMODE != libc::O_RDONLY
+}
+
 /// The last close of an open file, flushing it first when the kernel asks to.
-async fn flush_and_release(fs: &FsClient, ino: u64, flush: bool) -> FsResult<()> {
+async fn flush_and_release(fs: &FsClient, ino: u64, write: bool, flush: bool) -> FsResult<()> {
     let flushed = if flush { fs.flush(ino).await } else { Ok(()) };
-    let released = fs.release(ino).await;
+    let released = fs.release(ino, write).await;
     flushed.and(released)
 }
 

@@ -131,8 +131,19 @@ pub struct MdsSettings {
     pub dirty_entries_max: usize,
     /// Clean inodes and directory entries kept in memory.
     pub cache_entries_max: usize,
-    /// A client session not renewed for this long is closed.
+    /// A client session whose stream stays disconnected this long is evicted: its open
+    /// files are closed and the replies kept for its retries forgotten.
     pub session_timeout_ms: u64,
+    /// After a takeover, files that lose their last name are kept this long before removal
+    /// even when no client has stated it holds them open: clients of the previous active
+    /// state their open files as they reconnect.
+    pub reconnect_timeout_ms: u64,
+    /// How long a request waits for other clients to report their writes to the file it
+    /// shows (a stat while another client writes); past it, the MDS answers with what it
+    /// knows and logs which clients did not answer.
+    pub recall_timeout_ms: u64,
+    /// Client sessions (streams) served at once; more are refused.
+    pub sessions_max: usize,
     /// Requests answered at once; more wait.
     pub requests_in_flight_max: usize,
     /// Journal tail polls of a standby-replay daemon when it has caught up.
@@ -153,6 +164,9 @@ impl Default for MdsSettings {
             // Longer than a client retries one request (2 minutes): a retry must still find
             // its reply remembered, or a change could be applied twice.
             session_timeout_ms: 300_000,
+            reconnect_timeout_ms: 45_000,
+            recall_timeout_ms: 30_000,
+            sessions_max: 4096,
             requests_in_flight_max: 1024,
             replay_poll_ms: 100,
         }

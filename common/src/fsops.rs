@@ -69,8 +69,6 @@ pub struct Caller {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum FsOp {
-    /// Opens or renews the client's session (sent every few seconds by a mounted client).
-    Session,
     Lookup {
         parent: u64,
         name: String,
@@ -162,14 +160,24 @@ pub enum FsOp {
     /// Inodes in use (statfs).
     Files,
     /// A file is opened: its attributes, and the MDS keeps it while open even once its last
-    /// name is removed (POSIX: data lives until the last close).
+    /// name is removed (POSIX: data lives until the last close). A client with a file open
+    /// for writing may hold back the size and mtime its writes give it until the MDS
+    /// recalls them (a stat from another client) or the file is flushed, synced or closed.
     Open {
         ino: u64,
+        write: bool,
     },
     /// One open of the file ends.
     Release {
         ino: u64,
+        write: bool,
     },
+    /// The client has reported its writes for a recall of its session stream.
+    Recalled {
+        recall: u64,
+    },
+    /// The active MDS's sessions, journal and cache (`cairn fs status`).
+    Status,
 }
 
 impl FsOp {
@@ -177,8 +185,7 @@ impl FsOp {
     pub fn is_change(&self) -> bool {
         !matches!(
             self,
-            FsOp::Session
-                | FsOp::Lookup { .. }
+            FsOp::Lookup { .. }
                 | FsOp::Resolve { .. }
                 | FsOp::GetAttr { .. }
                 | FsOp::ReadLink { .. }
@@ -187,6 +194,8 @@ impl FsOp {
                 | FsOp::ListXattr { .. }
                 | FsOp::Files
                 | FsOp::Open { .. }
+                | FsOp::Recalled { .. }
+                | FsOp::Status
         )
     }
 }
@@ -200,6 +209,7 @@ pub enum FsReply {
     Value(Vec<u8>),
     Names(Vec<String>),
     Count(u64),
+    Status(MdsStatus),
     /// A POSIX errno and why.
     Error {
         errno: i32,
@@ -214,6 +224,29 @@ impl FsReply {
             message: message.into(),
         }
     }
+}
+
+/// What the active MDS holds, for `cairn fs status`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MdsStatus {
+    pub sessions: Vec<SessionStatus>,
+    /// Journal entries and bytes replay would read (written since the last trim).
+    pub journal_entries: u64,
+    pub journal_bytes: u64,
+    /// Inodes and directories in the cache, and how many changes wait for write-back.
+    pub cache_entries: u64,
+    pub cache_dirty: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionStatus {
+    pub client: String,
+    /// Whether the client's session stream is open; a session disconnected for
+    /// `mds.session_timeout_ms` is evicted.
+    pub connected: bool,
+    /// Milliseconds since the stream connected or, when disconnected, since it broke.
+    pub since_ms: u64,
+    pub open_files: u64,
 }
 
 /// Checks one name of a directory entry.

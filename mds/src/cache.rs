@@ -260,9 +260,13 @@ impl Cache {
 
     /// Drops clean items while more than `entries_max` are held. Dirty ones stay: they are
     /// the only copy outside the journal.
+    /// Inodes and directory entries held.
+    pub fn entries(&self) -> usize {
+        self.inodes.len() + self.dirs.values().map(|d| d.entries.len()).sum::<usize>()
+    }
+
     pub fn evict(&mut self) {
-        let held = self.inodes.len() + self.dirs.values().map(|d| d.entries.len()).sum::<usize>();
-        if held <= self.entries_max {
+        if self.entries() <= self.entries_max {
             return;
         }
         self.inodes

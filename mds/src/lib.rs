@@ -13,4 +13,5 @@ pub mod ops;
 pub mod rank;
 pub mod replay;
 pub mod service;
+pub mod sessions;
 pub mod writeback;

@@ -1,24 +1,42 @@
 //! One MDS daemon's state and roles: it follows what the FSMap assigns to its instance —
 //! nothing (standby), tailing a rank's journal (standby-replay), or holding the rank (replay
 //! to the journal's end, then serve).
+//!
+//! While active it also holds the clients' session streams, through which it recalls the
+//! writes clients hold back: a request that shows a file's size while other clients write
+//! it waits until they have reported their writes (or `recall_timeout_ms` passes).
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use tokio::sync::{watch, Mutex, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch, Mutex, Semaphore};
 use tonic::Status;
 
 use cairn_client::Rados;
 use cairn_common::config::MdsSettings;
 use cairn_common::fsmap::{FsId, MdsRole};
 use cairn_common::fsops::{FsOp, FsReply, ROOT_INO, S_IFDIR};
+use cairn_common::proto::MdsSessionEvent;
 
 use crate::inode::Inode;
 use crate::journal::Event;
-use crate::rank::Rank;
+use crate::rank::{Answer, Rank};
 use crate::replay::Replayer;
+use crate::sessions::Opens;
+
+/// Where a session's events go: the stream the client holds open.
+pub type SessionSender = mpsc::Sender<Result<MdsSessionEvent, Status>>;
+/// Events queued per session before the MDS stops waiting for room (a stuck client).
+pub const SESSION_EVENTS_QUEUED: usize = 64;
+
+struct Stream {
+    /// Tells this stream from the client's later ones (a reconnect replaces the stream).
+    generation: u64,
+    events: SessionSender,
+}
 
 /// How often a standby-replay re-reads the journal head (to drop what was written back).
 const HEAD_POLL: Duration = Duration::from_secs(1);
@@ -39,6 +57,11 @@ pub struct MdsNode {
     /// answering before they can have handed its rank to another.
     beacon_acked: std::sync::Mutex<Instant>,
     lease: Duration,
+    streams: std::sync::Mutex<HashMap<String, Stream>>,
+    next_stream: AtomicU64,
+    /// Recalls sent and not yet answered, by number.
+    recalls: std::sync::Mutex<HashMap<u64, oneshot::Sender<()>>>,
+    next_recall: AtomicU64,
 }
 
 impl MdsNode {
@@ -60,6 +83,10 @@ impl MdsNode {
             broken: watch::channel(None).0,
             beacon_acked: std::sync::Mutex::new(Instant::now()),
             lease,
+            streams: std::sync::Mutex::new(HashMap::new()),
+            next_stream: AtomicU64::new(1),
+            recalls: std::sync::Mutex::new(HashMap::new()),
+            next_recall: AtomicU64::new(1),
         }
     }
 
@@ -85,7 +112,16 @@ impl MdsNode {
     pub fn fail(&self, why: String) {
         tracing::error!(reason = %why, "the rank cannot be served any more");
         self.serving.store(false, Ordering::Relaxed);
+        self.close_streams();
         let _ = self.broken.send(Some(why));
+    }
+
+    /// Ends every session stream: their clients look for the active again.
+    fn close_streams(&self) {
+        self.streams
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
     }
 
     /// The role the FSMap gives this daemon's instance (`None`: not in the map).
@@ -105,6 +141,33 @@ impl MdsNode {
             .try_acquire()
             .map_err(|_| Status::resource_exhausted("too many requests waiting; retry later"))?;
         let started = Instant::now();
+        if let FsOp::Recalled { recall } = op {
+            self.recall_answered(recall);
+            return Ok(FsReply::Done);
+        }
+        let mut recalled = false;
+        let reply = loop {
+            match self.answer(client, tid, op.clone(), recalled).await? {
+                Answer::Reply(reply) => break reply,
+                Answer::Recall { ino, writers } => {
+                    self.recall(ino, &writers).await;
+                    recalled = true;
+                }
+            }
+        };
+        metrics::counter!("cairn_mds_requests_total").increment(1);
+        metrics::histogram!("cairn_mds_request_seconds").record(started.elapsed().as_secs_f64());
+        Ok(reply)
+    }
+
+    /// One pass of a request through the rank.
+    async fn answer(
+        &self,
+        client: &str,
+        tid: u64,
+        op: FsOp,
+        recalled: bool,
+    ) -> Result<Answer, Status> {
         let mut rank = self.rank.lock().await;
         let Some(r) = rank.as_mut().filter(|_| self.serving()) else {
             return Err(Status::unavailable(format!(
@@ -119,21 +182,134 @@ impl MdsNode {
                 self.lease.as_millis()
             )));
         }
-        let reply = match r.handle(client, tid, op).await {
-            Ok(Ok(reply)) => reply,
-            Ok(Err(e)) => return Err(Status::unavailable(format!("{e:#}"))),
+        match r.handle(client, tid, op, recalled).await {
+            Ok(Ok(answer)) => Ok(answer),
+            Ok(Err(e)) => Err(Status::unavailable(format!("{e:#}"))),
             Err(e) => {
                 *rank = None;
                 self.fail(format!("{e:#}"));
-                return Err(Status::unavailable(format!(
+                Err(Status::unavailable(format!(
                     "mds.{} stopped serving: {e:#}",
                     self.name
+                )))
+            }
+        }
+    }
+
+    /// Asks `writers` to report their writes to `ino` and waits until they have, or until
+    /// `recall_timeout_ms`. A writer without a stream cannot be asked: its session is
+    /// disconnected and what it did not report is not acknowledged to anyone.
+    async fn recall(&self, ino: u64, writers: &[String]) {
+        let mut waiting = Vec::new();
+        for client in writers {
+            let Some(events) = self.stream_of(client) else {
+                continue;
+            };
+            let recall = self.next_recall.fetch_add(1, Ordering::Relaxed);
+            let (done, answered) = oneshot::channel();
+            self.recalls
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(recall, done);
+            if events.try_send(Ok(MdsSessionEvent { recall, ino })).is_ok() {
+                waiting.push((recall, client, answered));
+            }
+        }
+        metrics::counter!("cairn_mds_recalls_total").increment(waiting.len() as u64);
+        let timeout = Duration::from_millis(self.settings.recall_timeout_ms);
+        let deadline = tokio::time::Instant::now() + timeout;
+        for (recall, client, answered) in waiting {
+            if tokio::time::timeout_at(deadline, answered).await.is_err() {
+                tracing::warn!(
+                    client = %client,
+                    ino,
+                    "a client did not report its writes within recall_timeout_ms; answering with the size known"
+                );
+            }
+            self.recalls
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&recall);
+        }
+    }
+
+    fn recall_answered(&self, recall: u64) {
+        let done = self
+            .recalls
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&recall);
+        if let Some(done) = done {
+            let _ = done.send(());
+        }
+    }
+
+    fn stream_of(&self, client: &str) -> Option<SessionSender> {
+        self.streams
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(client)
+            .map(|s| s.events.clone())
+    }
+
+    /// A client opened its session stream, stating its open files. Until the stream
+    /// breaks, the session lives and recalls reach the client through `events`.
+    pub async fn open_session(
+        self: &Arc<Self>,
+        client: &str,
+        files: Vec<(u64, Opens)>,
+        events: SessionSender,
+    ) -> Result<(), Status> {
+        let mut rank = self.rank.lock().await;
+        let Some(r) = rank.as_mut().filter(|_| self.serving() && self.leased()) else {
+            return Err(Status::unavailable(format!(
+                "mds.{} is not active",
+                self.name
+            )));
+        };
+        let generation = self.next_stream.fetch_add(1, Ordering::Relaxed);
+        {
+            let mut streams = self.streams.lock().unwrap_or_else(|e| e.into_inner());
+            if !streams.contains_key(client) && streams.len() >= self.settings.sessions_max {
+                return Err(Status::resource_exhausted(format!(
+                    "mds.{} serves at most {} sessions",
+                    self.name, self.settings.sessions_max
                 )));
             }
-        };
-        metrics::counter!("cairn_mds_requests_total").increment(1);
-        metrics::histogram!("cairn_mds_request_seconds").record(started.elapsed().as_secs_f64());
-        Ok(reply)
+            streams.insert(
+                client.to_string(),
+                Stream {
+                    generation,
+                    events: events.clone(),
+                },
+            );
+        }
+        r.connected(client, files);
+        let (node, client) = (self.clone(), client.to_string());
+        tokio::spawn(async move {
+            events.closed().await;
+            node.session_closed(&client, generation).await;
+        });
+        Ok(())
+    }
+
+    /// A session stream ended; unless the client has opened a newer one, its session is
+    /// disconnected (and evicted if it stays so).
+    async fn session_closed(&self, client: &str, generation: u64) {
+        {
+            let mut streams = self.streams.lock().unwrap_or_else(|e| e.into_inner());
+            match streams.get(client) {
+                Some(s) if s.generation == generation => {
+                    streams.remove(client);
+                }
+                Some(_) => return,
+                None => {}
+            }
+        }
+        if let Some(r) = self.rank.lock().await.as_mut() {
+            tracing::info!(client, "session stream closed");
+            r.sessions.disconnected(client);
+        }
     }
 
     /// Follows the role the FSMap assigns until `stop`; an error means this instance must
@@ -294,9 +470,18 @@ impl MdsNode {
                 continue;
             }
             last = Instant::now();
-            r.expire_sessions();
-            metrics::gauge!("cairn_mds_sessions").set(r.sessions() as f64);
+            if let Err(e) = r.tend_sessions().await {
+                // A failed journal append: this rank's journal end is unknown.
+                *rank = None;
+                self.fail(format!("{e:#}"));
+                continue;
+            }
+            let status = r.status();
+            metrics::gauge!("cairn_mds_sessions").set(status.sessions.len() as f64);
             metrics::gauge!("cairn_mds_journal_seq").set(r.seq as f64);
+            metrics::gauge!("cairn_mds_journal_entries").set(status.journal_entries as f64);
+            metrics::gauge!("cairn_mds_journal_bytes").set(status.journal_bytes as f64);
+            metrics::gauge!("cairn_mds_cache_entries").set(status.cache_entries as f64);
             if let Err(e) = r.write_back().await {
                 // Nothing is lost (the journal still holds it); try again next time.
                 tracing::warn!(error = %format!("{e:#}"), "write-back failed");
@@ -313,6 +498,7 @@ impl MdsNode {
             }
         }
         self.serving.store(false, Ordering::Relaxed);
+        self.close_streams();
     }
 }
 

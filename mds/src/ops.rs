@@ -46,7 +46,7 @@ impl Rank {
         Ok(inode)
     }
 
-    async fn child(&mut self, parent: u64, name: &str) -> Result<Option<Dentry>, Fail> {
+    pub(crate) async fn child(&mut self, parent: u64, name: &str) -> Result<Option<Dentry>, Fail> {
         Ok(self.cache.dir(&self.rados, parent).await?.get(name))
     }
 
@@ -60,7 +60,6 @@ impl Rank {
 
     pub async fn query(&mut self, client: &str, op: FsOp) -> Result<FsReply, Fail> {
         match op {
-            FsOp::Session => Ok(FsReply::Done),
             FsOp::Lookup { parent, name } => {
                 self.dir_inode(parent).await?;
                 Ok(FsReply::Attr(
@@ -108,11 +107,12 @@ impl Rank {
                 self.inode_of(ino).await?.xattrs.into_keys().collect(),
             )),
             FsOp::Files => Ok(FsReply::Count(self.next_ino.saturating_sub(1))),
-            FsOp::Open { ino } => {
+            FsOp::Open { ino, write } => {
                 let attr = self.inode_of(ino).await?.attr();
-                self.opened(client, ino);
+                self.sessions.opened(client, ino, write);
                 Ok(FsReply::Attr(attr))
             }
+            FsOp::Status => Ok(FsReply::Status(self.status())),
             change => Err(posix(EINVAL, format!("{change:?} is not a query"))),
         }
     }
@@ -245,8 +245,8 @@ impl Rank {
                 inode.ctime_ns = now_ns();
                 Ok(updated(inode))
             }
-            FsOp::Release { ino } => {
-                let still_open = self.released(client, ino);
+            FsOp::Release { ino, write } => {
+                let still_open = self.sessions.released(client, ino, write);
                 let inode = self.inode_of(ino).await?;
                 // The last close of a file whose last name went: it goes now, data too.
                 let events = if inode.nlink == 0 && !still_open {
@@ -346,7 +346,7 @@ impl Rank {
             name: name.to_string(),
             entry: None,
         }];
-        let open = self.is_open(target.ino);
+        let open = self.keeps_unlinked(target.ino);
         events.extend(drop_link(target, now, open));
         events.push(Event::Inode(dir));
         Ok(Plan {
@@ -416,7 +416,7 @@ impl Rank {
         ];
         let replaced_dir = replaced.as_ref().is_some_and(|r| r.is_dir());
         if let Some(r) = replaced {
-            let open = self.is_open(r.ino);
+            let open = self.keeps_unlinked(r.ino);
             events.extend(drop_link(r, now, open));
         }
         moved.ctime_ns = now;
@@ -548,7 +548,7 @@ fn drop_link(mut inode: Inode, now: i64, open: bool) -> Vec<Event> {
 }
 
 /// The inode goes, with its data.
-fn gone(inode: &Inode) -> Vec<Event> {
+pub fn gone(inode: &Inode) -> Vec<Event> {
     let mut events = vec![Event::InodeGone {
         ino: inode.ino,
         was_dir: inode.is_dir(),

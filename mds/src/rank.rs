@@ -1,6 +1,10 @@
 //! The active MDS's rank: the namespace cache, the journal writer and the client sessions.
 //! Requests run one at a time: each is checked against the cache, its changes are appended to
 //! the journal (the reply waits for that append to be durable), then applied to the cache.
+//!
+//! A request that must see the current size of a file other clients are writing (a stat, an
+//! open, a truncate) first gets [`Answer::Recall`]: the node has those clients report their
+//! writes, then asks again.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -10,10 +14,11 @@ use anyhow::Context;
 
 use cairn_client::{ClientError, Rados};
 use cairn_common::config::MdsSettings;
-use cairn_common::fsops::{data_object, FsOp, FsReply, OBJECT_BYTES};
+use cairn_common::fsops::{data_object, FsOp, FsReply, MdsStatus, OBJECT_BYTES};
 
 use crate::cache::Cache;
-use crate::journal::{self, Completed, Entry, Event, Head, Writer};
+use crate::journal::{self, Completed, Entry, Event, Head, Position, Writer};
+use crate::sessions::{Opens, Sessions};
 
 /// Data objects deleted at once when a file is removed or truncated.
 const PURGE_IN_FLIGHT: usize = 32;
@@ -36,6 +41,16 @@ pub fn posix(errno: i32, message: impl Into<String>) -> Fail {
     Fail::Posix(FsReply::error(errno, message))
 }
 
+/// What the rank makes of a request.
+pub enum Answer {
+    Reply(FsReply),
+    /// Clients hold writes to `ino` the reply must include: recall them, then ask again.
+    Recall {
+        ino: u64,
+        writers: Vec<String>,
+    },
+}
+
 /// What a change request does: the events to journal and the reply once they are durable.
 pub struct Plan {
     pub events: Vec<Event>,
@@ -53,12 +68,18 @@ pub struct Rank {
     pub seq: u64,
     pub next_ino: u64,
     completed: HashMap<String, VecDeque<(u64, FsReply)>>,
-    sessions: HashMap<String, Instant>,
+    /// Client sessions and their open files. In memory only: after a takeover, clients
+    /// state their open files when their session streams reconnect.
+    pub sessions: Sessions,
+    /// Where replay would start: the entry and position the journal head names.
+    head: (u64, Position),
     /// The oldest journal segment not yet removed.
     first_segment: u64,
-    /// Files open, by inode: how many opens each client holds. In memory only: after a
-    /// takeover, files opened before it count as closed (see ARCHITECTURE.md).
-    opens: HashMap<u64, HashMap<String, u32>>,
+    /// Until then (the reconnect window after a takeover) a file losing its last name is
+    /// kept, as if open: its clients may not have reconnected and stated their opens yet.
+    purges_deferred_until: Instant,
+    /// Files kept by the reconnect window, checked again when it ends.
+    deferred: Vec<u64>,
     settings: MdsSettings,
 }
 
@@ -71,13 +92,14 @@ impl Rank {
         settings: MdsSettings,
     ) -> Rank {
         let mut completed: HashMap<String, VecDeque<(u64, FsReply)>> = HashMap::new();
-        let mut sessions = HashMap::new();
+        let mut sessions = Sessions::default();
         for (client, replies) in replayed.completed {
             // Clients of the previous active: their sessions run from now, so their replies
             // are forgotten once they stay away for the session timeout.
-            sessions.insert(client.clone(), Instant::now());
+            sessions.heard_from(&client);
             completed.insert(client, replies.into_iter().collect());
         }
+        let reconnect = Duration::from_millis(settings.reconnect_timeout_ms);
         Rank {
             journal: Writer::at(
                 replayed.cache.pool(),
@@ -91,39 +113,54 @@ impl Rank {
             next_ino: replayed.next_ino,
             completed,
             sessions,
+            head: replayed.head,
             first_segment: replayed.first_segment,
-            opens: HashMap::new(),
+            purges_deferred_until: Instant::now() + reconnect,
+            deferred: Vec::new(),
             settings,
         }
     }
 
-    /// Answers one request. `Err` means the rank can no longer serve (the journal's end is
-    /// unknown after a failed append): the daemon stops and a standby takes over.
+    /// Answers one request; `recalled` says the writers of the file it concerns have just
+    /// been recalled (they are not asked twice). `Err` means the rank can no longer serve
+    /// (the journal's end is unknown after a failed append): the daemon stops and a standby
+    /// takes over.
     pub async fn handle(
         &mut self,
         client: &str,
         tid: u64,
         op: FsOp,
-    ) -> anyhow::Result<Result<FsReply, anyhow::Error>> {
-        self.sessions.insert(client.to_string(), Instant::now());
+        recalled: bool,
+    ) -> anyhow::Result<Result<Answer, anyhow::Error>> {
+        if op.is_change() {
+            self.sessions.heard_from(client);
+        }
         if let Some(reply) = self.completed_reply(client, tid) {
-            return Ok(Ok(reply));
+            return Ok(Ok(Answer::Reply(reply)));
+        }
+        if !recalled {
+            match self.recall_for(client, &op).await {
+                Ok(Some(recall)) => return Ok(Ok(recall)),
+                Ok(None) => {}
+                Err(Fail::Posix(reply)) => return Ok(Ok(Answer::Reply(reply))),
+                Err(Fail::Internal(e)) => return Ok(Err(e)),
+            }
         }
         if !op.is_change() {
             return Ok(match self.query(client, op).await {
-                Ok(reply) => Ok(reply),
-                Err(Fail::Posix(reply)) => Ok(reply),
+                Ok(reply) => Ok(Answer::Reply(reply)),
+                Err(Fail::Posix(reply)) => Ok(Answer::Reply(reply)),
                 Err(Fail::Internal(e)) => Err(e),
             });
         }
         let plan = match self.plan(client, op).await {
             Ok(plan) => plan,
-            Err(Fail::Posix(reply)) => return Ok(Ok(reply)),
+            Err(Fail::Posix(reply)) => return Ok(Ok(Answer::Reply(reply))),
             Err(Fail::Internal(e)) => return Ok(Err(e)),
         };
         if plan.events.is_empty() {
             // Nothing changed (a release that leaves the file): nothing to journal.
-            return Ok(Ok(plan.reply));
+            return Ok(Ok(Answer::Reply(plan.reply)));
         }
         let request = Completed {
             client: client.to_string(),
@@ -134,7 +171,23 @@ impl Rank {
         if let Some(ino) = plan.new_dir {
             self.cache.new_dir(ino);
         }
-        Ok(Ok(plan.reply))
+        Ok(Ok(Answer::Reply(plan.reply)))
+    }
+
+    /// The recall `op` needs first: when it shows or cuts a file's size (stat, lookup,
+    /// open, truncate) and other clients have that file open for writing.
+    async fn recall_for(&mut self, client: &str, op: &FsOp) -> Result<Option<Answer>, Fail> {
+        let ino = match op {
+            FsOp::GetAttr { ino } | FsOp::Open { ino, .. } => *ino,
+            FsOp::SetAttr { ino, change } if change.size.is_some() => *ino,
+            FsOp::Lookup { parent, name } => match self.child(*parent, name).await? {
+                Some(dentry) => dentry.ino,
+                None => return Ok(None),
+            },
+            _ => return Ok(None),
+        };
+        let writers = self.sessions.writers_besides(ino, client);
+        Ok((!writers.is_empty()).then_some(Answer::Recall { ino, writers }))
     }
 
     fn completed_reply(&self, client: &str, tid: u64) -> Option<FsReply> {
@@ -172,35 +225,17 @@ impl Rank {
         Ok(())
     }
 
-    pub fn opened(&mut self, client: &str, ino: u64) {
-        *self
-            .opens
-            .entry(ino)
-            .or_default()
-            .entry(client.to_string())
-            .or_default() += 1;
-    }
-
-    /// One open ends; returns whether the file is still open anywhere.
-    pub fn released(&mut self, client: &str, ino: u64) -> bool {
-        let Some(by_client) = self.opens.get_mut(&ino) else {
-            return false;
-        };
-        if let Some(n) = by_client.get_mut(client) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                by_client.remove(client);
-            }
+    /// Whether a file losing its last name must be kept (nlink 0) rather than removed: it
+    /// is open, or may be (the reconnect window after a takeover).
+    pub fn keeps_unlinked(&mut self, ino: u64) -> bool {
+        if self.sessions.is_open(ino) {
+            return true;
         }
-        if by_client.is_empty() {
-            self.opens.remove(&ino);
-            return false;
+        if Instant::now() < self.purges_deferred_until {
+            self.deferred.push(ino);
+            return true;
         }
-        true
-    }
-
-    pub fn is_open(&self, ino: u64) -> bool {
-        self.opens.contains_key(&ino)
+        false
     }
 
     pub fn allocate_ino(&mut self) -> u64 {
@@ -235,6 +270,7 @@ impl Rank {
                 .collect(),
         };
         journal::write_head(&self.rados, self.cache.pool(), &head).await?;
+        self.head = (head.seq, head.position);
         journal::remove_segments(
             &self.rados,
             self.cache.pool(),
@@ -248,28 +284,66 @@ impl Rank {
         Ok(())
     }
 
-    /// Forgets sessions silent for longer than the session timeout, with their replies.
-    pub fn expire_sessions(&mut self) {
-        let timeout = Duration::from_millis(self.settings.session_timeout_ms);
-        let expired: Vec<String> = self
-            .sessions
-            .iter()
-            .filter(|(_, seen)| seen.elapsed() > timeout)
-            .map(|(c, _)| c.clone())
-            .collect();
-        for client in expired {
-            tracing::info!(client = %client, "session timed out");
-            self.sessions.remove(&client);
-            self.completed.remove(&client);
-            self.opens.retain(|_, by_client| {
-                by_client.remove(&client);
-                !by_client.is_empty()
-            });
-        }
+    /// A client's session stream connected, stating the files it has open.
+    pub fn connected(&mut self, client: &str, files: Vec<(u64, Opens)>) {
+        tracing::info!(client, open_files = files.len(), "session connected");
+        self.sessions.connected(client, files);
     }
 
-    pub fn sessions(&self) -> usize {
-        self.sessions.len()
+    /// Evicts sessions disconnected for longer than the session timeout (their opens end,
+    /// their replies are forgotten), then removes the files that lost their last name while
+    /// open and are open no more, and those the reconnect window kept once it is over.
+    pub async fn tend_sessions(&mut self) -> anyhow::Result<()> {
+        let timeout = Duration::from_millis(self.settings.session_timeout_ms);
+        let (evicted, mut closed) = self.sessions.evict_expired(timeout);
+        for client in &evicted {
+            tracing::info!(client = %client, "session evicted: disconnected past the session timeout");
+            self.completed.remove(client);
+        }
+        metrics::counter!("cairn_mds_sessions_evicted_total").increment(evicted.len() as u64);
+        if Instant::now() >= self.purges_deferred_until {
+            closed.append(&mut self.deferred);
+        }
+        self.remove_orphans(closed).await
+    }
+
+    /// Removes those of `inos` that have no name left and are not open.
+    async fn remove_orphans(&mut self, inos: Vec<u64>) -> anyhow::Result<()> {
+        let mut events = Vec::new();
+        for ino in inos {
+            if self.sessions.is_open(ino) {
+                continue;
+            }
+            match self.cache.inode(&self.rados, ino).await? {
+                Some(inode) if inode.nlink == 0 && !inode.is_dir() => {
+                    events.extend(crate::ops::gone(&inode))
+                }
+                _ => {}
+            }
+        }
+        if events.is_empty() {
+            return Ok(());
+        }
+        tracing::info!(
+            files = events.len(),
+            "removing files no client has open any more"
+        );
+        self.commit(events, None).await
+    }
+
+    pub fn status(&self) -> MdsStatus {
+        let (head_seq, head_at) = self.head;
+        let end = self.journal.position();
+        let segment = self.journal.segment_bytes();
+        MdsStatus {
+            sessions: self.sessions.status(),
+            journal_entries: (self.seq + 1).saturating_sub(head_seq.max(1)),
+            // Closed segments counted at their nominal size.
+            journal_bytes: (end.segment.saturating_sub(head_at.segment) * segment + end.offset)
+                .saturating_sub(head_at.offset),
+            cache_entries: self.cache.entries() as u64,
+            cache_dirty: self.cache.dirty_count() as u64,
+        }
     }
 }
 

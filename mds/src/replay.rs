@@ -20,6 +20,8 @@ pub struct Replayed {
     pub next_ino: u64,
     /// The journal's end: where the rank appends.
     pub end: Position,
+    /// The entry and position the journal head names (where this replay could have begun).
+    pub head: (u64, Position),
     pub first_segment: u64,
     pub completed: BTreeMap<String, Vec<(u64, FsReply)>>,
     /// Files whose data may still be waiting for deletion: (inode, size).
@@ -36,6 +38,7 @@ pub struct Replayer {
     seq: u64,
     next_ino: u64,
     first_segment: u64,
+    head: (u64, Position),
     completed: HashMap<String, VecDeque<(u64, FsReply)>>,
     /// (entry, inode, size) of removed files since the head.
     purges: Vec<(u64, u64, u64)>,
@@ -60,6 +63,7 @@ impl Replayer {
             seq: 0,
             next_ino: 0,
             first_segment: 0,
+            head: (0, Position::default()),
             completed: HashMap::new(),
             purges: Vec::new(),
         };
@@ -74,6 +78,7 @@ impl Replayer {
         self.seq = head.seq.saturating_sub(1);
         self.next_ino = head.next_ino.max(cairn_common::fsops::ROOT_INO + 1);
         self.first_segment = head.position.segment;
+        self.head = (head.seq, head.position);
         self.completed = head
             .completed
             .into_iter()
@@ -130,6 +135,7 @@ impl Replayer {
             self.purges.retain(|(seq, _, _)| *seq >= head.seq);
             self.cache.evict();
             self.first_segment = head.position.segment;
+            self.head = (head.seq, head.position);
         }
         Ok(())
     }
@@ -140,6 +146,7 @@ impl Replayer {
             seq: self.seq,
             next_ino: self.next_ino,
             end: self.reader.position(),
+            head: self.head,
             first_segment: self.first_segment,
             completed: self
                 .completed

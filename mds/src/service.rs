@@ -11,9 +11,11 @@ use cairn_common::auth::{
 };
 use cairn_common::fsops::FsOp;
 use cairn_common::proto::mds_server::Mds;
-use cairn_common::proto::{MdsReply, MdsRequest};
+use cairn_common::proto::{MdsReply, MdsRequest, MdsSessionRequest};
+use tokio_stream::wrappers::ReceiverStream;
 
-use crate::node::MdsNode;
+use crate::node::{MdsNode, SESSION_EVENTS_QUEUED};
+use crate::sessions::Opens;
 
 /// Longest client id and request body accepted.
 const CLIENT_ID_BYTES_MAX: usize = 256;
@@ -43,20 +45,30 @@ pub struct MdsService {
     pub node: Arc<MdsNode>,
 }
 
+fn ticket_of<T>(req: &Request<T>) -> Result<Ticket, Status> {
+    req.extensions()
+        .get::<Ticket>()
+        .cloned()
+        .ok_or_else(|| Status::unauthenticated("no ticket"))
+}
+
+/// The session a request belongs to: the client instance it names, under the entity its
+/// ticket proves (the entity keeps clients apart).
+fn session_of(ticket: &Ticket, client: &str) -> Result<String, Status> {
+    if client.is_empty() || client.len() > CLIENT_ID_BYTES_MAX {
+        return Err(Status::invalid_argument(
+            "a request names its client (at most 256 bytes)",
+        ));
+    }
+    Ok(format!("{}|{client}", ticket.entity))
+}
+
 #[tonic::async_trait]
 impl Mds for MdsService {
     async fn call(&self, req: Request<MdsRequest>) -> Result<Response<MdsReply>, Status> {
-        let ticket = req
-            .extensions()
-            .get::<Ticket>()
-            .cloned()
-            .ok_or_else(|| Status::unauthenticated("no ticket"))?;
+        let ticket = ticket_of(&req)?;
         let req = req.into_inner();
-        if req.client.is_empty() || req.client.len() > CLIENT_ID_BYTES_MAX {
-            return Err(Status::invalid_argument(
-                "a request names its client (at most 256 bytes)",
-            ));
-        }
+        let client = session_of(&ticket, &req.client)?;
         let op: FsOp = serde_json::from_slice(&req.op_json)
             .map_err(|e| Status::invalid_argument(format!("malformed request: {e}")))?;
         let (need, action) = if op.is_change() {
@@ -65,8 +77,6 @@ impl Mds for MdsService {
             (Need::Read, "read filesystem metadata")
         };
         ticket.require("mds", need, action).map_err(grpc_status)?;
-        // Replies are remembered per client instance; the entity keeps clients apart.
-        let client = format!("{}|{}", ticket.entity, req.client);
         let node = self.node.clone();
         // In its own task: a change cut off half-way by a departing caller would leave the
         // journal ahead of the cache.
@@ -77,5 +87,35 @@ impl Mds for MdsService {
             reply_json: serde_json::to_vec(&reply)
                 .map_err(|e| Status::internal(format!("cannot encode the reply: {e}")))?,
         }))
+    }
+
+    type SessionStream = ReceiverStream<Result<cairn_common::proto::MdsSessionEvent, Status>>;
+
+    async fn session(
+        &self,
+        req: Request<MdsSessionRequest>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
+        let ticket = ticket_of(&req)?;
+        ticket
+            .require("mds", Need::Read, "open a filesystem session")
+            .map_err(grpc_status)?;
+        let req = req.into_inner();
+        let client = session_of(&ticket, &req.client)?;
+        let files = req
+            .open_files
+            .iter()
+            .map(|f| {
+                (
+                    f.ino,
+                    Opens {
+                        readers: f.readers,
+                        writers: f.writers,
+                    },
+                )
+            })
+            .collect();
+        let (events, stream) = tokio::sync::mpsc::channel(SESSION_EVENTS_QUEUED);
+        self.node.open_session(&client, files, events).await?;
+        Ok(Response::new(ReceiverStream::new(stream)))
     }
 }

@@ -1,6 +1,7 @@
 //! The shared filesystem through real FUSE mounts (`cairn mount`, a separate process) on a
-//! cluster of real mons, OSDs and MDSs: POSIX behaviour, two mounts seeing each other,
-//! kill -9 of the active MDS under a metadata workload, and a restart of every daemon.
+//! cluster of real mons, OSDs and MDSs: POSIX behaviour, two mounts seeing each other (also
+//! while one writes), kill -9 of the active MDS under a metadata workload with files held
+//! open across it, kill -9 of a client, and a restart of every daemon.
 
 use std::ffi::CString;
 use std::fs;
@@ -11,8 +12,12 @@ use std::process::{Child, Command as Process, Stdio};
 use std::time::{Duration, Instant};
 
 use cairn_client::dev::Kind;
+use cairn_client::fs::FsClient;
+use cairn_client::{ClientError, Rados};
 use cairn_common::command::Command;
+use cairn_common::config::Config;
 use cairn_common::fsmap::MdsRole;
+use cairn_common::fsops::data_object;
 use cairn_common::maps::{FailureDomain, PoolKind};
 use cairn_tests::{bin_dir, wait_for, TestCluster};
 
@@ -163,6 +168,24 @@ async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) 
     tokio::task::spawn_blocking(work)
         .await
         .expect("blocking work")
+}
+
+/// The sessions the active MDS holds.
+async fn sessions(config: &Config) -> Option<usize> {
+    let client = FsClient::connect(config, FS).await.ok()?;
+    Some(client.mds_status().await.ok()?.sessions.len())
+}
+
+/// Waits until the first data object of file `ino` is gone (its data purged).
+async fn wait_purged(rados: &Rados, ino: u64, what: &str) {
+    wait_for(Duration::from_secs(30), what, || async {
+        matches!(
+            rados.stat("data", &data_object(ino, 0)).await,
+            Err(ClientError::NotFound(_))
+        )
+        .then_some(())
+    })
+    .await;
 }
 
 fn pattern(seed: u64, len: usize) -> Vec<u8> {
@@ -408,6 +431,29 @@ async fn posix_behaviour_through_two_mounts() {
         );
         fs::write(p2.join("shared-file"), b"changed").expect("rewrite");
         assert_eq!(fs::read(p1.join("shared-file")).expect("read"), b"changed");
+        // While one mount writes (no close, no fsync), the other sees each write at once in
+        // stat and read: the MDS recalls the size from the writer.
+        let mut w = fs::File::create(p1.join("growing")).expect("create");
+        w.write_all(&pattern(9, 100_000)).expect("write");
+        assert_eq!(
+            fs::metadata(p2.join("growing")).expect("stat").len(),
+            100_000
+        );
+        w.write_all(&pattern(10, 50_000)).expect("write more");
+        let seen = fs::read(p2.join("growing")).expect("read while written");
+        assert_eq!(seen.len(), 150_000);
+        assert_eq!(&seen[100_000..], &pattern(10, 50_000)[..]);
+        // A truncate from the other mount cuts what the writer wrote before it, and the
+        // writer's close does not bring the bytes back.
+        fs::OpenOptions::new()
+            .write(true)
+            .open(p2.join("growing"))
+            .expect("open")
+            .set_len(1000)
+            .expect("truncate");
+        assert_eq!(fs::metadata(p1.join("growing")).expect("stat").len(), 1000);
+        drop(w);
+        assert_eq!(fs::metadata(p2.join("growing")).expect("stat").len(), 1000);
         // A large directory, listed whole.
         fs::create_dir(p1.join("many")).expect("mkdir");
         for i in 0..10_000 {
@@ -426,9 +472,27 @@ async fn posix_behaviour_through_two_mounts() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn active_mds_killed_under_a_metadata_workload() {
-    let t = fs_cluster(&["a", "b"], &[]).await;
+    // No reconnect window: only the open files clients state on reconnecting keep a file
+    // removed after the takeover alive.
+    let t = fs_cluster(&["a", "b"], &["mds.reconnect_timeout_ms=0"]).await;
     let active = wait_for_active(&t, true).await;
     let mount = Mount::new(&t, &t.dir().join("mnt")).await;
+    let other = Mount::new(&t, &t.dir().join("other")).await;
+    // A file held open for writing across the takeover, its writes not yet reported.
+    let held_path = mount.path.join("held");
+    let mut held = blocking(move || {
+        let mut h = fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .read(true)
+            .write(true)
+            .open(held_path)
+            .expect("create");
+        h.write_all(&pattern(5, 1 << 20)).expect("write");
+        h
+    })
+    .await;
+    let held_ino = held.metadata().expect("fstat").ino();
     let root = mount.path.clone();
     let workload = tokio::task::spawn_blocking(move || {
         let started = Instant::now();
@@ -494,9 +558,98 @@ async fn active_mds_killed_under_a_metadata_workload() {
         assert!(root.join("d0").is_dir());
     })
     .await;
+    // The client stated its open files to the new active: a stat from the other mount
+    // recalls the unreported writes, and removing the file keeps it for its open handle.
+    let seen_at = other.path.join("held");
+    wait_for(
+        Duration::from_secs(15),
+        "the held file's size recalled through the new active",
+        || {
+            let p = seen_at.clone();
+            async move { (fs::metadata(&p).ok()?.len() == 1 << 20).then_some(()) }
+        },
+    )
+    .await;
+    let gone = other.path.join("held");
+    held = blocking(move || {
+        fs::remove_file(gone).expect("unlink");
+        let mut back = Vec::new();
+        held.seek(SeekFrom::Start(0)).expect("seek");
+        held.read_to_end(&mut back).expect("read the removed file");
+        assert_eq!(back, pattern(5, 1 << 20), "an open file outlives its name");
+        held
+    })
+    .await;
+    drop(held);
+    let rados = Rados::connect(&t.config()).await.expect("rados");
+    wait_purged(
+        &rados,
+        held_ino,
+        "the removed file's data to go at its last close",
+    )
+    .await;
     // The killed daemon comes back as a standby.
     t.cluster.start(Kind::Mds, &active).expect("restart");
     wait_for_active(&t, true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_killed_client_is_evicted_and_its_open_files_released() {
+    let t = fs_cluster(
+        &["a"],
+        &["mds.session_timeout_ms=3000", "mds.reconnect_timeout_ms=0"],
+    )
+    .await;
+    let config = t.config();
+    let base = t.dir().join("mnt");
+    let mut doomed = Mount::new(&t, &base.join("doomed")).await;
+    let survivor = Mount::new(&t, &base.join("survivor")).await;
+    wait_for(Duration::from_secs(20), "two client sessions", || async {
+        (sessions(&config).await? == 2).then_some(())
+    })
+    .await;
+    let (d, s) = (doomed.path.clone(), survivor.path.clone());
+    let (ino, handles) = blocking(move || {
+        let mut h = fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .read(true)
+            .write(true)
+            .open(d.join("held"))
+            .expect("create");
+        h.write_all(&pattern(1, 5 << 20)).expect("write");
+        h.sync_all().expect("fsync");
+        let ino = h.metadata().expect("fstat").ino();
+        fs::remove_file(s.join("held")).expect("unlink from the other mount");
+        let mut w = fs::File::create(d.join("writing")).expect("create");
+        w.write_all(b"never reported").expect("write");
+        (ino, (h, w))
+    })
+    .await;
+    let rados = Rados::connect(&config).await.expect("rados");
+    rados
+        .stat("data", &data_object(ino, 0))
+        .await
+        .expect("a removed file's data stays while a client holds it open");
+    doomed.child.kill().expect("kill -9 the client");
+    doomed.child.wait().expect("reap");
+    // The dead client cannot be recalled: a stat of the file it was writing answers at once.
+    let s = survivor.path.clone();
+    let started = Instant::now();
+    blocking(move || fs::metadata(s.join("writing")).expect("stat")).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "a stat waited {:?} for a dead client",
+        started.elapsed()
+    );
+    wait_for(
+        Duration::from_secs(30),
+        "the dead client's session to be evicted",
+        || async { (sessions(&config).await? == 1).then_some(()) },
+    )
+    .await;
+    wait_purged(&rados, ino, "the file the dead client held open to go").await;
+    drop(handles);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -12,8 +12,11 @@ use serde_json::{json, Map, Value};
 
 use cairn_client::MonClient;
 use cairn_common::command::{validate_pool_name, Command};
+use cairn_common::config::Config;
 use cairn_common::fsmap::{validate_fs_name, FsId, FsMap, MdsInfo, MdsRole};
+use cairn_common::fsops::MdsStatus;
 use cairn_common::maps::{ClusterMaps, FailureDomain, OsdMap};
+use cairn_common::status::{human_bytes, human_duration};
 
 use super::emit;
 use super::osd::{change, kind_label, PoolCreateArgs, DEFAULT_PG_NUM, DEFAULT_STRIPE_UNIT};
@@ -58,12 +61,16 @@ pub enum FsCmd {
     },
 }
 
+/// How long `fs status` waits for an active MDS to describe its sessions, journal and cache.
+const MDS_STATUS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 pub async fn run(
     client: &MonClient,
     cmd: &FsCmd,
-    default_domain: FailureDomain,
+    config: &Config,
     format: Format,
 ) -> anyhow::Result<()> {
+    let default_domain = config.client.pool_failure_domain;
     match cmd {
         FsCmd::New {
             name,
@@ -110,7 +117,12 @@ pub async fn run(
             change(client, cmd, format).await
         }
         FsCmd::Status { name } => {
-            let report = fs_status(&client.maps().await?, name.as_deref())?;
+            let mut report = fs_status(&client.maps().await?, name.as_deref())?;
+            for f in &mut report.filesystems {
+                if f.ranks.iter().any(|r| r.rank == "0") {
+                    f.mds = Some(mds_status(config, &f.name).await.map_err(|e| e.to_string()));
+                }
+            }
             emit(format, &report, || report.render())
         }
         FsCmd::Apply { file } => apply(client, file, default_domain, format).await,
@@ -158,6 +170,61 @@ struct FsReport {
     /// Rank 0's holder, then its standby-replay (`0-s`); empty when no daemon holds it.
     ranks: Vec<RankRow>,
     pools: Vec<PoolRow>,
+    /// What the active says of its sessions, journal and cache (or why it did not).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mds: Option<Result<MdsStatus, String>>,
+}
+
+/// Asks the filesystem's active MDS for its status.
+async fn mds_status(config: &Config, fs: &str) -> anyhow::Result<MdsStatus> {
+    let ask = async {
+        let client = cairn_client::fs::FsClient::connect(config, fs).await?;
+        client.mds_status().await
+    };
+    match tokio::time::timeout(MDS_STATUS_TIMEOUT, ask).await {
+        Ok(answer) => Ok(answer?),
+        Err(_) => bail!("the active MDS did not answer within {MDS_STATUS_TIMEOUT:?}"),
+    }
+}
+
+fn render_mds(out: &mut String, mds: &Result<MdsStatus, String>) {
+    let s = match mds {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = writeln!(out, "mds status unavailable: {e}");
+            return;
+        }
+    };
+    let connected = s.sessions.iter().filter(|c| c.connected).count();
+    let _ = writeln!(
+        out,
+        "journal: {} entries, {} to replay   cache: {} entries, {} dirty",
+        s.journal_entries,
+        human_bytes(s.journal_bytes),
+        s.cache_entries,
+        s.cache_dirty
+    );
+    let _ = writeln!(
+        out,
+        "clients: {} sessions, {connected} connected",
+        s.sessions.len()
+    );
+    if s.sessions.is_empty() {
+        return;
+    }
+    let _ = writeln!(out, "{:<48} {:<22} OPEN FILES", "SESSION", "STATE");
+    for c in &s.sessions {
+        let state = format!(
+            "{} {}",
+            if c.connected {
+                "connected"
+            } else {
+                "disconnected"
+            },
+            human_duration(c.since_ms / 1000)
+        );
+        let _ = writeln!(out, "{:<48} {:<22} {}", c.client, state, c.open_files);
+    }
 }
 
 #[derive(Serialize)]
@@ -227,6 +294,7 @@ fn fs_status(maps: &ClusterMaps, only: Option<&str>) -> anyhow::Result<FsStatus>
                 pools: std::iter::once(pool(&f.metadata_pool, "metadata"))
                     .chain(f.data_pools.iter().map(|p| pool(p, "data")))
                     .collect(),
+                mds: None,
             }
         })
         .collect();
@@ -261,6 +329,9 @@ impl FsStatus {
             let _ = writeln!(out, "{:<24} {:<9} KIND", "POOL", "TYPE");
             for p in &f.pools {
                 let _ = writeln!(out, "{:<24} {:<9} {}", p.name, p.role, p.kind);
+            }
+            if let Some(mds) = &f.mds {
+                render_mds(&mut out, mds);
             }
             out.push('\n');
         }

@@ -34,10 +34,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let domain = load_config(&cli)?.client.pool_failure_domain;
             osd::run(&connect(&cli)?, cmd, domain, cli.format).await
         }
-        Cmd::Fs(cmd) => {
-            let domain = load_config(&cli)?.client.pool_failure_domain;
-            fs::run(&connect(&cli)?, cmd, domain, cli.format).await
-        }
+        Cmd::Fs(cmd) => fs::run(&connect(&cli)?, cmd, &load_config(&cli)?, cli.format).await,
         Cmd::Mount(args) => mount::run(load_config(&cli)?, args).await,
         Cmd::Rados(cmd) => rados::run(&connect_rados(&cli).await?, cmd, cli.format).await,
         Cmd::Pg(cmd) => pg::run(&connect_rados(&cli).await?, cmd, cli.format).await,

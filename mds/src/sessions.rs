@@ -1,0 +1,270 @@
+//! The active MDS's client sessions and the files each client has open.
+//!
+//! A mounted client keeps a session stream open to the active; while it is open the session
+//! is connected and never expires. When the stream breaks (the client died, or is cut off)
+//! the session waits `mds.session_timeout_ms` for the client to come back, then is evicted:
+//! its opens end (files removed while it held them open go) and the replies remembered for
+//! its retries are forgotten.
+//!
+//! Opens are counted per client and per mode: a client with a file open for writing may hold
+//! back the size its writes gave it until the MDS recalls it (see `node.rs`).
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use cairn_common::fsops::SessionStatus;
+
+/// How many times one client has one file open.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Opens {
+    pub readers: u32,
+    pub writers: u32,
+}
+
+impl Opens {
+    fn is_empty(&self) -> bool {
+        self.readers == 0 && self.writers == 0
+    }
+}
+
+#[derive(Debug)]
+struct Session {
+    connected: bool,
+    /// When the stream connected, or when it broke (or the client was last heard from).
+    since: Instant,
+}
+
+#[derive(Debug, Default)]
+pub struct Sessions {
+    sessions: HashMap<String, Session>,
+    /// By inode: which clients have it open, and how.
+    opens: HashMap<u64, HashMap<String, Opens>>,
+}
+
+impl Sessions {
+    /// A client's session stream is open; `files` is everything it has open (after a
+    /// takeover, how this MDS learns of opens made at its predecessor). Replaces what was
+    /// known of the client's opens: the client's own count is the truth.
+    pub fn connected(&mut self, client: &str, files: impl IntoIterator<Item = (u64, Opens)>) {
+        self.forget_opens(client);
+        for (ino, opens) in files {
+            if !opens.is_empty() {
+                self.opens
+                    .entry(ino)
+                    .or_default()
+                    .insert(client.to_string(), opens);
+            }
+        }
+        self.sessions.insert(
+            client.to_string(),
+            Session {
+                connected: true,
+                since: Instant::now(),
+            },
+        );
+    }
+
+    /// The client's stream broke: the eviction clock starts.
+    pub fn disconnected(&mut self, client: &str) {
+        if let Some(s) = self.sessions.get_mut(client) {
+            s.connected = false;
+            s.since = Instant::now();
+        }
+    }
+
+    /// A request from `client`: a session it has without a stream (a client of the previous
+    /// active, or one whose stream is reconnecting) starts its timeout again.
+    pub fn heard_from(&mut self, client: &str) {
+        let s = self
+            .sessions
+            .entry(client.to_string())
+            .or_insert_with(|| Session {
+                connected: false,
+                since: Instant::now(),
+            });
+        if !s.connected {
+            s.since = Instant::now();
+        }
+    }
+
+    pub fn opened(&mut self, client: &str, ino: u64, write: bool) {
+        let o = self
+            .opens
+            .entry(ino)
+            .or_default()
+            .entry(client.to_string())
+            .or_default();
+        if write {
+            o.writers += 1;
+        } else {
+            o.readers += 1;
+        }
+    }
+
+    /// One open ends; returns whether the file is still open anywhere.
+    pub fn released(&mut self, client: &str, ino: u64, write: bool) -> bool {
+        let Some(by_client) = self.opens.get_mut(&ino) else {
+            return false;
+        };
+        if let Some(o) = by_client.get_mut(client) {
+            let n = if write {
+                &mut o.writers
+            } else {
+                &mut o.readers
+            };
+            *n = n.saturating_sub(1);
+            if o.is_empty() {
+                by_client.remove(client);
+            }
+        }
+        if by_client.is_empty() {
+            self.opens.remove(&ino);
+            return false;
+        }
+        true
+    }
+
+    pub fn is_open(&self, ino: u64) -> bool {
+        self.opens.contains_key(&ino)
+    }
+
+    /// Clients other than `client` that have `ino` open for writing.
+    pub fn writers_besides(&self, ino: u64, client: &str) -> Vec<String> {
+        self.opens
+            .get(&ino)
+            .into_iter()
+            .flatten()
+            .filter(|(c, o)| c.as_str() != client && o.writers > 0)
+            .map(|(c, _)| c.clone())
+            .collect()
+    }
+
+    /// Evicts the sessions disconnected for longer than `timeout`. Returns the evicted
+    /// clients and the files no longer open anywhere because of it.
+    pub fn evict_expired(&mut self, timeout: Duration) -> (Vec<String>, Vec<u64>) {
+        let expired: Vec<String> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| !s.connected && s.since.elapsed() > timeout)
+            .map(|(c, _)| c.clone())
+            .collect();
+        let mut closed = Vec::new();
+        for client in &expired {
+            self.sessions.remove(client);
+            closed.extend(self.forget_opens(client));
+        }
+        (expired, closed)
+    }
+
+    /// Drops every open of `client`; returns the files no longer open anywhere.
+    fn forget_opens(&mut self, client: &str) -> Vec<u64> {
+        let mut closed = Vec::new();
+        self.opens.retain(|ino, by_client| {
+            if by_client.remove(client).is_some() && by_client.is_empty() {
+                closed.push(*ino);
+            }
+            !by_client.is_empty()
+        });
+        closed
+    }
+
+    pub fn status(&self) -> Vec<SessionStatus> {
+        let mut out: Vec<SessionStatus> = self
+            .sessions
+            .iter()
+            .map(|(client, s)| SessionStatus {
+                client: client.clone(),
+                connected: s.connected,
+                since_ms: s.since.elapsed().as_millis() as u64,
+                open_files: self
+                    .opens
+                    .values()
+                    .filter(|by_client| by_client.contains_key(client))
+                    .count() as u64,
+            })
+            .collect();
+        out.sort_by(|a, b| a.client.cmp(&b.client));
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opens(readers: u32, writers: u32) -> Opens {
+        Opens { readers, writers }
+    }
+
+    #[test]
+    fn a_file_stays_open_until_every_client_released_it() {
+        let mut s = Sessions::default();
+        s.opened("a", 7, true);
+        s.opened("a", 7, false);
+        s.opened("b", 7, false);
+        assert!(s.released("a", 7, true));
+        assert!(s.released("b", 7, false));
+        assert!(s.is_open(7));
+        assert!(!s.released("a", 7, false));
+        assert!(!s.is_open(7));
+        // A release the MDS never saw the open of (made at a predecessor) changes nothing.
+        assert!(!s.released("a", 7, false));
+    }
+
+    #[test]
+    fn only_other_writers_are_recalled() {
+        let mut s = Sessions::default();
+        s.opened("a", 7, true);
+        s.opened("b", 7, false);
+        s.opened("c", 7, true);
+        let mut w = s.writers_besides(7, "c");
+        w.sort();
+        assert_eq!(w, vec!["a".to_string()]);
+        assert!(s.writers_besides(8, "c").is_empty());
+    }
+
+    #[test]
+    fn a_reconnecting_client_states_its_opens() {
+        let mut s = Sessions::default();
+        s.opened("a", 7, true);
+        s.opened("a", 7, true);
+        s.opened("a", 9, false);
+        s.connected(
+            "a",
+            [(7, opens(0, 1)), (11, opens(1, 0)), (12, opens(0, 0))],
+        );
+        assert!(s.is_open(7) && s.is_open(11));
+        assert!(!s.is_open(9) && !s.is_open(12));
+        assert!(!s.released("a", 7, true));
+    }
+
+    #[test]
+    fn only_sessions_disconnected_past_the_timeout_are_evicted() {
+        let mut s = Sessions::default();
+        s.connected("live", [(1, opens(0, 1))]);
+        s.connected("gone", [(1, opens(1, 0)), (2, opens(1, 0))]);
+        s.disconnected("gone");
+        let (evicted, closed) = s.evict_expired(Duration::from_secs(3600));
+        assert!(evicted.is_empty() && closed.is_empty());
+        std::thread::sleep(Duration::from_millis(5));
+        let (evicted, closed) = s.evict_expired(Duration::from_millis(1));
+        assert_eq!(evicted, vec!["gone".to_string()]);
+        // File 1 is still open by the live client.
+        assert_eq!(closed, vec![2]);
+        assert!(s.is_open(1) && !s.is_open(2));
+        let status = s.status();
+        assert_eq!(status.len(), 1);
+        assert!(status[0].connected);
+        assert_eq!(status[0].open_files, 1);
+    }
+
+    #[test]
+    fn requests_keep_a_streamless_session_alive() {
+        let mut s = Sessions::default();
+        s.heard_from("old");
+        std::thread::sleep(Duration::from_millis(50));
+        s.heard_from("old");
+        let (evicted, _) = s.evict_expired(Duration::from_millis(40));
+        assert!(evicted.is_empty());
+    }
+}
