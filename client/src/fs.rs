@@ -33,6 +33,9 @@ pub use cairn_common::fsops::{Caller, DirEntry, InodeAttr as Attr, SetAttrs as S
 const FS_OP_TIMEOUT: Duration = Duration::from_secs(120);
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// The MDS heartbeats every session stream each second: one silent this long is dead.
+const SESSION_SILENCE_MAX: Duration = Duration::from_secs(4);
+const SESSION_OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Clone, Debug, thiserror::Error)]
 #[error("{message} (errno {errno})")]
@@ -81,6 +84,9 @@ struct OpenFile {
     writers: u32,
     /// The size reads go up to: the MDS's at open, grown by writes here.
     size: u64,
+    /// A size the MDS has durably (at open, or reported since); 0 when unknown (after a
+    /// recall, which may precede another client's truncate).
+    durable_size: u64,
     unreported: Option<Unreported>,
 }
 
@@ -102,6 +108,11 @@ pub struct FsClient {
     next_tid: AtomicU64,
     channels: Mutex<HashMap<String, tonic::transport::Channel>>,
     open: Mutex<HashMap<u64, OpenFile>>,
+    /// Held (shared) by each open and release from counting it to the MDS's answer, and
+    /// (exclusively) by the session stream from listing the open files to the MDS's
+    /// answer: the list the MDS takes as the truth is then never older than an open or
+    /// release it has already counted.
+    opens_in_flight: tokio::sync::RwLock<()>,
     session: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
@@ -161,6 +172,7 @@ impl FsClient {
             next_tid: AtomicU64::new(1),
             channels: Mutex::new(HashMap::new()),
             open: Mutex::new(HashMap::new()),
+            opens_in_flight: tokio::sync::RwLock::new(()),
             session: Mutex::new(None),
         })
     }
@@ -268,6 +280,7 @@ impl FsClient {
             Retry::Later(why) => why,
             Retry::Fail(e) => e.to_string(),
         })?;
+        let _quiet = self.opens_in_flight.write().await;
         let open_files = self
             .files()
             .iter()
@@ -285,7 +298,11 @@ impl FsClient {
         if let Ok(v) = bearer.parse() {
             req.metadata_mut().insert("authorization", v);
         }
-        match MdsClient::new(channel).session(req).await {
+        let opened =
+            tokio::time::timeout(SESSION_OPEN_TIMEOUT, MdsClient::new(channel).session(req))
+                .await
+                .map_err(|_| format!("mds.{name} did not open the session in time"))?;
+        match opened {
             Ok(stream) => {
                 tracing::debug!(mds = %name, "session stream open");
                 Ok(stream.into_inner())
@@ -303,6 +320,11 @@ impl FsClient {
     async fn answer_recall(&self, event: MdsSessionEvent) {
         if let Err(e) = self.report(event.ino).await {
             tracing::warn!(ino = event.ino, error = %e, "cannot report writes the MDS recalled");
+        }
+        // Another client may cut the file next: until this one hears the size again, an
+        // fdatasync reports.
+        if let Some(f) = self.files().get_mut(&event.ino) {
+            f.durable_size = 0;
         }
         if let Err(e) = self
             .call(FsOp::Recalled {
@@ -378,6 +400,7 @@ impl FsClient {
         let a = attr(self.call(FsOp::SetAttr { ino, change }).await?)?;
         if let (Some(size), Some(f)) = (size, self.files().get_mut(&ino)) {
             f.size = size;
+            f.durable_size = size;
         }
         Ok(a)
     }
@@ -506,9 +529,7 @@ impl FsClient {
 
     /// Opens a file (for writing when `write`): its size is read now.
     pub async fn open(&self, ino: u64, write: bool) -> FsResult<()> {
-        // Counted before the MDS hears of it: a session stream reconnecting meanwhile then
-        // states the open (the MDS may count it twice, which only delays a removal; never
-        // once too few, which could remove a file still open here).
+        let _counting = self.opens_in_flight.read().await;
         self.count_open(ino, write, true);
         match self.call(FsOp::Open { ino, write }).await.and_then(attr) {
             Ok(a) => {
@@ -516,12 +537,13 @@ impl FsClient {
                     if f.unreported.is_none() {
                         f.size = a.size;
                     }
+                    f.durable_size = a.size;
                 }
                 Ok(())
             }
             Err(e) => {
                 self.count_open(ino, write, false);
-                self.forget_if_closed(ino, true);
+                self.forget_if_closed(ino, false);
                 Err(e)
             }
         }
@@ -614,6 +636,7 @@ impl FsClient {
             })
             .await?;
             if let Some(f) = self.files().get_mut(&ino) {
+                f.durable_size = f.durable_size.max(w.end);
                 // Writes that came in meanwhile stay to report.
                 if f.unreported == Some(w) {
                     f.unreported = None;
@@ -628,12 +651,22 @@ impl FsClient {
     }
 
     /// Data is durable once written (the OSDs acknowledge only then); the size and mtime
-    /// are durable once the MDS has journaled them.
-    pub async fn fsync(&self, ino: u64) -> FsResult<()> {
+    /// are durable once the MDS has journaled them. `datasync` (fdatasync) needs the size
+    /// only: writes within a size the MDS already holds (a database's preallocated log)
+    /// need no MDS round trip.
+    pub async fn fsync(&self, ino: u64, datasync: bool) -> FsResult<()> {
+        let size_durable = self
+            .files()
+            .get(&ino)
+            .is_some_and(|f| f.unreported.is_none_or(|w| w.end <= f.durable_size));
+        if datasync && size_durable {
+            return Ok(());
+        }
         self.report(ino).await
     }
 
     pub async fn release(&self, ino: u64, write: bool) -> FsResult<()> {
+        let _counting = self.opens_in_flight.read().await;
         let reported = match self.report(ino).await {
             Ok(()) => self.call(FsOp::Release { ino, write }).await.map(|_| ()),
             failed => failed,
@@ -723,7 +756,12 @@ async fn run_session(client: Weak<FsClient>) {
             Ok(mut stream) => {
                 backoff = BACKOFF_MIN;
                 failures = 0;
-                while let Ok(Some(event)) = stream.message().await {
+                while let Ok(Ok(Some(event))) =
+                    tokio::time::timeout(SESSION_SILENCE_MAX, stream.message()).await
+                {
+                    if event.recall == 0 {
+                        continue; // a heartbeat
+                    }
                     let Some(c) = client.upgrade() else { return };
                     tokio::spawn(async move { c.answer_recall(event).await });
                 }

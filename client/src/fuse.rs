@@ -386,11 +386,11 @@ impl Filesystem for CairnFs {
         _req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
-        _datasync: bool,
+        datasync: bool,
         reply: ReplyEmpty,
     ) {
         let (fs, ino) = (self.client(), self.inodes.to_mds(ino));
-        self.spawn(async move { reply_empty(reply, fs.fsync(ino).await) });
+        self.spawn(async move { reply_empty(reply, fs.fsync(ino, datasync).await) });
     }
 
     fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {

@@ -165,7 +165,8 @@ impl Default for MdsSettings {
             // its reply remembered, or a change could be applied twice.
             session_timeout_ms: 300_000,
             reconnect_timeout_ms: 45_000,
-            recall_timeout_ms: 30_000,
+            // Well inside a client's 30 s per-attempt deadline.
+            recall_timeout_ms: 5_000,
             sessions_max: 4096,
             requests_in_flight_max: 1024,
             replay_poll_ms: 100,

@@ -24,6 +24,8 @@ use crate::service::{MdsService, MdsTicketCheck, REQUEST_BYTES_MAX};
 /// How long a starting MDS keeps asking the mons for its service key (mons started at the
 /// same moment may not have a quorum yet).
 const STARTUP_PATIENCE: Duration = Duration::from_secs(60);
+/// HTTP/2 pings to clients.
+const SESSION_KEEPALIVE: Duration = Duration::from_secs(2);
 
 pub async fn run(config: Config, name: &str) -> anyhow::Result<()> {
     let entity = format!("mds.{name}");
@@ -180,6 +182,10 @@ async fn serve(
     );
     tonic::transport::Server::builder()
         .tcp_nodelay(true)
+        // Finds clients that vanished without closing their connections (a dead host), so
+        // their session streams end and their sessions can be evicted.
+        .http2_keepalive_interval(Some(SESSION_KEEPALIVE))
+        .http2_keepalive_timeout(Some(SESSION_KEEPALIVE * 2))
         .add_service(service)
         .serve_with_incoming_shutdown(
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),

@@ -31,6 +31,9 @@ use crate::sessions::Opens;
 pub type SessionSender = mpsc::Sender<Result<MdsSessionEvent, Status>>;
 /// Events queued per session before the MDS stops waiting for room (a stuck client).
 pub const SESSION_EVENTS_QUEUED: usize = 64;
+/// How often a session stream carries a heartbeat (recall 0): a client that hears none for
+/// a few of these drops the stream and looks for the active again.
+const SESSION_HEARTBEAT: Duration = Duration::from_secs(1);
 
 struct Stream {
     /// Tells this stream from the client's later ones (a reconnect replaces the stream).
@@ -59,8 +62,10 @@ pub struct MdsNode {
     lease: Duration,
     streams: std::sync::Mutex<HashMap<String, Stream>>,
     next_stream: AtomicU64,
-    /// Recalls sent and not yet answered, by number.
-    recalls: std::sync::Mutex<HashMap<u64, oneshot::Sender<()>>>,
+    /// Bumped to end every session stream (the rank is no longer served here).
+    closing: watch::Sender<u64>,
+    /// Recalls sent and not yet answered, by number: the client asked and the waiter.
+    recalls: std::sync::Mutex<HashMap<u64, (String, oneshot::Sender<()>)>>,
     next_recall: AtomicU64,
 }
 
@@ -85,6 +90,7 @@ impl MdsNode {
             lease,
             streams: std::sync::Mutex::new(HashMap::new()),
             next_stream: AtomicU64::new(1),
+            closing: watch::channel(0).0,
             recalls: std::sync::Mutex::new(HashMap::new()),
             next_recall: AtomicU64::new(1),
         }
@@ -118,10 +124,7 @@ impl MdsNode {
 
     /// Ends every session stream: their clients look for the active again.
     fn close_streams(&self) {
-        self.streams
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clear();
+        self.closing.send_modify(|g| *g += 1);
     }
 
     /// The role the FSMap gives this daemon's instance (`None`: not in the map).
@@ -136,15 +139,16 @@ impl MdsNode {
 
     /// Answers one client request.
     pub async fn handle(&self, client: &str, tid: u64, op: FsOp) -> Result<FsReply, Status> {
+        // Before admission: requests holding permits may be waiting for this very answer.
+        if let FsOp::Recalled { recall } = op {
+            self.recall_answered(client, recall);
+            return Ok(FsReply::Done);
+        }
         let _permit = self
             .admitted
             .try_acquire()
             .map_err(|_| Status::resource_exhausted("too many requests waiting; retry later"))?;
         let started = Instant::now();
-        if let FsOp::Recalled { recall } = op {
-            self.recall_answered(recall);
-            return Ok(FsReply::Done);
-        }
         let mut recalled = false;
         let reply = loop {
             match self.answer(client, tid, op.clone(), recalled).await? {
@@ -210,9 +214,14 @@ impl MdsNode {
             self.recalls
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .insert(recall, done);
+                .insert(recall, (client.clone(), done));
             if events.try_send(Ok(MdsSessionEvent { recall, ino })).is_ok() {
                 waiting.push((recall, client, answered));
+            } else {
+                self.recalls
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&recall);
             }
         }
         metrics::counter!("cairn_mds_recalls_total").increment(waiting.len() as u64);
@@ -233,14 +242,16 @@ impl MdsNode {
         }
     }
 
-    fn recall_answered(&self, recall: u64) {
-        let done = self
-            .recalls
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&recall);
-        if let Some(done) = done {
-            let _ = done.send(());
+    /// `client` answered recall `recall` (a client can answer only its own).
+    fn recall_answered(&self, client: &str, recall: u64) {
+        let mut recalls = self.recalls.lock().unwrap_or_else(|e| e.into_inner());
+        if recalls
+            .get(&recall)
+            .is_some_and(|(asked, _)| asked == client)
+        {
+            if let Some((_, done)) = recalls.remove(&recall) {
+                let _ = done.send(());
+            }
         }
     }
 
@@ -260,6 +271,19 @@ impl MdsNode {
         files: Vec<(u64, Opens)>,
         events: SessionSender,
     ) -> Result<(), Status> {
+        let full = || {
+            Status::resource_exhausted(format!(
+                "mds.{} serves at most {} sessions",
+                self.name, self.settings.sessions_max
+            ))
+        };
+        let has_room = |streams: &HashMap<String, Stream>| {
+            streams.contains_key(client) || streams.len() < self.settings.sessions_max
+        };
+        // Checked before waiting for the rank, and again under it.
+        if !has_room(&self.streams.lock().unwrap_or_else(|e| e.into_inner())) {
+            return Err(full());
+        }
         let mut rank = self.rank.lock().await;
         let Some(r) = rank.as_mut().filter(|_| self.serving() && self.leased()) else {
             return Err(Status::unavailable(format!(
@@ -270,11 +294,8 @@ impl MdsNode {
         let generation = self.next_stream.fetch_add(1, Ordering::Relaxed);
         {
             let mut streams = self.streams.lock().unwrap_or_else(|e| e.into_inner());
-            if !streams.contains_key(client) && streams.len() >= self.settings.sessions_max {
-                return Err(Status::resource_exhausted(format!(
-                    "mds.{} serves at most {} sessions",
-                    self.name, self.settings.sessions_max
-                )));
+            if !has_room(&streams) {
+                return Err(full());
             }
             streams.insert(
                 client.to_string(),
@@ -285,28 +306,61 @@ impl MdsNode {
             );
         }
         r.connected(client, files);
-        let (node, client) = (self.clone(), client.to_string());
-        tokio::spawn(async move {
-            events.closed().await;
-            node.session_closed(&client, generation).await;
-        });
+        tokio::spawn(
+            self.clone()
+                .keep_stream(client.to_string(), generation, events),
+        );
         Ok(())
     }
 
+    /// Watches one session stream: heartbeats while this daemon serves the rank under its
+    /// lease; ends the stream (with an error, so the client looks for the active again) when
+    /// it no longer does; notes when the client goes away.
+    async fn keep_stream(self: Arc<Self>, client: String, generation: u64, events: SessionSender) {
+        let mut closing = self.closing.subscribe();
+        let mut beat = tokio::time::interval(SESSION_HEARTBEAT);
+        loop {
+            tokio::select! {
+                _ = events.closed() => break,
+                _ = closing.changed() => {
+                    let _ = events.try_send(Err(Status::unavailable(format!(
+                        "mds.{} no longer serves the rank",
+                        self.name
+                    ))));
+                    break;
+                }
+                _ = beat.tick() => {
+                    if !(self.serving() && self.leased()) {
+                        let _ = events.try_send(Err(Status::unavailable(format!(
+                            "mds.{} has lost its lease on the rank",
+                            self.name
+                        ))));
+                        break;
+                    }
+                    // A full queue already tells the client this stream lives.
+                    let _ = events.try_send(Ok(MdsSessionEvent { recall: 0, ino: 0 }));
+                }
+            }
+        }
+        drop(events);
+        self.session_closed(&client, generation).await;
+    }
+
     /// A session stream ended; unless the client has opened a newer one, its session is
-    /// disconnected (and evicted if it stays so).
+    /// disconnected (and evicted if it stays so). Under the rank's lock, like the opening
+    /// of a stream, so a late close cannot disconnect a newer stream's session.
     async fn session_closed(&self, client: &str, generation: u64) {
+        let mut rank = self.rank.lock().await;
         {
             let mut streams = self.streams.lock().unwrap_or_else(|e| e.into_inner());
             match streams.get(client) {
                 Some(s) if s.generation == generation => {
                     streams.remove(client);
                 }
-                Some(_) => return,
-                None => {}
+                _ => return,
             }
         }
-        if let Some(r) = self.rank.lock().await.as_mut() {
+        if let Some(r) = rank.as_mut() {
             tracing::info!(client, "session stream closed");
             r.sessions.disconnected(client);
         }

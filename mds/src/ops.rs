@@ -246,10 +246,11 @@ impl Rank {
                 Ok(updated(inode))
             }
             FsOp::Release { ino, write } => {
-                let still_open = self.sessions.released(client, ino, write);
+                self.sessions.released(client, ino, write);
                 let inode = self.inode_of(ino).await?;
-                // The last close of a file whose last name went: it goes now, data too.
-                let events = if inode.nlink == 0 && !still_open {
+                // The last close of a file whose last name went: it goes now, data too
+                // (unless other clients may still state they hold it).
+                let events = if inode.nlink == 0 && !self.keeps_unlinked(ino) {
                     gone(&inode)
                 } else {
                     Vec::new()

@@ -132,7 +132,9 @@ impl Rank {
         op: FsOp,
         recalled: bool,
     ) -> anyhow::Result<Result<Answer, anyhow::Error>> {
-        if op.is_change() {
+        // An open made without a session stream must still end with the session.
+        let counts_opens = matches!(op, FsOp::Open { .. });
+        if op.is_change() || counts_opens {
             self.sessions.heard_from(client);
         }
         if let Some(reply) = self.completed_reply(client, tid) {
@@ -148,7 +150,13 @@ impl Rank {
         }
         if !op.is_change() {
             return Ok(match self.query(client, op).await {
-                Ok(reply) => Ok(Answer::Reply(reply)),
+                Ok(reply) => {
+                    if counts_opens {
+                        // A retried open is counted once.
+                        self.remember_unjournaled(client, tid, &reply);
+                    }
+                    Ok(Answer::Reply(reply))
+                }
                 Err(Fail::Posix(reply)) => Ok(Answer::Reply(reply)),
                 Err(Fail::Internal(e)) => Err(e),
             });
@@ -159,7 +167,9 @@ impl Rank {
             Err(Fail::Internal(e)) => return Ok(Err(e)),
         };
         if plan.events.is_empty() {
-            // Nothing changed (a release that leaves the file): nothing to journal.
+            // Nothing changed (a release that leaves the file): nothing to journal, but a
+            // retry must not release twice.
+            self.remember_unjournaled(client, tid, &plan.reply);
             return Ok(Ok(Answer::Reply(plan.reply)));
         }
         let request = Completed {
@@ -188,6 +198,20 @@ impl Rank {
         };
         let writers = self.sessions.writers_besides(ino, client);
         Ok((!writers.is_empty()).then_some(Answer::Recall { ino, writers }))
+    }
+
+    /// Remembers the reply to a request that changed only memory (an open, a release): a
+    /// retry gets it again rather than counting twice. Lost at a takeover, where clients
+    /// state their opens afresh.
+    fn remember_unjournaled(&mut self, client: &str, tid: u64, reply: &FsReply) {
+        remember(
+            &mut self.completed,
+            Completed {
+                client: client.to_string(),
+                tid,
+                reply: reply.clone(),
+            },
+        );
     }
 
     fn completed_reply(&self, client: &str, tid: u64) -> Option<FsReply> {
@@ -287,7 +311,9 @@ impl Rank {
     /// A client's session stream connected, stating the files it has open.
     pub fn connected(&mut self, client: &str, files: Vec<(u64, Opens)>) {
         tracing::info!(client, open_files = files.len(), "session connected");
-        self.sessions.connected(client, files);
+        // Files the client no longer holds may have lost their names meanwhile.
+        let closed = self.sessions.connected(client, files);
+        self.deferred.extend(closed);
     }
 
     /// Evicts sessions disconnected for longer than the session timeout (their opens end,
@@ -304,6 +330,8 @@ impl Rank {
         if Instant::now() >= self.purges_deferred_until {
             closed.append(&mut self.deferred);
         }
+        closed.sort_unstable();
+        closed.dedup();
         self.remove_orphans(closed).await
     }
 

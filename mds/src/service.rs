@@ -71,7 +71,13 @@ impl Mds for MdsService {
         let client = session_of(&ticket, &req.client)?;
         let op: FsOp = serde_json::from_slice(&req.op_json)
             .map_err(|e| Status::invalid_argument(format!("malformed request: {e}")))?;
-        let (need, action) = if op.is_change() {
+        // Opening for writing makes the client one the MDS waits on (recalls); a release of
+        // a read-only open is the end of a read.
+        let writes = match &op {
+            FsOp::Open { write, .. } | FsOp::Release { write, .. } => *write,
+            other => other.is_change(),
+        };
+        let (need, action) = if writes {
             (Need::Write, "change filesystem metadata")
         } else {
             (Need::Read, "read filesystem metadata")

@@ -9,7 +9,7 @@
 //! Opens are counted per client and per mode: a client with a file open for writing may hold
 //! back the size its writes gave it until the MDS recalls it (see `node.rs`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use cairn_common::fsops::SessionStatus;
@@ -39,22 +39,34 @@ pub struct Sessions {
     sessions: HashMap<String, Session>,
     /// By inode: which clients have it open, and how.
     opens: HashMap<u64, HashMap<String, Opens>>,
+    /// By client: the inodes it has open (the same facts, indexed the other way).
+    open_by_client: HashMap<String, HashSet<u64>>,
 }
 
 impl Sessions {
     /// A client's session stream is open; `files` is everything it has open (after a
     /// takeover, how this MDS learns of opens made at its predecessor). Replaces what was
-    /// known of the client's opens: the client's own count is the truth.
-    pub fn connected(&mut self, client: &str, files: impl IntoIterator<Item = (u64, Opens)>) {
-        self.forget_opens(client);
+    /// known of the client's opens: the client's own count is the truth. Returns the files
+    /// no longer open anywhere because of it.
+    pub fn connected(
+        &mut self,
+        client: &str,
+        files: impl IntoIterator<Item = (u64, Opens)>,
+    ) -> Vec<u64> {
+        let mut closed = self.forget_opens(client);
         for (ino, opens) in files {
             if !opens.is_empty() {
                 self.opens
                     .entry(ino)
                     .or_default()
                     .insert(client.to_string(), opens);
+                self.open_by_client
+                    .entry(client.to_string())
+                    .or_default()
+                    .insert(ino);
             }
         }
+        closed.retain(|ino| !self.is_open(*ino));
         self.sessions.insert(
             client.to_string(),
             Session {
@@ -62,6 +74,7 @@ impl Sessions {
                 since: Instant::now(),
             },
         );
+        closed
     }
 
     /// The client's stream broke: the eviction clock starts.
@@ -95,10 +108,14 @@ impl Sessions {
             .entry(client.to_string())
             .or_default();
         if write {
-            o.writers += 1;
+            o.writers = o.writers.saturating_add(1);
         } else {
-            o.readers += 1;
+            o.readers = o.readers.saturating_add(1);
         }
+        self.open_by_client
+            .entry(client.to_string())
+            .or_default()
+            .insert(ino);
     }
 
     /// One open ends; returns whether the file is still open anywhere.
@@ -115,6 +132,12 @@ impl Sessions {
             *n = n.saturating_sub(1);
             if o.is_empty() {
                 by_client.remove(client);
+                if let Some(inos) = self.open_by_client.get_mut(client) {
+                    inos.remove(&ino);
+                    if inos.is_empty() {
+                        self.open_by_client.remove(client);
+                    }
+                }
             }
         }
         if by_client.is_empty() {
@@ -159,13 +182,20 @@ impl Sessions {
     /// Drops every open of `client`; returns the files no longer open anywhere.
     fn forget_opens(&mut self, client: &str) -> Vec<u64> {
         let mut closed = Vec::new();
-        self.opens.retain(|ino, by_client| {
-            if by_client.remove(client).is_some() && by_client.is_empty() {
-                closed.push(*ino);
+        for ino in self.open_by_client.remove(client).unwrap_or_default() {
+            if let Some(by_client) = self.opens.get_mut(&ino) {
+                by_client.remove(client);
+                if by_client.is_empty() {
+                    self.opens.remove(&ino);
+                    closed.push(ino);
+                }
             }
-            !by_client.is_empty()
-        });
+        }
         closed
+    }
+
+    pub fn count(&self) -> usize {
+        self.sessions.len()
     }
 
     pub fn status(&self) -> Vec<SessionStatus> {
@@ -176,11 +206,7 @@ impl Sessions {
                 client: client.clone(),
                 connected: s.connected,
                 since_ms: s.since.elapsed().as_millis() as u64,
-                open_files: self
-                    .opens
-                    .values()
-                    .filter(|by_client| by_client.contains_key(client))
-                    .count() as u64,
+                open_files: self.open_by_client.get(client).map_or(0, |i| i.len()) as u64,
             })
             .collect();
         out.sort_by(|a, b| a.client.cmp(&b.client));
@@ -229,12 +255,15 @@ mod tests {
         s.opened("a", 7, true);
         s.opened("a", 7, true);
         s.opened("a", 9, false);
-        s.connected(
+        s.opened("b", 13, false);
+        let closed = s.connected(
             "a",
             [(7, opens(0, 1)), (11, opens(1, 0)), (12, opens(0, 0))],
         );
-        assert!(s.is_open(7) && s.is_open(11));
+        assert_eq!(closed, vec![9], "what the client no longer holds");
+        assert!(s.is_open(7) && s.is_open(11) && s.is_open(13));
         assert!(!s.is_open(9) && !s.is_open(12));
+        assert_eq!(s.status()[0].open_files, 2);
         assert!(!s.released("a", 7, true));
     }
 

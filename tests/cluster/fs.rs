@@ -170,10 +170,26 @@ async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) 
         .expect("blocking work")
 }
 
-/// The sessions the active MDS holds.
-async fn sessions(config: &Config) -> Option<usize> {
+/// The sessions the active MDS holds, and how many of them are connected.
+async fn sessions(config: &Config) -> Option<(usize, usize)> {
     let client = FsClient::connect(config, FS).await.ok()?;
-    Some(client.mds_status().await.ok()?.sessions.len())
+    let sessions = client.mds_status().await.ok()?.sessions;
+    Some((
+        sessions.len(),
+        sessions.iter().filter(|s| s.connected).count(),
+    ))
+}
+
+/// Whether the first data object of file `ino` exists, after long enough for a purge the
+/// MDS started to have removed it (purges run in the background).
+async fn data_kept(rados: &Rados, ino: u64) -> bool {
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    rados.stat("data", &data_object(ino, 0)).await.is_ok()
+}
+
+/// Empties the kernel's page cache, so reads reach the mount's client.
+fn drop_page_cache() {
+    fs::write("/proc/sys/vm/drop_caches", "3").expect("drop caches");
 }
 
 /// Waits until the first data object of file `ino` is gone (its data purged).
@@ -571,8 +587,14 @@ async fn active_mds_killed_under_a_metadata_workload() {
     )
     .await;
     let gone = other.path.join("held");
+    blocking(move || fs::remove_file(gone).expect("unlink")).await;
+    let rados = Rados::connect(&t.config()).await.expect("rados");
+    assert!(
+        data_kept(&rados, held_ino).await,
+        "a file removed while open keeps its data"
+    );
     held = blocking(move || {
-        fs::remove_file(gone).expect("unlink");
+        drop_page_cache();
         let mut back = Vec::new();
         held.seek(SeekFrom::Start(0)).expect("seek");
         held.read_to_end(&mut back).expect("read the removed file");
@@ -581,7 +603,6 @@ async fn active_mds_killed_under_a_metadata_workload() {
     })
     .await;
     drop(held);
-    let rados = Rados::connect(&t.config()).await.expect("rados");
     wait_purged(
         &rados,
         held_ino,
@@ -597,7 +618,12 @@ async fn active_mds_killed_under_a_metadata_workload() {
 async fn a_killed_client_is_evicted_and_its_open_files_released() {
     let t = fs_cluster(
         &["a"],
-        &["mds.session_timeout_ms=3000", "mds.reconnect_timeout_ms=0"],
+        &[
+            "mds.session_timeout_ms=3000",
+            "mds.reconnect_timeout_ms=0",
+            // Long enough that waiting on the dead client would show.
+            "mds.recall_timeout_ms=20000",
+        ],
     )
     .await;
     let config = t.config();
@@ -605,7 +631,7 @@ async fn a_killed_client_is_evicted_and_its_open_files_released() {
     let mut doomed = Mount::new(&t, &base.join("doomed")).await;
     let survivor = Mount::new(&t, &base.join("survivor")).await;
     wait_for(Duration::from_secs(20), "two client sessions", || async {
-        (sessions(&config).await? == 2).then_some(())
+        (sessions(&config).await? == (2, 2)).then_some(())
     })
     .await;
     let (d, s) = (doomed.path.clone(), survivor.path.clone());
@@ -627,12 +653,18 @@ async fn a_killed_client_is_evicted_and_its_open_files_released() {
     })
     .await;
     let rados = Rados::connect(&config).await.expect("rados");
-    rados
-        .stat("data", &data_object(ino, 0))
-        .await
-        .expect("a removed file's data stays while a client holds it open");
+    assert!(
+        data_kept(&rados, ino).await,
+        "a removed file's data stays while a client holds it open"
+    );
     doomed.child.kill().expect("kill -9 the client");
     doomed.child.wait().expect("reap");
+    wait_for(
+        Duration::from_secs(20),
+        "the dead client's session to disconnect",
+        || async { (sessions(&config).await? == (2, 1)).then_some(()) },
+    )
+    .await;
     // The dead client cannot be recalled: a stat of the file it was writing answers at once.
     let s = survivor.path.clone();
     let started = Instant::now();
@@ -645,7 +677,7 @@ async fn a_killed_client_is_evicted_and_its_open_files_released() {
     wait_for(
         Duration::from_secs(30),
         "the dead client's session to be evicted",
-        || async { (sessions(&config).await? == 1).then_some(()) },
+        || async { (sessions(&config).await? == (1, 1)).then_some(()) },
     )
     .await;
     wait_purged(&rados, ino, "the file the dead client held open to go").await;
