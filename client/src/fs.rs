@@ -5,7 +5,9 @@
 //! on flush (close), fsync and release, or sooner when the MDS recalls them through the
 //! client's session stream because another client asks for the file's attributes (so a
 //! stat elsewhere sees a write as soon as it returned). A file's size is read from the MDS
-//! when it is opened. Metadata requests wait through an MDS failover: they are retried (same
+//! when it is opened. The only opener of a file may get its exclusive capability: it then
+//! answers stats of the file itself until the MDS recalls the file, and only while it hears
+//! the MDS's heartbeats (a lease shorter than the time the mons take to replace an MDS). Metadata requests wait through an MDS failover: they are retried (same
 //! request number, so a change is applied once) at whichever daemon holds the rank, until
 //! `FS_OP_TIMEOUT`; the session stream reconnects to the new active and states the files
 //! this client has open.
@@ -88,6 +90,11 @@ struct OpenFile {
     /// recall, which may precede another client's truncate).
     durable_size: u64,
     unreported: Option<Unreported>,
+    /// This client holds the file's exclusive capability.
+    exclusive: bool,
+    /// The MDS's attributes of the file while exclusive (dropped at each change this client
+    /// makes, fetched again by the next stat).
+    cached: Option<Attr>,
 }
 
 /// Writes of this client the MDS has not heard of: where the furthest one ended, and when.
@@ -113,6 +120,14 @@ pub struct FsClient {
     /// answer: the list the MDS takes as the truth is then never older than an open or
     /// release it has already counted.
     opens_in_flight: tokio::sync::RwLock<()>,
+    /// Bumped whenever cached attributes may have become stale (a recall, a change this
+    /// client made, a session stream starting or ending): attributes fetched across a bump
+    /// are not kept.
+    attr_generation: AtomicU64,
+    /// When the session stream last carried a message, and how long that lets this client
+    /// trust its capabilities.
+    heard: Mutex<Instant>,
+    cap_lease: Duration,
     session: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
@@ -173,6 +188,13 @@ impl FsClient {
             channels: Mutex::new(HashMap::new()),
             open: Mutex::new(HashMap::new()),
             opens_in_flight: tokio::sync::RwLock::new(()),
+            attr_generation: AtomicU64::new(0),
+            heard: Mutex::new(Instant::now()),
+            // An MDS heartbeats only within its lease (half the mons' grace); a successor
+            // serves no sooner than the grace: trusting a heartbeat for a little less than
+            // half the grace keeps the capability from outliving the MDS that granted it.
+            cap_lease: Duration::from_millis(config.mon.mds_beacon_grace_ms / 2)
+                .saturating_sub(Duration::from_millis(250)),
             session: Mutex::new(None),
         })
     }
@@ -203,7 +225,12 @@ impl FsClient {
             attempt += 1;
             match self.attempt(tid, &op_json, attempt).await {
                 Ok(FsReply::Error { errno, message }) => return Err(fs_error(errno, message)),
-                Ok(reply) => return Ok(reply),
+                Ok(reply) => {
+                    if op.is_change() {
+                        self.invalidate_attrs(None);
+                    }
+                    return Ok(reply);
+                }
                 Err(Retry::Fail(e)) => return Err(e),
                 Err(Retry::Later(why)) => last = why,
             }
@@ -281,6 +308,8 @@ impl FsClient {
             Retry::Fail(e) => e.to_string(),
         })?;
         let _quiet = self.opens_in_flight.write().await;
+        // A new session starts without capabilities (the MDS forgets the old ones too).
+        self.drop_capabilities();
         let open_files = self
             .files()
             .iter()
@@ -304,6 +333,7 @@ impl FsClient {
                 .map_err(|_| format!("mds.{name} did not open the session in time"))?;
         match opened {
             Ok(stream) => {
+                self.heard_from_mds();
                 tracing::debug!(mds = %name, "session stream open");
                 Ok(stream.into_inner())
             }
@@ -316,8 +346,10 @@ impl FsClient {
         }
     }
 
-    /// The MDS recalls this client's writes to a file: report them, then say so.
+    /// The MDS recalls this client's writes to a file and its capability: drop the one,
+    /// report the others, then say so.
     async fn answer_recall(&self, event: MdsSessionEvent) {
+        self.invalidate_attrs(Some(event.ino));
         if let Err(e) = self.report(event.ino).await {
             tracing::warn!(ino = event.ino, error = %e, "cannot report writes the MDS recalled");
         }
@@ -365,6 +397,64 @@ impl FsClient {
         self.open.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Cached attributes may be stale: forget those of `ino` (with its capability), or the
+    /// attributes of every file (keeping the capabilities) when `None`.
+    fn invalidate_attrs(&self, revoked: Option<u64>) {
+        self.attr_generation.fetch_add(1, Ordering::SeqCst);
+        let mut files = self.files();
+        match revoked {
+            Some(ino) => {
+                if let Some(f) = files.get_mut(&ino) {
+                    f.exclusive = false;
+                    f.cached = None;
+                }
+            }
+            None => files.values_mut().for_each(|f| f.cached = None),
+        }
+    }
+
+    /// Drops every capability (the session stream started or ended).
+    fn drop_capabilities(&self) {
+        self.attr_generation.fetch_add(1, Ordering::SeqCst);
+        for f in self.files().values_mut() {
+            f.exclusive = false;
+            f.cached = None;
+        }
+    }
+
+    /// The session stream carried a message: capabilities hold for another lease.
+    fn heard_from_mds(&self) {
+        *self.heard.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+    }
+
+    /// The attributes of `ino` this client may answer a stat with itself.
+    fn held_attr(&self, ino: u64) -> Option<Attr> {
+        let fresh = self
+            .heard
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .elapsed()
+            < self.cap_lease;
+        let files = self.files();
+        let f = files.get(&ino)?;
+        if fresh && f.exclusive {
+            f.cached.clone()
+        } else {
+            None
+        }
+    }
+
+    /// Keeps attributes fetched from the MDS while the file is held exclusively, unless
+    /// they may be stale (`generation` moved on since the request was sent).
+    fn keep_attr(&self, a: &Attr, generation: u64) {
+        let mut files = self.files();
+        if let Some(f) = files.get_mut(&a.ino) {
+            if f.exclusive && self.attr_generation.load(Ordering::SeqCst) == generation {
+                f.cached = Some(a.clone());
+            }
+        }
+    }
+
     /// An inode's attributes as this client sees them: what the MDS says, with this
     /// client's unreported writes on top.
     fn with_local(&self, mut a: Attr) -> Attr {
@@ -389,7 +479,12 @@ impl FsClient {
     }
 
     pub async fn getattr(&self, ino: u64) -> FsResult<Attr> {
+        if let Some(a) = self.held_attr(ino) {
+            return Ok(self.with_local(a));
+        }
+        let generation = self.attr_generation.load(Ordering::SeqCst);
         let a = attr(self.call(FsOp::GetAttr { ino }).await?)?;
+        self.keep_attr(&a, generation);
         Ok(self.with_local(a))
     }
 
@@ -531,13 +626,18 @@ impl FsClient {
     pub async fn open(&self, ino: u64, write: bool) -> FsResult<()> {
         let _counting = self.opens_in_flight.read().await;
         self.count_open(ino, write, true);
-        match self.call(FsOp::Open { ino, write }).await.and_then(attr) {
-            Ok(a) => {
+        let generation = self.attr_generation.load(Ordering::SeqCst);
+        match self.call(FsOp::Open { ino, write }).await.and_then(opened) {
+            Ok((a, exclusive)) => {
                 if let Some(f) = self.files().get_mut(&ino) {
                     if f.unreported.is_none() {
                         f.size = a.size;
                     }
                     f.durable_size = a.size;
+                    // A recall that came meanwhile may have been of this very grant.
+                    f.exclusive =
+                        exclusive && self.attr_generation.load(Ordering::SeqCst) == generation;
+                    f.cached = f.exclusive.then_some(a);
                 }
                 Ok(())
             }
@@ -558,6 +658,11 @@ impl FsClient {
             &mut f.readers
         };
         *n = if up { *n + 1 } else { n.saturating_sub(1) };
+        if f.readers + f.writers == 0 {
+            // The MDS ends the capability with the last open.
+            f.exclusive = false;
+            f.cached = None;
+        }
     }
 
     /// Forgets a file no longer open here, unless writes to it are still to report (and
@@ -759,11 +864,14 @@ async fn run_session(client: Weak<FsClient>) {
                 while let Ok(Ok(Some(event))) =
                     tokio::time::timeout(SESSION_SILENCE_MAX, stream.message()).await
                 {
-                    if event.recall == 0 {
-                        continue; // a heartbeat
-                    }
                     let Some(c) = client.upgrade() else { return };
-                    tokio::spawn(async move { c.answer_recall(event).await });
+                    c.heard_from_mds();
+                    if event.recall != 0 {
+                        tokio::spawn(async move { c.answer_recall(event).await });
+                    }
+                }
+                if let Some(c) = client.upgrade() {
+                    c.drop_capabilities();
                 }
                 tracing::info!("the MDS session stream ended; reconnecting");
             }
@@ -792,6 +900,13 @@ fn pieces(offset: u64, len: u64) -> impl Iterator<Item = (u64, u64, u64)> {
         at += n;
         Some((index, within, n))
     })
+}
+
+fn opened(reply: FsReply) -> FsResult<(Attr, bool)> {
+    match reply {
+        FsReply::Opened { attr, exclusive } => Ok((attr, exclusive)),
+        other => Err(unexpected(other)),
+    }
 }
 
 fn attr(reply: FsReply) -> FsResult<Attr> {

@@ -210,6 +210,12 @@ pub enum FsReply {
     Names(Vec<String>),
     Count(u64),
     Status(MdsStatus),
+    /// A file opened; with `exclusive`, this client is its only opener and may answer stats
+    /// of it from `attr` (and its own changes) until the MDS recalls the file.
+    Opened {
+        attr: InodeAttr,
+        exclusive: bool,
+    },
     /// A POSIX errno and why.
     Error {
         errno: i32,

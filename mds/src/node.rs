@@ -31,9 +31,10 @@ use crate::sessions::Opens;
 pub type SessionSender = mpsc::Sender<Result<MdsSessionEvent, Status>>;
 /// Events queued per session before the MDS stops waiting for room (a stuck client).
 pub const SESSION_EVENTS_QUEUED: usize = 64;
-/// How often a session stream carries a heartbeat (recall 0): a client that hears none for
-/// a few of these drops the stream and looks for the active again.
-const SESSION_HEARTBEAT: Duration = Duration::from_secs(1);
+/// How often a session stream carries a heartbeat (recall 0), sent only while this daemon
+/// holds its lease: a client uses its capabilities only while it hears them, and drops a
+/// stream silent for a few seconds to look for the active again.
+const SESSION_HEARTBEAT: Duration = Duration::from_millis(250);
 
 struct Stream {
     /// Tells this stream from the client's later ones (a reconnect replaces the stream).
@@ -153,8 +154,8 @@ impl MdsNode {
         let reply = loop {
             match self.answer(client, tid, op.clone(), recalled).await? {
                 Answer::Reply(reply) => break reply,
-                Answer::Recall { ino, writers } => {
-                    self.recall(ino, &writers).await;
+                Answer::Recall(recalls) => {
+                    self.recall(&recalls).await;
                     recalled = true;
                 }
             }
@@ -200,12 +201,14 @@ impl MdsNode {
         }
     }
 
-    /// Asks `writers` to report their writes to `ino` and waits until they have, or until
-    /// `recall_timeout_ms`. A writer without a stream cannot be asked: its session is
-    /// disconnected and what it did not report is not acknowledged to anyone.
-    async fn recall(&self, ino: u64, writers: &[String]) {
+    /// Asks each client of `recalls` to report its writes to the file and drop its
+    /// capability, and waits until they have, or until `recall_timeout_ms`. A client without
+    /// a stream cannot be asked: its session is disconnected (it dropped its capabilities
+    /// with the stream) and what it did not report is not acknowledged to anyone.
+    async fn recall(&self, recalls: &[(u64, String)]) {
         let mut waiting = Vec::new();
-        for client in writers {
+        for (ino, client) in recalls {
+            let ino = *ino;
             let Some(events) = self.stream_of(client) else {
                 continue;
             };
@@ -216,7 +219,7 @@ impl MdsNode {
                 .unwrap_or_else(|e| e.into_inner())
                 .insert(recall, (client.clone(), done));
             if events.try_send(Ok(MdsSessionEvent { recall, ino })).is_ok() {
-                waiting.push((recall, client, answered));
+                waiting.push((recall, ino, client, answered));
             } else {
                 self.recalls
                     .lock()
@@ -227,7 +230,7 @@ impl MdsNode {
         metrics::counter!("cairn_mds_recalls_total").increment(waiting.len() as u64);
         let timeout = Duration::from_millis(self.settings.recall_timeout_ms);
         let deadline = tokio::time::Instant::now() + timeout;
-        for (recall, client, answered) in waiting {
+        for (recall, ino, client, answered) in waiting {
             if tokio::time::timeout_at(deadline, answered).await.is_err() {
                 tracing::warn!(
                     client = %client,

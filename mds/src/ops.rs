@@ -108,9 +108,14 @@ impl Rank {
             )),
             FsOp::Files => Ok(FsReply::Count(self.next_ino.saturating_sub(1))),
             FsOp::Open { ino, write } => {
-                let attr = self.inode_of(ino).await?.attr();
+                let inode = self.inode_of(ino).await?;
                 self.sessions.opened(client, ino, write);
-                Ok(FsReply::Attr(attr))
+                let exclusive =
+                    inode.mode & S_IFMT == S_IFREG && self.sessions.grant_exclusive(client, ino);
+                Ok(FsReply::Opened {
+                    attr: inode.attr(),
+                    exclusive,
+                })
             }
             FsOp::Status => Ok(FsReply::Status(self.status())),
             change => Err(posix(EINVAL, format!("{change:?} is not a query"))),

@@ -3,8 +3,9 @@
 //! the journal (the reply waits for that append to be durable), then applied to the cache.
 //!
 //! A request that must see the current size of a file other clients are writing (a stat, an
-//! open, a truncate) first gets [`Answer::Recall`]: the node has those clients report their
-//! writes, then asks again.
+//! open, a truncate), or that shows or changes a file another client holds the exclusive
+//! capability of, first gets [`Answer::Recall`]: the node has those clients report their
+//! writes (and drop the capability), then asks again.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -44,11 +45,18 @@ pub fn posix(errno: i32, message: impl Into<String>) -> Fail {
 /// What the rank makes of a request.
 pub enum Answer {
     Reply(FsReply),
-    /// Clients hold writes to `ino` the reply must include: recall them, then ask again.
-    Recall {
-        ino: u64,
-        writers: Vec<String>,
-    },
+    /// Clients hold writes or capabilities the request needs back: (file, client) pairs to
+    /// recall before asking again.
+    Recall(Vec<(u64, String)>),
+}
+
+/// A file a request shows or changes.
+struct Touch {
+    ino: u64,
+    /// The request shows or cuts its size (writers must report first).
+    size: bool,
+    /// The requester's own exclusive capability goes too.
+    even_own: bool,
 }
 
 /// What a change request does: the events to journal and the reply once they are durable.
@@ -184,20 +192,72 @@ impl Rank {
         Ok(Ok(Answer::Reply(plan.reply)))
     }
 
-    /// The recall `op` needs first: when it shows or cuts a file's size (stat, lookup,
-    /// open, truncate) and other clients have that file open for writing.
+    /// The recalls `op` needs first: of other clients' writes to a file whose size it shows
+    /// or cuts, and of the exclusive capability of a file it shows or changes.
     async fn recall_for(&mut self, client: &str, op: &FsOp) -> Result<Option<Answer>, Fail> {
-        let ino = match op {
-            FsOp::GetAttr { ino } | FsOp::Open { ino, .. } => *ino,
-            FsOp::SetAttr { ino, change } if change.size.is_some() => *ino,
-            FsOp::Lookup { parent, name } => match self.child(*parent, name).await? {
-                Some(dentry) => dentry.ino,
-                None => return Ok(None),
-            },
-            _ => return Ok(None),
+        let mut recalls = Vec::new();
+        for touch in self.touches(op).await? {
+            if touch.size {
+                for writer in self.sessions.writers_besides(touch.ino, client) {
+                    recalls.push((touch.ino, writer));
+                }
+            }
+            let holder = self
+                .sessions
+                .revoke_exclusive(touch.ino, client, touch.even_own);
+            if let Some(holder) = holder {
+                if !recalls.contains(&(touch.ino, holder.clone())) {
+                    recalls.push((touch.ino, holder));
+                }
+            }
+        }
+        Ok((!recalls.is_empty()).then_some(Answer::Recall(recalls)))
+    }
+
+    /// The files `op` shows or changes.
+    async fn touches(&mut self, op: &FsOp) -> Result<Vec<Touch>, Fail> {
+        let touch = |ino, size, even_own| Touch {
+            ino,
+            size,
+            even_own,
         };
-        let writers = self.sessions.writers_besides(ino, client);
-        Ok((!writers.is_empty()).then_some(Answer::Recall { ino, writers }))
+        Ok(match op {
+            FsOp::GetAttr { ino } | FsOp::Open { ino, .. } => vec![touch(*ino, true, false)],
+            FsOp::SetAttr { ino, change } => vec![touch(*ino, change.size.is_some(), false)],
+            FsOp::Link { ino, .. } | FsOp::SetXattr { ino, .. } | FsOp::RemoveXattr { ino, .. } => {
+                vec![touch(*ino, false, false)]
+            }
+            FsOp::Lookup { parent, name } => self
+                .child(*parent, name)
+                .await?
+                .map(|d| touch(d.ino, true, false))
+                .into_iter()
+                .collect(),
+            // The holder's own removal or rename changes the file's links and ctime, which
+            // its reply does not carry: the holder's capability goes too.
+            FsOp::Unlink { parent, name } => self
+                .child(*parent, name)
+                .await?
+                .map(|d| touch(d.ino, false, true))
+                .into_iter()
+                .collect(),
+            FsOp::Rename {
+                parent,
+                name,
+                new_parent,
+                new_name,
+                ..
+            } => {
+                let mut touched = Vec::new();
+                for (dir, name) in [(*parent, name), (*new_parent, new_name)] {
+                    if let Some(d) = self.child(dir, name).await? {
+                        touched.push(touch(d.ino, false, true));
+                    }
+                }
+                touched
+            }
+            _ => Vec::new(),
+        })
     }
 
     /// Remembers the reply to a request that changed only memory (an open, a release): a

@@ -8,6 +8,11 @@
 //!
 //! Opens are counted per client and per mode: a client with a file open for writing may hold
 //! back the size its writes gave it until the MDS recalls it (see `node.rs`).
+//!
+//! A client that is a file's only opener may also hold its *exclusive* capability: it answers
+//! stats of the file from the attributes it was given (a database asks for its files' sizes
+//! all the time). Any request of another client that shows or changes the file revokes it
+//! first.
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -41,6 +46,8 @@ pub struct Sessions {
     opens: HashMap<u64, HashMap<String, Opens>>,
     /// By client: the inodes it has open (the same facts, indexed the other way).
     open_by_client: HashMap<String, HashSet<u64>>,
+    /// Which client holds each file's exclusive capability.
+    exclusive: HashMap<u64, String>,
 }
 
 impl Sessions {
@@ -53,6 +60,7 @@ impl Sessions {
         client: &str,
         files: impl IntoIterator<Item = (u64, Opens)>,
     ) -> Vec<u64> {
+        // The client dropped its capabilities when its stream broke.
         let mut closed = self.forget_opens(client);
         for (ino, opens) in files {
             if !opens.is_empty() {
@@ -118,6 +126,33 @@ impl Sessions {
             .insert(ino);
     }
 
+    /// Grants `client` the exclusive capability of `ino` if it is the file's only opener.
+    pub fn grant_exclusive(&mut self, client: &str, ino: u64) -> bool {
+        let sole = self
+            .opens
+            .get(&ino)
+            .is_some_and(|by_client| by_client.len() == 1 && by_client.contains_key(client));
+        if sole {
+            self.exclusive.insert(ino, client.to_string());
+        }
+        sole
+    }
+
+    /// Takes the exclusive capability of `ino` away from its holder, unless the holder is
+    /// `requester` and `even_from_requester` is false; returns the holder to tell.
+    pub fn revoke_exclusive(
+        &mut self,
+        ino: u64,
+        requester: &str,
+        even_from_requester: bool,
+    ) -> Option<String> {
+        let holder = self.exclusive.get(&ino)?;
+        if holder == requester && !even_from_requester {
+            return None;
+        }
+        self.exclusive.remove(&ino)
+    }
+
     /// One open ends; returns whether the file is still open anywhere.
     pub fn released(&mut self, client: &str, ino: u64, write: bool) -> bool {
         let Some(by_client) = self.opens.get_mut(&ino) else {
@@ -132,6 +167,9 @@ impl Sessions {
             *n = n.saturating_sub(1);
             if o.is_empty() {
                 by_client.remove(client);
+                if self.exclusive.get(&ino).is_some_and(|h| h == client) {
+                    self.exclusive.remove(&ino);
+                }
                 if let Some(inos) = self.open_by_client.get_mut(client) {
                     inos.remove(&ino);
                     if inos.is_empty() {
@@ -181,6 +219,7 @@ impl Sessions {
 
     /// Drops every open of `client`; returns the files no longer open anywhere.
     fn forget_opens(&mut self, client: &str) -> Vec<u64> {
+        self.exclusive.retain(|_, holder| holder != client);
         let mut closed = Vec::new();
         for ino in self.open_by_client.remove(client).unwrap_or_default() {
             if let Some(by_client) = self.opens.get_mut(&ino) {
@@ -247,6 +286,27 @@ mod tests {
         w.sort();
         assert_eq!(w, vec!["a".to_string()]);
         assert!(s.writers_besides(8, "c").is_empty());
+    }
+
+    #[test]
+    fn only_a_sole_opener_holds_the_exclusive_capability() {
+        let mut s = Sessions::default();
+        s.opened("a", 7, true);
+        assert!(s.grant_exclusive("a", 7));
+        assert_eq!(s.revoke_exclusive(7, "a", false), None, "its own stat");
+        assert_eq!(s.revoke_exclusive(7, "b", false), Some("a".into()));
+        assert_eq!(s.revoke_exclusive(7, "b", false), None, "revoked once");
+        s.opened("b", 7, false);
+        assert!(!s.grant_exclusive("a", 7), "two openers");
+        assert!(!s.released("b", 7, false) || s.is_open(7));
+        assert!(s.grant_exclusive("a", 7));
+        // The holder's last close ends it; so does its session.
+        s.released("a", 7, true);
+        assert_eq!(s.revoke_exclusive(7, "b", true), None);
+        s.opened("a", 8, false);
+        assert!(s.grant_exclusive("a", 8));
+        s.connected("a", []);
+        assert_eq!(s.revoke_exclusive(8, "b", true), None);
     }
 
     #[test]

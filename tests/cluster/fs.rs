@@ -470,6 +470,22 @@ async fn posix_behaviour_through_two_mounts() {
         assert_eq!(fs::metadata(p1.join("growing")).expect("stat").len(), 1000);
         drop(w);
         assert_eq!(fs::metadata(p2.join("growing")).expect("stat").len(), 1000);
+        // A file's only opener answers stats of it itself (its exclusive capability) until
+        // another mount shows or changes the file: then it sees the change at once.
+        // (Read-only: a writer would be recalled for its writes anyway.)
+        fs::File::create(p1.join("held")).expect("create");
+        let held = fs::File::open(p1.join("held")).expect("open");
+        let before = held.metadata().expect("fstat");
+        assert_eq!((before.nlink(), before.mode() & 0o7777), (1, 0o644));
+        fs::set_permissions(p2.join("held"), fs::Permissions::from_mode(0o600)).expect("chmod");
+        fs::hard_link(p2.join("held"), p2.join("held-link")).expect("link");
+        let after = held.metadata().expect("fstat");
+        assert_eq!((after.nlink(), after.mode() & 0o7777), (2, 0o600));
+        // Its own changes too.
+        fs::set_permissions(p1.join("held"), fs::Permissions::from_mode(0o640)).expect("chmod");
+        fs::remove_file(p1.join("held-link")).expect("unlink");
+        let own = held.metadata().expect("fstat");
+        assert_eq!((own.nlink(), own.mode() & 0o7777), (1, 0o640));
         // A large directory, listed whole.
         fs::create_dir(p1.join("many")).expect("mkdir");
         for i in 0..10_000 {
