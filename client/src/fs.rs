@@ -124,10 +124,9 @@ pub struct FsClient {
     /// client made, a session stream starting or ending): attributes fetched across a bump
     /// are not kept.
     attr_generation: AtomicU64,
-    /// When the session stream last carried a message, and how long that lets this client
-    /// trust its capabilities.
-    heard: Mutex<Instant>,
-    cap_lease: Duration,
+    /// When the session stream last carried a heartbeat, and for how long the MDS said it
+    /// may be trusted; `None` while no stream is up.
+    heard: Mutex<Option<(Instant, Duration)>>,
     session: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
@@ -189,12 +188,7 @@ impl FsClient {
             open: Mutex::new(HashMap::new()),
             opens_in_flight: tokio::sync::RwLock::new(()),
             attr_generation: AtomicU64::new(0),
-            heard: Mutex::new(Instant::now()),
-            // An MDS heartbeats only within its lease (half the mons' grace); a successor
-            // serves no sooner than the grace: trusting a heartbeat for a little less than
-            // half the grace keeps the capability from outliving the MDS that granted it.
-            cap_lease: Duration::from_millis(config.mon.mds_beacon_grace_ms / 2)
-                .saturating_sub(Duration::from_millis(250)),
+            heard: Mutex::new(None),
             session: Mutex::new(None),
         })
     }
@@ -223,14 +217,14 @@ impl FsClient {
         let mut attempt = 0u32;
         while Instant::now() < deadline {
             attempt += 1;
-            match self.attempt(tid, &op_json, attempt).await {
+            let answer = self.attempt(tid, &op_json, attempt).await;
+            if op.is_change() && !matches!(answer, Err(Retry::Later(_))) {
+                // Applied or not, a change may have made cached attributes stale.
+                self.invalidate_attrs(None);
+            }
+            match answer {
                 Ok(FsReply::Error { errno, message }) => return Err(fs_error(errno, message)),
-                Ok(reply) => {
-                    if op.is_change() {
-                        self.invalidate_attrs(None);
-                    }
-                    return Ok(reply);
-                }
+                Ok(reply) => return Ok(reply),
                 Err(Retry::Fail(e)) => return Err(e),
                 Err(Retry::Later(why)) => last = why,
             }
@@ -333,7 +327,6 @@ impl FsClient {
                 .map_err(|_| format!("mds.{name} did not open the session in time"))?;
         match opened {
             Ok(stream) => {
-                self.heard_from_mds();
                 tracing::debug!(mds = %name, "session stream open");
                 Ok(stream.into_inner())
             }
@@ -415,6 +408,7 @@ impl FsClient {
 
     /// Drops every capability (the session stream started or ended).
     fn drop_capabilities(&self) {
+        *self.heard.lock().unwrap_or_else(|e| e.into_inner()) = None;
         self.attr_generation.fetch_add(1, Ordering::SeqCst);
         for f in self.files().values_mut() {
             f.exclusive = false;
@@ -422,9 +416,9 @@ impl FsClient {
         }
     }
 
-    /// The session stream carried a message: capabilities hold for another lease.
-    fn heard_from_mds(&self) {
-        *self.heard.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+    /// A heartbeat: capabilities hold for another `lease`.
+    fn heard_from_mds(&self, lease: Duration) {
+        *self.heard.lock().unwrap_or_else(|e| e.into_inner()) = Some((Instant::now(), lease));
     }
 
     /// The attributes of `ino` this client may answer a stat with itself.
@@ -433,8 +427,7 @@ impl FsClient {
             .heard
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .elapsed()
-            < self.cap_lease;
+            .is_some_and(|(at, lease)| at.elapsed() < lease);
         let files = self.files();
         let f = files.get(&ino)?;
         if fresh && f.exclusive {
@@ -639,6 +632,8 @@ impl FsClient {
                         exclusive && self.attr_generation.load(Ordering::SeqCst) == generation;
                     f.cached = f.exclusive.then_some(a);
                 }
+                // Attributes fetched before this grant must not replace its own.
+                self.attr_generation.fetch_add(1, Ordering::SeqCst);
                 Ok(())
             }
             Err(e) => {
@@ -865,8 +860,9 @@ async fn run_session(client: Weak<FsClient>) {
                     tokio::time::timeout(SESSION_SILENCE_MAX, stream.message()).await
                 {
                     let Some(c) = client.upgrade() else { return };
-                    c.heard_from_mds();
-                    if event.recall != 0 {
+                    if event.recall == 0 {
+                        c.heard_from_mds(Duration::from_millis(event.lease_ms));
+                    } else {
                         tokio::spawn(async move { c.answer_recall(event).await });
                     }
                 }

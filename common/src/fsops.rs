@@ -253,6 +253,8 @@ pub struct SessionStatus {
     /// Milliseconds since the stream connected or, when disconnected, since it broke.
     pub since_ms: u64,
     pub open_files: u64,
+    /// Files whose exclusive capability the client holds.
+    pub capabilities: u64,
 }
 
 /// Checks one name of a directory entry.

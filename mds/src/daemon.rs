@@ -151,8 +151,9 @@ async fn run_beacons(node: Arc<MdsNode>, mut stop: watch::Receiver<bool>) {
     let interval = Duration::from_millis(node.settings.beacon_interval_ms.max(10));
     loop {
         let call = node.rados.monc().mds_beacon(beacon(&node, false));
+        let sent = std::time::Instant::now();
         match tokio::time::timeout(interval * 4, call).await {
-            Ok(Ok(_)) => node.beacon_acked(),
+            Ok(Ok(_)) => node.beacon_acked(sent),
             Ok(Err(cairn_client::ClientError::Refused(why))) => {
                 // Blocklisted: this instance lost its role for good.
                 node.fail(format!("the mons refuse this instance: {why}"));

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use tokio::sync::{mpsc, oneshot, watch, Mutex, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch, Mutex, Notify, Semaphore};
 use tonic::Status;
 
 use cairn_client::Rados;
@@ -40,6 +40,8 @@ struct Stream {
     /// Tells this stream from the client's later ones (a reconnect replaces the stream).
     generation: u64,
     events: SessionSender,
+    /// Ends this stream (a client that did not answer a recall).
+    stop: Arc<Notify>,
 }
 
 /// How often a standby-replay re-reads the journal head (to drop what was written back).
@@ -97,9 +99,19 @@ impl MdsNode {
         }
     }
 
-    /// The mons answered a beacon.
-    pub fn beacon_acked(&self) {
-        *self.beacon_acked.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+    /// The mons answered a beacon sent at `sent`: the lease runs from the sending, since
+    /// the mons' grace runs from when they received it.
+    pub fn beacon_acked(&self, sent: Instant) {
+        let mut acked = self.beacon_acked.lock().unwrap_or_else(|e| e.into_inner());
+        *acked = (*acked).max(sent);
+    }
+
+    /// How long a client may trust a heartbeat: a quarter of the mons' grace. Heartbeats go
+    /// out only within this daemon's lease (half the grace from a beacon's sending); no
+    /// successor serves before the grace: a capability ends a quarter of the grace, less
+    /// delivery delays, before anyone else can serve the file.
+    fn client_lease(&self) -> Duration {
+        self.lease / 2
     }
 
     /// Whether the mons answered a beacon recently enough that no other daemon can hold
@@ -150,13 +162,16 @@ impl MdsNode {
             .try_acquire()
             .map_err(|_| Status::resource_exhausted("too many requests waiting; retry later"))?;
         let started = Instant::now();
-        let mut recalled = false;
+        let mut after_recall: Option<Vec<u64>> = None;
         let reply = loop {
-            match self.answer(client, tid, op.clone(), recalled).await? {
+            match self
+                .answer(client, tid, op.clone(), after_recall.as_deref())
+                .await?
+            {
                 Answer::Reply(reply) => break reply,
-                Answer::Recall(recalls) => {
+                Answer::Recall { recalls, revoked } => {
                     self.recall(&recalls).await;
-                    recalled = true;
+                    after_recall = Some(revoked);
                 }
             }
         };
@@ -171,7 +186,7 @@ impl MdsNode {
         client: &str,
         tid: u64,
         op: FsOp,
-        recalled: bool,
+        after_recall: Option<&[u64]>,
     ) -> Result<Answer, Status> {
         let mut rank = self.rank.lock().await;
         let Some(r) = rank.as_mut().filter(|_| self.serving()) else {
@@ -187,7 +202,7 @@ impl MdsNode {
                 self.lease.as_millis()
             )));
         }
-        match r.handle(client, tid, op, recalled).await {
+        match r.handle(client, tid, op, after_recall).await {
             Ok(Ok(answer)) => Ok(answer),
             Ok(Err(e)) => Err(Status::unavailable(format!("{e:#}"))),
             Err(e) => {
@@ -202,14 +217,17 @@ impl MdsNode {
     }
 
     /// Asks each client of `recalls` to report its writes to the file and drop its
-    /// capability, and waits until they have, or until `recall_timeout_ms`. A client without
-    /// a stream cannot be asked: its session is disconnected (it dropped its capabilities
-    /// with the stream) and what it did not report is not acknowledged to anyone.
+    /// capability, and waits until they have, or until `recall_timeout_ms`. A client that
+    /// cannot be asked or does not answer has its stream ended (no more heartbeats), and
+    /// the request waits out the lease it may still trust a capability for. What such a
+    /// client did not report was never acknowledged by an fsync.
     async fn recall(&self, recalls: &[(u64, String)]) {
         let mut waiting = Vec::new();
+        let mut unanswered = false;
         for (ino, client) in recalls {
             let ino = *ino;
             let Some(events) = self.stream_of(client) else {
+                unanswered = true;
                 continue;
             };
             let recall = self.next_recall.fetch_add(1, Ordering::Relaxed);
@@ -218,13 +236,20 @@ impl MdsNode {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .insert(recall, (client.clone(), done));
-            if events.try_send(Ok(MdsSessionEvent { recall, ino })).is_ok() {
+            let event = MdsSessionEvent {
+                recall,
+                ino,
+                lease_ms: 0,
+            };
+            if events.try_send(Ok(event)).is_ok() {
                 waiting.push((recall, ino, client, answered));
             } else {
                 self.recalls
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .remove(&recall);
+                self.end_stream(client);
+                unanswered = true;
             }
         }
         metrics::counter!("cairn_mds_recalls_total").increment(waiting.len() as u64);
@@ -235,13 +260,29 @@ impl MdsNode {
                 tracing::warn!(
                     client = %client,
                     ino,
-                    "a client did not report its writes within recall_timeout_ms; answering with the size known"
+                    "a client did not answer a recall within recall_timeout_ms; ending its stream"
                 );
+                self.end_stream(client);
+                unanswered = true;
             }
             self.recalls
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .remove(&recall);
+        }
+        if unanswered {
+            tokio::time::sleep(self.client_lease() + Duration::from_millis(250)).await;
+        }
+    }
+
+    fn end_stream(&self, client: &str) {
+        if let Some(s) = self
+            .streams
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(client)
+        {
+            s.stop.notify_one();
         }
     }
 
@@ -295,6 +336,7 @@ impl MdsNode {
             )));
         };
         let generation = self.next_stream.fetch_add(1, Ordering::Relaxed);
+        let stop = Arc::new(Notify::new());
         {
             let mut streams = self.streams.lock().unwrap_or_else(|e| e.into_inner());
             if !has_room(&streams) {
@@ -305,26 +347,44 @@ impl MdsNode {
                 Stream {
                     generation,
                     events: events.clone(),
+                    stop: stop.clone(),
                 },
             );
         }
-        r.connected(client, files);
+        let revoked = r.connected(client, files);
         tokio::spawn(
             self.clone()
-                .keep_stream(client.to_string(), generation, events),
+                .keep_stream(client.to_string(), generation, events, stop),
         );
+        if !revoked.is_empty() {
+            let node = self.clone();
+            tokio::spawn(async move { node.recall(&revoked).await });
+        }
         Ok(())
     }
 
     /// Watches one session stream: heartbeats while this daemon serves the rank under its
     /// lease; ends the stream (with an error, so the client looks for the active again) when
     /// it no longer does; notes when the client goes away.
-    async fn keep_stream(self: Arc<Self>, client: String, generation: u64, events: SessionSender) {
+    async fn keep_stream(
+        self: Arc<Self>,
+        client: String,
+        generation: u64,
+        events: SessionSender,
+        stop: Arc<Notify>,
+    ) {
         let mut closing = self.closing.subscribe();
         let mut beat = tokio::time::interval(SESSION_HEARTBEAT);
+        let lease_ms = self.client_lease().as_millis() as u64;
         loop {
             tokio::select! {
                 _ = events.closed() => break,
+                _ = stop.notified() => {
+                    let _ = events.try_send(Err(Status::unavailable(
+                        "the session did not answer a recall in time",
+                    )));
+                    break;
+                }
                 _ = closing.changed() => {
                     let _ = events.try_send(Err(Status::unavailable(format!(
                         "mds.{} no longer serves the rank",
@@ -341,7 +401,7 @@ impl MdsNode {
                         break;
                     }
                     // A full queue already tells the client this stream lives.
-                    let _ = events.try_send(Ok(MdsSessionEvent { recall: 0, ino: 0 }));
+                    let _ = events.try_send(Ok(MdsSessionEvent { recall: 0, ino: 0, lease_ms }));
                 }
             }
         }

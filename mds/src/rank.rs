@@ -46,8 +46,11 @@ pub fn posix(errno: i32, message: impl Into<String>) -> Fail {
 pub enum Answer {
     Reply(FsReply),
     /// Clients hold writes or capabilities the request needs back: (file, client) pairs to
-    /// recall before asking again.
-    Recall(Vec<(u64, String)>),
+    /// recall before asking again, and the files whose capabilities were taken.
+    Recall {
+        recalls: Vec<(u64, String)>,
+        revoked: Vec<u64>,
+    },
 }
 
 /// A file a request shows or changes.
@@ -55,8 +58,6 @@ struct Touch {
     ino: u64,
     /// The request shows or cuts its size (writers must report first).
     size: bool,
-    /// The requester's own exclusive capability goes too.
-    even_own: bool,
 }
 
 /// What a change request does: the events to journal and the reply once they are durable.
@@ -129,17 +130,21 @@ impl Rank {
         }
     }
 
-    /// Answers one request; `recalled` says the writers of the file it concerns have just
-    /// been recalled (they are not asked twice). `Err` means the rank can no longer serve
-    /// (the journal's end is unknown after a failed append): the daemon stops and a standby
+    /// Answers one request. `after_recall` is `None` on its first pass; after the recalls
+    /// it asked for, the files whose capabilities were taken (grants resume once the request
+    /// runs; nothing is recalled twice). `Err` means the rank can no longer serve (the
+    /// journal's end is unknown after a failed append): the daemon stops and a standby
     /// takes over.
     pub async fn handle(
         &mut self,
         client: &str,
         tid: u64,
         op: FsOp,
-        recalled: bool,
+        after_recall: Option<&[u64]>,
     ) -> anyhow::Result<Result<Answer, anyhow::Error>> {
+        for ino in after_recall.unwrap_or_default() {
+            self.sessions.revoke_done(*ino);
+        }
         // An open made without a session stream must still end with the session.
         let counts_opens = matches!(op, FsOp::Open { .. });
         if op.is_change() || counts_opens {
@@ -148,7 +153,7 @@ impl Rank {
         if let Some(reply) = self.completed_reply(client, tid) {
             return Ok(Ok(Answer::Reply(reply)));
         }
-        if !recalled {
+        if after_recall.is_none() {
             match self.recall_for(client, &op).await {
                 Ok(Some(recall)) => return Ok(Ok(recall)),
                 Ok(None) => {}
@@ -196,49 +201,45 @@ impl Rank {
     /// or cuts, and of the exclusive capability of a file it shows or changes.
     async fn recall_for(&mut self, client: &str, op: &FsOp) -> Result<Option<Answer>, Fail> {
         let mut recalls = Vec::new();
+        let mut revoked = Vec::new();
         for touch in self.touches(op).await? {
             if touch.size {
                 for writer in self.sessions.writers_besides(touch.ino, client) {
                     recalls.push((touch.ino, writer));
                 }
             }
-            let holder = self
-                .sessions
-                .revoke_exclusive(touch.ino, client, touch.even_own);
-            if let Some(holder) = holder {
+            if let Some(holder) = self.sessions.revoke_exclusive(touch.ino, client) {
+                revoked.push(touch.ino);
                 if !recalls.contains(&(touch.ino, holder.clone())) {
                     recalls.push((touch.ino, holder));
                 }
             }
         }
-        Ok((!recalls.is_empty()).then_some(Answer::Recall(recalls)))
+        Ok((!recalls.is_empty()).then_some(Answer::Recall { recalls, revoked }))
     }
 
     /// The files `op` shows or changes.
     async fn touches(&mut self, op: &FsOp) -> Result<Vec<Touch>, Fail> {
-        let touch = |ino, size, even_own| Touch {
-            ino,
-            size,
-            even_own,
-        };
+        // (The requester's own capability stays: each change it makes drops the attributes
+        // it cached, so its next stat asks again.)
+        let touch = |ino, size| Touch { ino, size };
         Ok(match op {
-            FsOp::GetAttr { ino } | FsOp::Open { ino, .. } => vec![touch(*ino, true, false)],
-            FsOp::SetAttr { ino, change } => vec![touch(*ino, change.size.is_some(), false)],
-            FsOp::Link { ino, .. } | FsOp::SetXattr { ino, .. } | FsOp::RemoveXattr { ino, .. } => {
-                vec![touch(*ino, false, false)]
-            }
+            FsOp::GetAttr { ino } | FsOp::Open { ino, .. } => vec![touch(*ino, true)],
+            FsOp::SetAttr { ino, change } => vec![touch(*ino, change.size.is_some())],
+            FsOp::Link { ino, .. }
+            | FsOp::SetXattr { ino, .. }
+            | FsOp::RemoveXattr { ino, .. }
+            | FsOp::Written { ino, .. } => vec![touch(*ino, false)],
             FsOp::Lookup { parent, name } => self
                 .child(*parent, name)
                 .await?
-                .map(|d| touch(d.ino, true, false))
+                .map(|d| touch(d.ino, true))
                 .into_iter()
                 .collect(),
-            // The holder's own removal or rename changes the file's links and ctime, which
-            // its reply does not carry: the holder's capability goes too.
             FsOp::Unlink { parent, name } => self
                 .child(*parent, name)
                 .await?
-                .map(|d| touch(d.ino, false, true))
+                .map(|d| touch(d.ino, false))
                 .into_iter()
                 .collect(),
             FsOp::Rename {
@@ -251,7 +252,7 @@ impl Rank {
                 let mut touched = Vec::new();
                 for (dir, name) in [(*parent, name), (*new_parent, new_name)] {
                     if let Some(d) = self.child(dir, name).await? {
-                        touched.push(touch(d.ino, false, true));
+                        touched.push(touch(d.ino, false));
                     }
                 }
                 touched
@@ -369,11 +370,13 @@ impl Rank {
     }
 
     /// A client's session stream connected, stating the files it has open.
-    pub fn connected(&mut self, client: &str, files: Vec<(u64, Opens)>) {
+    /// Returns the capabilities of other clients it took (to recall).
+    pub fn connected(&mut self, client: &str, files: Vec<(u64, Opens)>) -> Vec<(u64, String)> {
         tracing::info!(client, open_files = files.len(), "session connected");
+        let (closed, revoked) = self.sessions.connected(client, files);
         // Files the client no longer holds may have lost their names meanwhile.
-        let closed = self.sessions.connected(client, files);
         self.deferred.extend(closed);
+        revoked
     }
 
     /// Evicts sessions disconnected for longer than the session timeout (their opens end,

@@ -48,22 +48,29 @@ pub struct Sessions {
     open_by_client: HashMap<String, HashSet<u64>>,
     /// Which client holds each file's exclusive capability.
     exclusive: HashMap<u64, String>,
+    /// Files whose capability is being recalled: none is granted until the recall is over.
+    revoking: HashMap<u64, u32>,
 }
 
 impl Sessions {
     /// A client's session stream is open; `files` is everything it has open (after a
     /// takeover, how this MDS learns of opens made at its predecessor). Replaces what was
     /// known of the client's opens: the client's own count is the truth. Returns the files
-    /// no longer open anywhere because of it.
+    /// no longer open anywhere because of it, and the capabilities of other clients taken
+    /// away because this one states it has their files open too (to recall).
     pub fn connected(
         &mut self,
         client: &str,
         files: impl IntoIterator<Item = (u64, Opens)>,
-    ) -> Vec<u64> {
+    ) -> (Vec<u64>, Vec<(u64, String)>) {
         // The client dropped its capabilities when its stream broke.
         let mut closed = self.forget_opens(client);
+        let mut revoked = Vec::new();
         for (ino, opens) in files {
             if !opens.is_empty() {
+                if let Some(holder) = self.exclusive.remove(&ino) {
+                    revoked.push((ino, holder));
+                }
                 self.opens
                     .entry(ino)
                     .or_default()
@@ -82,7 +89,7 @@ impl Sessions {
                 since: Instant::now(),
             },
         );
-        closed
+        (closed, revoked)
     }
 
     /// The client's stream broke: the eviction clock starts.
@@ -126,31 +133,41 @@ impl Sessions {
             .insert(ino);
     }
 
-    /// Grants `client` the exclusive capability of `ino` if it is the file's only opener.
+    /// Grants `client` the exclusive capability of `ino` if it is the file's only opener,
+    /// its session stream (which carries recalls) is connected, and no recall of the file's
+    /// capability is under way (the request that recalled it has not run yet).
     pub fn grant_exclusive(&mut self, client: &str, ino: u64) -> bool {
         let sole = self
             .opens
             .get(&ino)
             .is_some_and(|by_client| by_client.len() == 1 && by_client.contains_key(client));
-        if sole {
+        let connected = self.sessions.get(client).is_some_and(|s| s.connected);
+        let granted = sole && connected && !self.revoking.contains_key(&ino);
+        if granted {
             self.exclusive.insert(ino, client.to_string());
         }
-        sole
+        granted
     }
 
-    /// Takes the exclusive capability of `ino` away from its holder, unless the holder is
-    /// `requester` and `even_from_requester` is false; returns the holder to tell.
-    pub fn revoke_exclusive(
-        &mut self,
-        ino: u64,
-        requester: &str,
-        even_from_requester: bool,
-    ) -> Option<String> {
-        let holder = self.exclusive.get(&ino)?;
-        if holder == requester && !even_from_requester {
+    /// Takes the exclusive capability of `ino` away from its holder unless that is
+    /// `requester`; returns the holder to recall. No capability of the file is granted
+    /// until [`Sessions::revoke_done`].
+    pub fn revoke_exclusive(&mut self, ino: u64, requester: &str) -> Option<String> {
+        if self.exclusive.get(&ino)? == requester {
             return None;
         }
+        *self.revoking.entry(ino).or_default() += 1;
         self.exclusive.remove(&ino)
+    }
+
+    /// The recall of `ino`'s capability is over (the request that needed it runs now).
+    pub fn revoke_done(&mut self, ino: u64) {
+        if let Some(n) = self.revoking.get_mut(&ino) {
+            *n -= 1;
+            if *n == 0 {
+                self.revoking.remove(&ino);
+            }
+        }
     }
 
     /// One open ends; returns whether the file is still open anywhere.
@@ -238,6 +255,10 @@ impl Sessions {
     }
 
     pub fn status(&self) -> Vec<SessionStatus> {
+        let mut capabilities: HashMap<&str, u64> = HashMap::new();
+        for holder in self.exclusive.values() {
+            *capabilities.entry(holder.as_str()).or_default() += 1;
+        }
         let mut out: Vec<SessionStatus> = self
             .sessions
             .iter()
@@ -246,6 +267,7 @@ impl Sessions {
                 connected: s.connected,
                 since_ms: s.since.elapsed().as_millis() as u64,
                 open_files: self.open_by_client.get(client).map_or(0, |i| i.len()) as u64,
+                capabilities: capabilities.get(client.as_str()).copied().unwrap_or(0),
             })
             .collect();
         out.sort_by(|a, b| a.client.cmp(&b.client));
@@ -289,24 +311,42 @@ mod tests {
     }
 
     #[test]
-    fn only_a_sole_opener_holds_the_exclusive_capability() {
+    fn only_a_connected_sole_opener_holds_the_exclusive_capability() {
         let mut s = Sessions::default();
         s.opened("a", 7, true);
+        assert!(!s.grant_exclusive("a", 7), "no stream to recall it through");
+        s.connected("a", [(7, opens(0, 1))]);
         assert!(s.grant_exclusive("a", 7));
-        assert_eq!(s.revoke_exclusive(7, "a", false), None, "its own stat");
-        assert_eq!(s.revoke_exclusive(7, "b", false), Some("a".into()));
-        assert_eq!(s.revoke_exclusive(7, "b", false), None, "revoked once");
+        assert_eq!(s.revoke_exclusive(7, "a"), None, "its own stat");
+        assert_eq!(s.revoke_exclusive(7, "b"), Some("a".into()));
+        assert_eq!(s.revoke_exclusive(7, "b"), None, "revoked once");
+        assert!(
+            !s.grant_exclusive("a", 7),
+            "not while the recall is under way"
+        );
+        s.revoke_done(7);
+        assert!(s.grant_exclusive("a", 7));
         s.opened("b", 7, false);
         assert!(!s.grant_exclusive("a", 7), "two openers");
-        assert!(!s.released("b", 7, false) || s.is_open(7));
-        assert!(s.grant_exclusive("a", 7));
-        // The holder's last close ends it; so does its session.
+        assert!(s.released("b", 7, false), "a still has it open");
+        // The holder's last close ends it; so does a new stream of its session.
         s.released("a", 7, true);
-        assert_eq!(s.revoke_exclusive(7, "b", true), None);
+        assert_eq!(s.revoke_exclusive(7, "b"), None);
         s.opened("a", 8, false);
         assert!(s.grant_exclusive("a", 8));
-        s.connected("a", []);
-        assert_eq!(s.revoke_exclusive(8, "b", true), None);
+        assert_eq!(s.status()[0].capabilities, 1);
+        s.connected("a", [(8, opens(1, 0))]);
+        assert_eq!(s.revoke_exclusive(8, "b"), None);
+    }
+
+    #[test]
+    fn a_client_stating_an_open_takes_the_capability_from_its_holder() {
+        let mut s = Sessions::default();
+        s.connected("a", [(7, opens(1, 0))]);
+        assert!(s.grant_exclusive("a", 7));
+        let (_, revoked) = s.connected("b", [(7, opens(0, 1))]);
+        assert_eq!(revoked, vec![(7, "a".to_string())]);
+        assert_eq!(s.writers_besides(7, "a"), vec!["b".to_string()]);
     }
 
     #[test]
@@ -316,7 +356,7 @@ mod tests {
         s.opened("a", 7, true);
         s.opened("a", 9, false);
         s.opened("b", 13, false);
-        let closed = s.connected(
+        let (closed, _) = s.connected(
             "a",
             [(7, opens(0, 1)), (11, opens(1, 0)), (12, opens(0, 0))],
         );

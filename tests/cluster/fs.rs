@@ -470,22 +470,6 @@ async fn posix_behaviour_through_two_mounts() {
         assert_eq!(fs::metadata(p1.join("growing")).expect("stat").len(), 1000);
         drop(w);
         assert_eq!(fs::metadata(p2.join("growing")).expect("stat").len(), 1000);
-        // A file's only opener answers stats of it itself (its exclusive capability) until
-        // another mount shows or changes the file: then it sees the change at once.
-        // (Read-only: a writer would be recalled for its writes anyway.)
-        fs::File::create(p1.join("held")).expect("create");
-        let held = fs::File::open(p1.join("held")).expect("open");
-        let before = held.metadata().expect("fstat");
-        assert_eq!((before.nlink(), before.mode() & 0o7777), (1, 0o644));
-        fs::set_permissions(p2.join("held"), fs::Permissions::from_mode(0o600)).expect("chmod");
-        fs::hard_link(p2.join("held"), p2.join("held-link")).expect("link");
-        let after = held.metadata().expect("fstat");
-        assert_eq!((after.nlink(), after.mode() & 0o7777), (2, 0o600));
-        // Its own changes too.
-        fs::set_permissions(p1.join("held"), fs::Permissions::from_mode(0o640)).expect("chmod");
-        fs::remove_file(p1.join("held-link")).expect("unlink");
-        let own = held.metadata().expect("fstat");
-        assert_eq!((own.nlink(), own.mode() & 0o7777), (1, 0o640));
         // A large directory, listed whole.
         fs::create_dir(p1.join("many")).expect("mkdir");
         for i in 0..10_000 {
@@ -498,6 +482,68 @@ async fn posix_behaviour_through_two_mounts() {
         names.sort();
         assert_eq!(names.len(), 10_000);
         assert_eq!(names[9_999], "f09999");
+    })
+    .await;
+    exclusive_capability_checks(&t, &one.path, &two.path).await;
+}
+
+/// The files whose exclusive capability clients hold, over all sessions.
+async fn capabilities(config: &Config) -> Option<u64> {
+    let client = FsClient::connect(config, FS).await.ok()?;
+    let sessions = client.mds_status().await.ok()?.sessions;
+    Some(sessions.iter().map(|s| s.capabilities).sum())
+}
+
+/// A file's only opener answers stats of it itself (its exclusive capability) until another
+/// mount shows or changes the file: then the opener sees the change at once.
+async fn exclusive_capability_checks(t: &TestCluster, p1: &Path, p2: &Path) {
+    let config = t.config();
+    let (a, b) = (p1.join("held"), p2.join("held"));
+    // Read-only: a writer would be recalled for its writes anyway.
+    let held = blocking({
+        let a = a.clone();
+        move || {
+            fs::File::create(&a).expect("create");
+            fs::File::open(&a).expect("open")
+        }
+    })
+    .await;
+    assert_eq!(
+        capabilities(&config).await,
+        Some(1),
+        "the only opener holds it"
+    );
+    let held = blocking({
+        let b = b.clone();
+        move || {
+            let before = held.metadata().expect("fstat");
+            assert_eq!((before.nlink(), before.mode() & 0o7777), (1, 0o644));
+            fs::set_permissions(&b, fs::Permissions::from_mode(0o600)).expect("chmod");
+            fs::hard_link(&b, b.with_extension("link")).expect("link");
+            let after = held.metadata().expect("fstat");
+            assert_eq!((after.nlink(), after.mode() & 0o7777), (2, 0o600));
+            held
+        }
+    })
+    .await;
+    assert_eq!(
+        capabilities(&config).await,
+        Some(0),
+        "recalled by the other mount"
+    );
+    // Opened again, alone: the holder's own changes show in its own stats.
+    drop(held);
+    let held = blocking({
+        let a = a.clone();
+        move || fs::File::open(&a).expect("open")
+    })
+    .await;
+    assert_eq!(capabilities(&config).await, Some(1));
+    blocking(move || {
+        fs::set_permissions(&a, fs::Permissions::from_mode(0o640)).expect("chmod");
+        fs::remove_file(a.with_extension("link")).expect("unlink");
+        let own = held.metadata().expect("fstat");
+        assert_eq!((own.nlink(), own.mode() & 0o7777), (1, 0o640));
     })
     .await;
 }
