@@ -7,7 +7,10 @@
 //! stat elsewhere sees a write as soon as it returned). A file's size is read from the MDS
 //! when it is opened. The only opener of a file may get its exclusive capability: it then
 //! answers stats of the file itself until the MDS recalls the file, and only while it hears
-//! the MDS's heartbeats (a lease shorter than the time the mons take to replace an MDS). Metadata requests wait through an MDS failover: they are retried (same
+//! the MDS's heartbeats (a lease shorter than the time the mons take to replace an MDS).
+//! While it holds the capability it also buffers the file's writes ([`DirtyExtents`]) and
+//! sends them on fsync, close, recall, when the buffer is full or a few seconds old, or
+//! when the capability goes: no other client can see the file before then. Metadata requests wait through an MDS failover: they are retried (same
 //! request number, so a change is applied once) at whichever daemon holds the rank, until
 //! `FS_OP_TIMEOUT`; the session stream reconnects to the new active and states the files
 //! this client has open.
@@ -26,6 +29,7 @@ use cairn_common::fsops::{self, data_object, FsOp, FsReply, MdsStatus, OBJECT_BY
 use cairn_common::proto::mds_client::MdsClient;
 use cairn_common::proto::{MdsRequest, MdsSessionEvent, MdsSessionRequest, OpenFileState};
 
+use crate::dirty::DirtyExtents;
 use crate::{ClientError, Rados};
 
 pub use cairn_common::fsops::{Caller, DirEntry, InodeAttr as Attr, SetAttrs as SetAttr};
@@ -36,7 +40,9 @@ const FS_OP_TIMEOUT: Duration = Duration::from_secs(120);
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// The MDS heartbeats every session stream each second: one silent this long is dead.
-const SESSION_SILENCE_MAX: Duration = Duration::from_secs(4);
+const SESSION_SILENCE_MAX: Duration = Duration::from_millis(1500);
+/// Buffered writes older than this are sent without waiting for an fsync or close.
+const DIRTY_AGE_MAX: Duration = Duration::from_secs(5);
 const SESSION_OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Clone, Debug, thiserror::Error)]
@@ -95,6 +101,13 @@ struct OpenFile {
     /// The MDS's attributes of the file while exclusive (dropped at each change this client
     /// makes, fetched again by the next stat).
     cached: Option<Attr>,
+    /// Writes not yet sent to the OSDs (only while exclusive), and since when.
+    dirty: DirtyExtents,
+    dirty_since: Option<Instant>,
+    /// Taken exclusively while buffered data is being sent, shared by reads and written-
+    /// through writes: a read never sees data that is neither buffered nor sent, and a
+    /// written-through write never lands under older buffered data.
+    io: Arc<tokio::sync::RwLock<()>>,
 }
 
 /// Writes of this client the MDS has not heard of: where the furthest one ended, and when.
@@ -127,6 +140,9 @@ pub struct FsClient {
     /// When the session stream last carried a heartbeat, and for how long the MDS said it
     /// may be trusted; `None` while no stream is up.
     heard: Mutex<Option<(Instant, Duration)>>,
+    /// Buffered bytes over all files, and the most there may be.
+    dirty_bytes: AtomicU64,
+    dirty_bytes_max: u64,
     session: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
@@ -189,6 +205,8 @@ impl FsClient {
             opens_in_flight: tokio::sync::RwLock::new(()),
             attr_generation: AtomicU64::new(0),
             heard: Mutex::new(None),
+            dirty_bytes: AtomicU64::new(0),
+            dirty_bytes_max: config.client.fs_write_buffer_bytes,
             session: Mutex::new(None),
         })
     }
@@ -421,13 +439,17 @@ impl FsClient {
         *self.heard.lock().unwrap_or_else(|e| e.into_inner()) = Some((Instant::now(), lease));
     }
 
-    /// The attributes of `ino` this client may answer a stat with itself.
-    fn held_attr(&self, ino: u64) -> Option<Attr> {
-        let fresh = self
-            .heard
+    /// Whether the last heartbeat still vouches for this client's capabilities.
+    fn lease_fresh(&self) -> bool {
+        self.heard
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .is_some_and(|(at, lease)| at.elapsed() < lease);
+            .is_some_and(|(at, lease)| at.elapsed() < lease)
+    }
+
+    /// The attributes of `ino` this client may answer a stat with itself.
+    fn held_attr(&self, ino: u64) -> Option<Attr> {
+        let fresh = self.lease_fresh();
         let files = self.files();
         let f = files.get(&ino)?;
         if fresh && f.exclusive {
@@ -682,12 +704,27 @@ impl FsClient {
         if end <= offset {
             return Ok(Vec::new());
         }
+        let io = self.io_of(ino);
+        let _reading = io.read().await;
         let pieces = try_join_all(
             pieces(offset, end - offset)
                 .map(|(index, at, len)| self.read_piece(ino, index, at, len)),
         )
         .await?;
-        Ok(pieces.concat())
+        let mut data = pieces.concat();
+        if let Some(f) = self.files().get(&ino) {
+            // Buffered writes: none can have been sent meanwhile (that takes `io`).
+            f.dirty.overlay(offset, &mut data);
+        }
+        Ok(data)
+    }
+
+    /// The lock ordering a file's reads and writes against the sending of its buffer.
+    fn io_of(&self, ino: u64) -> Arc<tokio::sync::RwLock<()>> {
+        self.files()
+            .get(&ino)
+            .map(|f| f.io.clone())
+            .unwrap_or_default()
     }
 
     async fn read_piece(&self, ino: u64, index: u64, at: u64, len: u64) -> FsResult<Vec<u8>> {
@@ -707,14 +744,18 @@ impl FsClient {
     pub async fn write(&self, ino: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
         let len =
             u32::try_from(data.len()).map_err(|_| fs_error(fsops::EFBIG, "write too large"))?;
-        try_join_all(pieces(offset, data.len() as u64).map(|(index, at, n)| {
-            let from = (index * OBJECT_BYTES + at - offset) as usize;
-            let chunk = data[from..from + n as usize].to_vec();
-            let object = data_object(ino, index);
-            async move { self.rados.write(&self.data_pool, &object, at, chunk).await }
-        }))
-        .await?;
         let end = offset + data.len() as u64;
+        if self.buffer(ino, offset, data) {
+            if self.dirty_bytes.load(Ordering::SeqCst) > self.dirty_bytes_max {
+                self.send_buffered(ino).await?;
+            }
+            return Ok(len);
+        }
+        // Written through: older buffered data goes first, so it cannot land over this.
+        self.send_buffered(ino).await?;
+        let io = self.io_of(ino);
+        let _writing = io.read().await;
+        self.write_out(ino, offset, data).await?;
         let mut files = self.files();
         let f = files.entry(ino).or_default();
         f.size = f.size.max(end);
@@ -725,8 +766,99 @@ impl FsClient {
         Ok(len)
     }
 
-    /// Tells the MDS the size and mtime this client's writes gave the file.
+    /// Writes `data` at `offset` of the file to its objects, every piece at once.
+    async fn write_out(&self, ino: u64, offset: u64, data: &[u8]) -> FsResult<()> {
+        try_join_all(pieces(offset, data.len() as u64).map(|(index, at, n)| {
+            let from = (index * OBJECT_BYTES + at - offset) as usize;
+            let chunk = data[from..from + n as usize].to_vec();
+            let object = data_object(ino, index);
+            async move { self.rados.write(&self.data_pool, &object, at, chunk).await }
+        }))
+        .await?;
+        Ok(())
+    }
+
+    /// Keeps a write in the file's buffer if this client holds the file's capability (no
+    /// other client can look at the file without recalling it first).
+    fn buffer(&self, ino: u64, offset: u64, data: &[u8]) -> bool {
+        let fresh = self.lease_fresh();
+        let mut files = self.files();
+        let Some(f) = files.get_mut(&ino).filter(|f| f.exclusive && fresh) else {
+            return false;
+        };
+        let grown = f.dirty.write(offset, data);
+        self.dirty_bytes.fetch_add(grown, Ordering::SeqCst);
+        f.dirty_since.get_or_insert_with(Instant::now);
+        let end = offset + data.len() as u64;
+        f.size = f.size.max(end);
+        f.unreported = Some(Unreported {
+            end: f.unreported.map_or(end, |w| w.end.max(end)),
+            mtime_ns: now_ns(),
+        });
+        true
+    }
+
+    /// Sends the file's buffered writes to the OSDs. On failure they stay buffered (under
+    /// anything written since), to be sent again by the next attempt.
+    async fn send_buffered(&self, ino: u64) -> FsResult<()> {
+        let io = match self.files().get(&ino) {
+            Some(f) if !f.dirty.is_empty() => f.io.clone(),
+            _ => return Ok(()),
+        };
+        let _sending = io.write().await;
+        let (taken, bytes) = {
+            let mut files = self.files();
+            let Some(f) = files.get_mut(&ino) else {
+                return Ok(());
+            };
+            f.dirty_since = None;
+            let bytes = f.dirty.bytes();
+            (f.dirty.take(), bytes)
+        };
+        let sent = try_join_all(
+            taken
+                .iter()
+                .map(|(offset, data)| self.write_out(ino, *offset, data)),
+        )
+        .await;
+        if let Err(e) = sent {
+            if let Some(f) = self.files().get_mut(&ino) {
+                let before = f.dirty.bytes();
+                f.dirty.restore(taken);
+                f.dirty_since.get_or_insert_with(Instant::now);
+                self.dirty_bytes
+                    .fetch_add(f.dirty.bytes() - before, Ordering::SeqCst);
+            }
+            self.dirty_bytes.fetch_sub(bytes, Ordering::SeqCst);
+            return Err(e);
+        }
+        self.dirty_bytes.fetch_sub(bytes, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Sends the buffered writes of every file (the capabilities went), or only of those
+    /// buffered for longer than `DIRTY_AGE_MAX` when `old_only`.
+    async fn send_all_buffered(&self, old_only: bool) {
+        let due: Vec<u64> = self
+            .files()
+            .iter()
+            .filter(|(_, f)| {
+                f.dirty_since
+                    .is_some_and(|since| !old_only || since.elapsed() >= DIRTY_AGE_MAX)
+            })
+            .map(|(ino, _)| *ino)
+            .collect();
+        for ino in due {
+            if let Err(e) = self.send_buffered(ino).await {
+                tracing::warn!(ino, error = %e, "cannot send buffered writes yet; kept for the next attempt");
+            }
+        }
+    }
+
+    /// Sends the file's buffered writes, then tells the MDS the size and mtime this client's
+    /// writes gave the file.
     async fn report(&self, ino: u64) -> FsResult<()> {
+        self.send_buffered(ino).await?;
         let pending = self.files().get(&ino).and_then(|f| f.unreported);
         if let Some(w) = pending {
             self.call(FsOp::Written {
@@ -760,7 +892,7 @@ impl FsClient {
             .get(&ino)
             .is_some_and(|f| f.unreported.is_none_or(|w| w.end <= f.durable_size));
         if datasync && size_durable {
-            return Ok(());
+            return self.send_buffered(ino).await;
         }
         self.report(ino).await
     }
@@ -862,12 +994,15 @@ async fn run_session(client: Weak<FsClient>) {
                     let Some(c) = client.upgrade() else { return };
                     if event.recall == 0 {
                         c.heard_from_mds(Duration::from_millis(event.lease_ms));
+                        tokio::spawn(async move { c.send_all_buffered(true).await });
                     } else {
                         tokio::spawn(async move { c.answer_recall(event).await });
                     }
                 }
                 if let Some(c) = client.upgrade() {
+                    // Without the capability, buffered data must be where others can read it.
                     c.drop_capabilities();
+                    c.send_all_buffered(false).await;
                 }
                 tracing::info!("the MDS session stream ended; reconnecting");
             }

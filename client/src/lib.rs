@@ -2,6 +2,7 @@
 //! dev-cluster harness shared by `cairn dev` and the integration tests.
 
 pub mod dev;
+pub mod dirty;
 pub mod error;
 pub mod fs;
 pub mod fuse;

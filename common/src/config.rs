@@ -254,6 +254,9 @@ pub struct ClientSettings {
     /// Failure domain of new pools when `cairn osd pool create` names none: `host`, or
     /// `osd` for clusters on one host (the dev cluster).
     pub pool_failure_domain: crate::maps::FailureDomain,
+    /// File data a filesystem client holds written but not yet sent, over all its files;
+    /// past it, a write sends its file's data first.
+    pub fs_write_buffer_bytes: u64,
 }
 
 impl Default for ClientSettings {
@@ -266,6 +269,7 @@ impl Default for ClientSettings {
             retry_backoff_ms: 100,
             reply_bytes_max: 80 << 20,
             pool_failure_domain: crate::maps::FailureDomain::Host,
+            fs_write_buffer_bytes: 64 << 20,
         }
     }
 }

@@ -212,7 +212,11 @@ fn render_mds(out: &mut String, mds: &Result<MdsStatus, String>) {
     if s.sessions.is_empty() {
         return;
     }
-    let _ = writeln!(out, "{:<48} {:<22} OPEN FILES", "SESSION", "STATE");
+    let _ = writeln!(
+        out,
+        "{:<48} {:<22} {:<10} CAPS",
+        "SESSION", "STATE", "OPEN FILES"
+    );
     for c in &s.sessions {
         let state = format!(
             "{} {}",
@@ -223,7 +227,11 @@ fn render_mds(out: &mut String, mds: &Result<MdsStatus, String>) {
             },
             human_duration(c.since_ms / 1000)
         );
-        let _ = writeln!(out, "{:<48} {:<22} {}", c.client, state, c.open_files);
+        let _ = writeln!(
+            out,
+            "{:<48} {:<22} {:<10} {}",
+            c.client, state, c.open_files, c.capabilities
+        );
     }
 }
 
