@@ -24,6 +24,9 @@ impl DirtyExtents {
     /// more bytes are held.
     pub fn write(&mut self, offset: u64, data: &[u8]) -> u64 {
         let end = offset + data.len() as u64;
+        if let Some(grown) = self.extend(offset, data) {
+            return grown;
+        }
         // Extents are sorted and disjoint, so their ends are sorted too: walking back from
         // the last one starting at or before `end`, the first that ends before `offset` is
         // where the touching ones stop.
@@ -53,6 +56,28 @@ impl DirtyExtents {
         self.bytes += merged.len() as u64;
         self.extents.insert(from, merged);
         self.bytes - before
+    }
+
+    /// The common case of sequential writes: `data` starts inside or right at the end of
+    /// an extent and reaches no later one. The extent is written and grown in place (no
+    /// copy of what it holds); `None` when the case does not apply.
+    fn extend(&mut self, offset: u64, data: &[u8]) -> Option<u64> {
+        let end = offset + data.len() as u64;
+        let (&start, held) = self.extents.range(..=offset).next_back()?;
+        if start + (held.len() as u64) < offset {
+            return None;
+        }
+        if self.extents.range(start + 1..=end).next().is_some() {
+            return None;
+        }
+        let held = self.extents.get_mut(&start)?;
+        let at = (offset - start) as usize;
+        let overlap = (held.len() - at).min(data.len());
+        held[at..at + overlap].copy_from_slice(&data[..overlap]);
+        held.extend_from_slice(&data[overlap..]);
+        let grown = (data.len() - overlap) as u64;
+        self.bytes += grown;
+        Some(grown)
     }
 
     /// Copies what is held of `[offset, offset + buf.len())` over `buf`.

@@ -129,8 +129,9 @@ pub struct MdsSettings {
     /// or sooner when `dirty_entries_max` changes wait.
     pub writeback_interval_ms: u64,
     pub dirty_entries_max: usize,
-    /// Clean inodes and directory entries kept in memory.
-    pub cache_entries_max: usize,
+    /// Memory the metadata cache may take (about: records and map overheads); past it,
+    /// clean inodes and directory entries are dropped at the next write-back.
+    pub cache_memory_bytes: usize,
     /// A client session whose stream stays disconnected this long is evicted: its open
     /// files are closed and the replies kept for its retries forgotten.
     pub session_timeout_ms: u64,
@@ -160,7 +161,7 @@ impl Default for MdsSettings {
             journal_segment_bytes: 4 << 20,
             writeback_interval_ms: 2000,
             dirty_entries_max: 100_000,
-            cache_entries_max: 200_000,
+            cache_memory_bytes: 256 << 20,
             // Longer than a client retries one request (2 minutes): a retry must still find
             // its reply remembered, or a change could be applied twice.
             session_timeout_ms: 300_000,

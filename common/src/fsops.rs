@@ -241,6 +241,8 @@ pub struct MdsStatus {
     pub journal_bytes: u64,
     /// Inodes and directories in the cache, and how many changes wait for write-back.
     pub cache_entries: u64,
+    /// About how much memory they take (`mds.cache_memory_bytes` bounds it).
+    pub cache_bytes: u64,
     pub cache_dirty: u64,
 }
 

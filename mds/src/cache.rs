@@ -75,17 +75,20 @@ pub struct Cache {
     inodes: HashMap<u64, Slot<Inode>>,
     dirs: HashMap<u64, Dir>,
     gone_dirs: BTreeMap<u64, u64>,
-    entries_max: usize,
+    memory_max: usize,
 }
 
+/// What a map slot costs beyond its value (keys, hashing, tree nodes), roughly.
+const SLOT_OVERHEAD: usize = 48;
+
 impl Cache {
-    pub fn new(pool: &str, entries_max: usize) -> Cache {
+    pub fn new(pool: &str, memory_max: usize) -> Cache {
         Cache {
             pool: pool.to_string(),
             inodes: HashMap::new(),
             dirs: HashMap::new(),
             gone_dirs: BTreeMap::new(),
-            entries_max,
+            memory_max,
         }
     }
 
@@ -258,15 +261,31 @@ impl Cache {
         self.gone_dirs.retain(|_, seq| *seq > upto);
     }
 
-    /// Drops clean items while more than `entries_max` are held. Dirty ones stay: they are
-    /// the only copy outside the journal.
     /// Inodes and directory entries held.
     pub fn entries(&self) -> usize {
         self.inodes.len() + self.dirs.values().map(|d| d.entries.len()).sum::<usize>()
     }
 
+    /// About how much memory the items held take (what `mds.cache_memory_bytes` bounds).
+    pub fn memory_bytes(&self) -> usize {
+        let inodes: usize = self
+            .inodes
+            .values()
+            .map(|s| SLOT_OVERHEAD + s.value.as_ref().map_or(0, Inode::memory_bytes))
+            .sum();
+        let dentries: usize = self
+            .dirs
+            .values()
+            .flat_map(|d| d.entries.keys())
+            .map(|name| SLOT_OVERHEAD + std::mem::size_of::<Slot<Dentry>>() + name.len())
+            .sum();
+        inodes + dentries
+    }
+
+    /// Drops every clean item once the cache holds more than its memory budget. Dirty ones
+    /// stay: they are the only copy outside the journal.
     pub fn evict(&mut self) {
-        if self.entries() <= self.entries_max {
+        if self.memory_bytes() <= self.memory_max {
             return;
         }
         self.inodes
@@ -351,6 +370,16 @@ mod tests {
         assert_eq!(after_a, ["c"]);
         assert_eq!(dir.get("b"), None);
         assert!(!dir.is_empty());
+    }
+
+    #[test]
+    fn the_memory_budget_counts_names_and_attributes() {
+        let mut c = Cache::new("meta", usize::MAX);
+        let empty = c.memory_bytes();
+        let mut big = file(2);
+        big.xattrs.insert("user.x".into(), vec![0; 1000]);
+        c.apply(1, &[Event::Inode(big), entry(1, &"n".repeat(200), Some(2))]);
+        assert!(c.memory_bytes() >= empty + 1200);
     }
 
     #[test]

@@ -55,6 +55,17 @@ impl Inode {
         cairn_common::fsops::is_dir(self.mode)
     }
 
+    /// About how much memory the record takes.
+    pub fn memory_bytes(&self) -> usize {
+        std::mem::size_of::<Inode>()
+            + self.symlink.as_ref().map_or(0, String::len)
+            + self
+                .xattrs
+                .iter()
+                .map(|(name, value)| 48 + name.len() + value.len())
+                .sum::<usize>()
+    }
+
     pub fn attr(&self) -> InodeAttr {
         InodeAttr {
             ino: self.ino,

@@ -511,7 +511,7 @@ impl MdsNode {
                     self.rados.clone(),
                     &meta,
                     self.settings.journal_segment_bytes,
-                    self.settings.cache_entries_max,
+                    self.settings.cache_memory_bytes,
                 )
                 .await?;
                 tracing::info!(fs, "replaying the journal");

@@ -433,6 +433,7 @@ impl Rank {
             journal_bytes: (end.segment.saturating_sub(head_at.segment) * segment + end.offset)
                 .saturating_sub(head_at.offset),
             cache_entries: self.cache.entries() as u64,
+            cache_bytes: self.cache.memory_bytes() as u64,
             cache_dirty: self.cache.dirty_count() as u64,
         }
     }

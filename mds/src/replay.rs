@@ -32,7 +32,7 @@ pub struct Replayer {
     rados: Arc<Rados>,
     pool: String,
     segment_bytes: u64,
-    cache_entries_max: usize,
+    cache_memory_bytes: usize,
     cache: Cache,
     reader: Reader,
     seq: u64,
@@ -50,15 +50,15 @@ impl Replayer {
         rados: Arc<Rados>,
         pool: &str,
         segment_bytes: u64,
-        cache_entries_max: usize,
+        cache_memory_bytes: usize,
     ) -> anyhow::Result<Replayer> {
         let head = journal::read_head(&rados, pool).await?.unwrap_or_default();
         let mut r = Replayer {
             rados,
             pool: pool.to_string(),
             segment_bytes,
-            cache_entries_max,
-            cache: Cache::new(pool, cache_entries_max),
+            cache_memory_bytes,
+            cache: Cache::new(pool, cache_memory_bytes),
             reader: Reader::at(pool, Position::default(), segment_bytes),
             seq: 0,
             next_ino: 0,
@@ -73,7 +73,7 @@ impl Replayer {
 
     /// Forgets everything replayed and continues from `head`: all of it was written back.
     fn restart_at(&mut self, head: journal::Head) {
-        self.cache = Cache::new(&self.pool, self.cache_entries_max);
+        self.cache = Cache::new(&self.pool, self.cache_memory_bytes);
         self.reader = Reader::at(&self.pool, head.position, self.segment_bytes);
         self.seq = head.seq.saturating_sub(1);
         self.next_ino = head.next_ino.max(cairn_common::fsops::ROOT_INO + 1);

@@ -421,7 +421,10 @@ async fn posix_behaviour_through_two_mounts() {
     // from the metadata pool all the time.
     let t = fs_cluster(
         &["a", "b"],
-        &["mds.cache_entries_max=64", "mds.writeback_interval_ms=200"],
+        &[
+            "mds.cache_memory_bytes=16384",
+            "mds.writeback_interval_ms=200",
+        ],
     )
     .await;
     let base = t.dir().join("mnt");

@@ -198,10 +198,11 @@ fn render_mds(out: &mut String, mds: &Result<MdsStatus, String>) {
     let connected = s.sessions.iter().filter(|c| c.connected).count();
     let _ = writeln!(
         out,
-        "journal: {} entries, {} to replay   cache: {} entries, {} dirty",
+        "journal: {} entries, {} to replay   cache: {} entries, {}, {} dirty",
         s.journal_entries,
         human_bytes(s.journal_bytes),
         s.cache_entries,
+        human_bytes(s.cache_bytes),
         s.cache_dirty
     );
     let _ = writeln!(
