@@ -110,6 +110,18 @@ struct OpenFile {
     io: Arc<tokio::sync::RwLock<()>>,
 }
 
+impl OpenFile {
+    /// A write here ended at `end`: the file reaches at least there, and the MDS is to hear
+    /// of it.
+    fn wrote(&mut self, end: u64) {
+        self.size = self.size.max(end);
+        self.unreported = Some(Unreported {
+            end: self.unreported.map_or(end, |w| w.end.max(end)),
+            mtime_ns: now_ns(),
+        });
+    }
+}
+
 /// Writes of this client the MDS has not heard of: where the furthest one ended, and when.
 /// Only that end is reported (never the size seen at open, which another client may have
 /// cut since).
@@ -744,7 +756,6 @@ impl FsClient {
     pub async fn write(&self, ino: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
         let len =
             u32::try_from(data.len()).map_err(|_| fs_error(fsops::EFBIG, "write too large"))?;
-        let end = offset + data.len() as u64;
         if self.buffer(ino, offset, data) {
             if self.dirty_bytes.load(Ordering::SeqCst) > self.dirty_bytes_max {
                 self.send_buffered(ino).await?;
@@ -757,12 +768,10 @@ impl FsClient {
         let _writing = io.read().await;
         self.write_out(ino, offset, data).await?;
         let mut files = self.files();
-        let f = files.entry(ino).or_default();
-        f.size = f.size.max(end);
-        f.unreported = Some(Unreported {
-            end: f.unreported.map_or(end, |w| w.end.max(end)),
-            mtime_ns: now_ns(),
-        });
+        files
+            .entry(ino)
+            .or_default()
+            .wrote(offset + data.len() as u64);
         Ok(len)
     }
 
@@ -789,12 +798,7 @@ impl FsClient {
         let grown = f.dirty.write(offset, data);
         self.dirty_bytes.fetch_add(grown, Ordering::SeqCst);
         f.dirty_since.get_or_insert_with(Instant::now);
-        let end = offset + data.len() as u64;
-        f.size = f.size.max(end);
-        f.unreported = Some(Unreported {
-            end: f.unreported.map_or(end, |w| w.end.max(end)),
-            mtime_ns: now_ns(),
-        });
+        f.wrote(offset + data.len() as u64);
         true
     }
 
@@ -994,7 +998,10 @@ async fn run_session(client: Weak<FsClient>) {
                     let Some(c) = client.upgrade() else { return };
                     if event.recall == 0 {
                         c.heard_from_mds(Duration::from_millis(event.lease_ms));
-                        tokio::spawn(async move { c.send_all_buffered(true).await });
+                        // Ten heartbeats a second: look for old buffered data only if any.
+                        if c.dirty_bytes.load(Ordering::SeqCst) > 0 {
+                            tokio::spawn(async move { c.send_all_buffered(true).await });
+                        }
                     } else {
                         tokio::spawn(async move { c.answer_recall(event).await });
                     }

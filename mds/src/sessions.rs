@@ -250,10 +250,6 @@ impl Sessions {
         closed
     }
 
-    pub fn count(&self) -> usize {
-        self.sessions.len()
-    }
-
     pub fn status(&self) -> Vec<SessionStatus> {
         let mut capabilities: HashMap<&str, u64> = HashMap::new();
         for holder in self.exclusive.values() {
