@@ -54,6 +54,10 @@ pub struct FsError {
 
 pub type FsResult<T> = Result<T, FsError>;
 
+/// How many extended attributes' answers a held file keeps (the kernel asks for one or
+/// two; any process may ask for many).
+const XATTRS_HELD_MAX: usize = 16;
+
 fn fs_error(errno: i32, message: impl Into<String>) -> FsError {
     FsError {
         errno,
@@ -98,9 +102,16 @@ struct OpenFile {
     unreported: Option<Unreported>,
     /// This client holds the file's exclusive capability.
     exclusive: bool,
+    /// Recalls of the file's capability seen, and session streams started or ended, while
+    /// it is open: a grant answered across one is void.
+    recalls: u64,
     /// The MDS's attributes of the file while exclusive (dropped at each change this client
     /// makes, fetched again by the next stat).
     cached: Option<Attr>,
+    /// The MDS's answers about extended attributes (a value, or none by that name) while
+    /// exclusive, dropped with `cached`. The kernel asks for `security.capability` before
+    /// every write.
+    xattrs: HashMap<String, Option<Vec<u8>>>,
     /// Writes not yet sent to the OSDs (only while exclusive), and since when.
     dirty: DirtyExtents,
     dirty_since: Option<Instant>,
@@ -111,6 +122,12 @@ struct OpenFile {
 }
 
 impl OpenFile {
+    /// Forgets what the MDS said of the file: it may have changed.
+    fn drop_cached(&mut self) {
+        self.cached = None;
+        self.xattrs.clear();
+    }
+
     /// A write here ended at `end`: the file reaches at least there, and the MDS is to hear
     /// of it.
     fn wrote(&mut self, end: u64) {
@@ -241,7 +258,8 @@ impl FsClient {
         let tid = self.next_tid.fetch_add(1, Ordering::Relaxed);
         let op_json =
             serde_json::to_vec(&op).map_err(|e| fs_error(fsops::EINVAL, e.to_string()))?;
-        let deadline = Instant::now() + FS_OP_TIMEOUT;
+        let started = Instant::now();
+        let deadline = started + FS_OP_TIMEOUT;
         let mut backoff = BACKOFF_MIN;
         let mut last = String::from("no MDS is active");
         let mut attempt = 0u32;
@@ -251,6 +269,10 @@ impl FsClient {
             if op.is_change() && !matches!(answer, Err(Retry::Later(_))) {
                 // Applied or not, a change may have made cached attributes stale.
                 self.invalidate_attrs(None);
+            }
+            if !matches!(answer, Err(Retry::Later(_))) {
+                metrics::histogram!("cairn_client_mds_op_seconds", "op" => op.name())
+                    .record(started.elapsed().as_secs_f64());
             }
             match answer {
                 Ok(FsReply::Error { errno, message }) => return Err(fs_error(errno, message)),
@@ -429,10 +451,11 @@ impl FsClient {
             Some(ino) => {
                 if let Some(f) = files.get_mut(&ino) {
                     f.exclusive = false;
-                    f.cached = None;
+                    f.drop_cached();
+                    f.recalls += 1;
                 }
             }
-            None => files.values_mut().for_each(|f| f.cached = None),
+            None => files.values_mut().for_each(OpenFile::drop_cached),
         }
     }
 
@@ -442,7 +465,8 @@ impl FsClient {
         self.attr_generation.fetch_add(1, Ordering::SeqCst);
         for f in self.files().values_mut() {
             f.exclusive = false;
-            f.cached = None;
+            f.drop_cached();
+            f.recalls += 1;
         }
     }
 
@@ -463,12 +487,10 @@ impl FsClient {
     fn held_attr(&self, ino: u64) -> Option<Attr> {
         let fresh = self.lease_fresh();
         let files = self.files();
-        let f = files.get(&ino)?;
-        if fresh && f.exclusive {
-            f.cached.clone()
-        } else {
-            None
-        }
+        files
+            .get(&ino)
+            .filter(|f| fresh && f.exclusive)
+            .and_then(|f| f.cached.clone())
     }
 
     /// Keeps attributes fetched from the MDS while the file is held exclusively, unless
@@ -505,9 +527,15 @@ impl FsClient {
         Ok(self.with_local(a))
     }
 
+    /// The attributes of `ino` if this client can answer for them without asking (it holds
+    /// the file's exclusive capability).
+    pub fn held_getattr(&self, ino: u64) -> Option<Attr> {
+        self.held_attr(ino).map(|a| self.with_local(a))
+    }
+
     pub async fn getattr(&self, ino: u64) -> FsResult<Attr> {
-        if let Some(a) = self.held_attr(ino) {
-            return Ok(self.with_local(a));
+        if let Some(a) = self.held_getattr(ino) {
+            return Ok(a);
         }
         let generation = self.attr_generation.load(Ordering::SeqCst);
         let a = attr(self.call(FsOp::GetAttr { ino }).await?)?;
@@ -649,26 +677,28 @@ impl FsClient {
         }
     }
 
-    /// Opens a file (for writing when `write`): its size is read now.
-    pub async fn open(&self, ino: u64, write: bool) -> FsResult<()> {
+    /// Opens a file (for writing when `write`): its size is read now. Returns whether what
+    /// this client cached of the file's data may be kept: no other client can have changed
+    /// it since this one last held the file's exclusive capability.
+    pub async fn open(&self, ino: u64, write: bool) -> FsResult<bool> {
         let _counting = self.opens_in_flight.read().await;
-        self.count_open(ino, write, true);
-        let generation = self.attr_generation.load(Ordering::SeqCst);
+        let recalls = self.count_open(ino, write, true);
         match self.call(FsOp::Open { ino, write }).await.and_then(opened) {
-            Ok((a, exclusive)) => {
+            Ok((a, exclusive, cache_kept)) => {
                 if let Some(f) = self.files().get_mut(&ino) {
                     if f.unreported.is_none() {
                         f.size = a.size;
                     }
                     f.durable_size = a.size;
-                    // A recall that came meanwhile may have been of this very grant.
-                    f.exclusive =
-                        exclusive && self.attr_generation.load(Ordering::SeqCst) == generation;
+                    // A recall that came meanwhile may have been of this very grant. Other
+                    // files' recalls and this client's own changes say nothing of it.
+                    f.exclusive = exclusive && f.recalls == recalls;
+                    f.drop_cached();
                     f.cached = f.exclusive.then_some(a);
                 }
                 // Attributes fetched before this grant must not replace its own.
                 self.attr_generation.fetch_add(1, Ordering::SeqCst);
-                Ok(())
+                Ok(cache_kept)
             }
             Err(e) => {
                 self.count_open(ino, write, false);
@@ -678,7 +708,8 @@ impl FsClient {
         }
     }
 
-    fn count_open(&self, ino: u64, write: bool, up: bool) {
+    /// Counts an open (`up`) or a release of `ino`; returns the file's recalls so far.
+    fn count_open(&self, ino: u64, write: bool, up: bool) -> u64 {
         let mut files = self.files();
         let f = files.entry(ino).or_default();
         let n = if write {
@@ -690,8 +721,9 @@ impl FsClient {
         if f.readers + f.writers == 0 {
             // The MDS ends the capability with the last open.
             f.exclusive = false;
-            f.cached = None;
+            f.drop_cached();
         }
+        f.recalls
     }
 
     /// Forgets a file no longer open here, unless writes to it are still to report (and
@@ -943,15 +975,45 @@ impl FsClient {
     }
 
     pub async fn getxattr(&self, ino: u64, name: &str) -> FsResult<Vec<u8>> {
-        match self
+        let no_such = || fs_error(fsops::ENODATA, format!("no attribute {name}"));
+        if let Some(held) = self.held_xattr(ino, name) {
+            return held.ok_or_else(no_such);
+        }
+        let generation = self.attr_generation.load(Ordering::SeqCst);
+        let answer = self
             .call(FsOp::GetXattr {
                 ino,
                 name: name.to_string(),
             })
-            .await?
-        {
-            FsReply::Value(v) => Ok(v),
-            other => Err(unexpected(other)),
+            .await;
+        let value = match answer {
+            Ok(FsReply::Value(v)) => Some(v),
+            Err(e) if e.errno == fsops::ENODATA => None,
+            Ok(other) => return Err(unexpected(other)),
+            Err(e) => return Err(e),
+        };
+        self.keep_xattr(ino, name, &value, generation);
+        value.ok_or_else(no_such)
+    }
+
+    /// What the MDS said of `ino`'s attribute `name`, if this client holds the file.
+    fn held_xattr(&self, ino: u64, name: &str) -> Option<Option<Vec<u8>>> {
+        let fresh = self.lease_fresh();
+        let files = self.files();
+        let f = files.get(&ino).filter(|f| fresh && f.exclusive)?;
+        f.xattrs.get(name).cloned()
+    }
+
+    /// Keeps an answer about an extended attribute as `keep_attr` keeps attributes.
+    fn keep_xattr(&self, ino: u64, name: &str, value: &Option<Vec<u8>>, generation: u64) {
+        let mut files = self.files();
+        if let Some(f) = files.get_mut(&ino) {
+            if f.exclusive
+                && self.attr_generation.load(Ordering::SeqCst) == generation
+                && f.xattrs.len() < XATTRS_HELD_MAX
+            {
+                f.xattrs.insert(name.to_string(), value.clone());
+            }
         }
     }
 
@@ -1040,9 +1102,13 @@ fn pieces(offset: u64, len: u64) -> impl Iterator<Item = (u64, u64, u64)> {
     })
 }
 
-fn opened(reply: FsReply) -> FsResult<(Attr, bool)> {
+fn opened(reply: FsReply) -> FsResult<(Attr, bool, bool)> {
     match reply {
-        FsReply::Opened { attr, exclusive } => Ok((attr, exclusive)),
+        FsReply::Opened {
+            attr,
+            exclusive,
+            cache_kept,
+        } => Ok((attr, exclusive, cache_kept)),
         other => Err(unexpected(other)),
     }
 }

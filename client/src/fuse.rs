@@ -2,10 +2,12 @@
 //! no libfuse, and as root the kernel mount is made directly.
 //!
 //! Two choices shape it:
-//! - **The kernel caches nothing past one call.** Entries and attributes are returned with a
-//!   TTL of zero, so every lookup, `stat` and permission check asks the MDS, and files are
-//!   opened without `FOPEN_KEEP_CACHE`, so a file's page cache is dropped at each open. Two
-//!   mounts of one filesystem thus see each other's metadata changes at once, and each
+//! - **The kernel caches little past one call.** Entries and attributes are returned with a
+//!   TTL of zero, so every lookup, `stat` and permission check asks the client (which asks
+//!   the MDS unless it holds the file's exclusive capability), and a file's page cache is
+//!   dropped at each open (no `FOPEN_KEEP_CACHE`) unless this client held the file's
+//!   exclusive capability since before that open, when no other client can have changed it.
+//!   Two mounts of one filesystem thus see each other's metadata changes at once, and each
 //!   other's data from the next open after the writer's close (close-to-open, as NFS).
 //! - **fuser's request thread never waits on the network.** Each callback moves its reply
 //!   into a task on the tokio runtime and returns, so many requests are in flight at once.
@@ -99,9 +101,15 @@ impl CairnFs {
         Arc::clone(&self.fs)
     }
 
-    /// Runs `task`, which replies to the kernel, off fuser's request thread.
-    fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
-        self.runtime.spawn(task);
+    /// Runs `task`, which replies to the kernel, off fuser's request thread, and records how
+    /// long the kernel waited for the answer to `op`.
+    fn spawn(&self, op: &'static str, task: impl Future<Output = ()> + Send + 'static) {
+        self.runtime.spawn(async move {
+            let started = std::time::Instant::now();
+            task.await;
+            metrics::histogram!("cairn_fuse_op_seconds", "op" => op)
+                .record(started.elapsed().as_secs_f64());
+        });
     }
 }
 
@@ -122,7 +130,7 @@ impl Filesystem for CairnFs {
             return reply.error(Errno::EINVAL);
         };
         let (fs, inodes) = (self.client(), self.inodes);
-        self.spawn(async move {
+        self.spawn("lookup", async move {
             let found = fs.lookup(inodes.to_mds(parent), &name).await;
             reply_entry(inodes, reply, found);
         });
@@ -133,7 +141,12 @@ impl Filesystem for CairnFs {
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         let (fs, inodes) = (self.client(), self.inodes);
-        self.spawn(async move {
+        // Attributes this client holds need no network: answered here, with no hand-off.
+        if let Some(a) = fs.held_getattr(inodes.to_mds(ino)) {
+            metrics::counter!("cairn_fuse_getattr_held_total").increment(1);
+            return reply_attr(inodes, reply, Ok(a));
+        }
+        self.spawn("getattr", async move {
             let attr = fs.getattr(inodes.to_mds(ino)).await;
             reply_attr(inodes, reply, attr);
         });
@@ -166,7 +179,7 @@ impl Filesystem for CairnFs {
             mtime_ns: mtime.map(time_ns),
         };
         let (fs, inodes) = (self.client(), self.inodes);
-        self.spawn(async move {
+        self.spawn("setattr", async move {
             let attr = fs.setattr(inodes.to_mds(ino), change).await;
             reply_attr(inodes, reply, attr);
         });
@@ -174,7 +187,7 @@ impl Filesystem for CairnFs {
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
         let (fs, ino) = (self.client(), self.inodes.to_mds(ino));
-        self.spawn(async move {
+        self.spawn("readlink", async move {
             match fs.readlink(ino).await {
                 Ok(target) => reply.data(target.as_bytes()),
                 Err(e) => reply.error(errno(&e)),
@@ -196,7 +209,7 @@ impl Filesystem for CairnFs {
             return reply.error(Errno::EINVAL);
         };
         let (fs, inodes, caller) = (self.client(), self.inodes, caller(req));
-        self.spawn(async move {
+        self.spawn("mknod", async move {
             let made = fs
                 .mknod(inodes.to_mds(parent), &name, mode, rdev, caller)
                 .await;
@@ -217,7 +230,7 @@ impl Filesystem for CairnFs {
             return reply.error(Errno::EINVAL);
         };
         let (fs, inodes, caller) = (self.client(), self.inodes, caller(req));
-        self.spawn(async move {
+        self.spawn("mkdir", async move {
             let made = fs.mkdir(inodes.to_mds(parent), &name, mode, caller).await;
             reply_entry(inodes, reply, made);
         });
@@ -228,7 +241,9 @@ impl Filesystem for CairnFs {
             return reply.error(Errno::EINVAL);
         };
         let (fs, parent) = (self.client(), self.inodes.to_mds(parent));
-        self.spawn(async move { reply_empty(reply, fs.unlink(parent, &name).await) });
+        self.spawn("unlink", async move {
+            reply_empty(reply, fs.unlink(parent, &name).await)
+        });
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -236,7 +251,9 @@ impl Filesystem for CairnFs {
             return reply.error(Errno::EINVAL);
         };
         let (fs, parent) = (self.client(), self.inodes.to_mds(parent));
-        self.spawn(async move { reply_empty(reply, fs.rmdir(parent, &name).await) });
+        self.spawn("rmdir", async move {
+            reply_empty(reply, fs.rmdir(parent, &name).await)
+        });
     }
 
     fn symlink(
@@ -251,7 +268,7 @@ impl Filesystem for CairnFs {
             return reply.error(Errno::EINVAL);
         };
         let (fs, inodes, caller) = (self.client(), self.inodes, caller(req));
-        self.spawn(async move {
+        self.spawn("symlink", async move {
             let made = fs
                 .symlink(inodes.to_mds(parent), &name, &target, caller)
                 .await;
@@ -274,7 +291,7 @@ impl Filesystem for CairnFs {
         };
         let (fs, inodes) = (self.client(), self.inodes);
         let (parent, newparent) = (inodes.to_mds(parent), inodes.to_mds(newparent));
-        self.spawn(async move {
+        self.spawn("rename", async move {
             let renamed = fs
                 .rename(parent, &name, newparent, &newname, flags.bits())
                 .await;
@@ -295,18 +312,20 @@ impl Filesystem for CairnFs {
         };
         let (fs, inodes) = (self.client(), self.inodes);
         let (ino, newparent) = (inodes.to_mds(ino), inodes.to_mds(newparent));
-        self.spawn(async move {
+        self.spawn("link", async move {
             let linked = fs.link(ino, newparent, &newname).await;
             reply_entry(inodes, reply, linked);
         });
     }
 
-    /// No `FOPEN_KEEP_CACHE`: the kernel drops the file's cached pages (close-to-open).
+    /// `FOPEN_KEEP_CACHE` only while this client held the file exclusively since before the
+    /// open: otherwise the kernel drops the file's cached pages (close-to-open).
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let (fs, ino) = (self.client(), self.inodes.to_mds(ino));
-        self.spawn(async move {
+        self.spawn("open", async move {
             match fs.open(ino, writes(flags)).await {
-                Ok(()) => reply.opened(FileHandle(0), FopenFlags::empty()),
+                Ok(true) => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
+                Ok(false) => reply.opened(FileHandle(0), FopenFlags::empty()),
                 Err(e) => reply.error(errno(&e)),
             }
         });
@@ -324,7 +343,7 @@ impl Filesystem for CairnFs {
         reply: ReplyData,
     ) {
         let (fs, ino) = (self.client(), self.inodes.to_mds(ino));
-        self.spawn(async move {
+        self.spawn("read", async move {
             match fs.read(ino, offset, size).await {
                 Ok(data) => reply.data(&data),
                 Err(e) => reply.error(errno(&e)),
@@ -345,7 +364,7 @@ impl Filesystem for CairnFs {
         reply: ReplyWrite,
     ) {
         let (fs, ino, data) = (self.client(), self.inodes.to_mds(ino), data.to_vec());
-        self.spawn(async move {
+        self.spawn("write", async move {
             match fs.write(ino, offset, &data).await {
                 Ok(written) => reply.written(written),
                 Err(e) => reply.error(errno(&e)),
@@ -362,7 +381,10 @@ impl Filesystem for CairnFs {
         reply: ReplyEmpty,
     ) {
         let (fs, ino) = (self.client(), self.inodes.to_mds(ino));
-        self.spawn(async move { reply_empty(reply, fs.flush(ino).await) });
+        self.spawn(
+            "flush",
+            async move { reply_empty(reply, fs.flush(ino).await) },
+        );
     }
 
     fn release(
@@ -376,9 +398,9 @@ impl Filesystem for CairnFs {
         reply: ReplyEmpty,
     ) {
         let (fs, ino, write) = (self.client(), self.inodes.to_mds(ino), writes(flags));
-        self.spawn(
-            async move { reply_empty(reply, flush_and_release(&fs, ino, write, flush).await) },
-        );
+        self.spawn("release", async move {
+            reply_empty(reply, flush_and_release(&fs, ino, write, flush).await)
+        });
     }
 
     fn fsync(
@@ -390,7 +412,9 @@ impl Filesystem for CairnFs {
         reply: ReplyEmpty,
     ) {
         let (fs, ino) = (self.client(), self.inodes.to_mds(ino));
-        self.spawn(async move { reply_empty(reply, fs.fsync(ino, datasync).await) });
+        self.spawn("fsync", async move {
+            reply_empty(reply, fs.fsync(ino, datasync).await)
+        });
     }
 
     fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
@@ -409,7 +433,7 @@ impl Filesystem for CairnFs {
         reply: ReplyDirectory,
     ) {
         let (fs, inodes, dirs) = (self.client(), self.inodes, Arc::clone(&self.dirs));
-        self.spawn(async move {
+        self.spawn("readdir", async move {
             let kept = if offset == 0 { None } else { dirs.listing(fh) };
             let listing = match kept {
                 Some(listing) => listing,
@@ -436,7 +460,7 @@ impl Filesystem for CairnFs {
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
         let fs = self.client();
-        self.spawn(async move {
+        self.spawn("statfs", async move {
             match fs.statfs().await {
                 Ok(stats) => reply_statfs(reply, &stats),
                 Err(e) => reply.error(errno(&e)),
@@ -458,7 +482,7 @@ impl Filesystem for CairnFs {
             return reply.error(Errno::EINVAL);
         };
         let (fs, ino, value) = (self.client(), self.inodes.to_mds(ino), value.to_vec());
-        self.spawn(async move {
+        self.spawn("setxattr", async move {
             reply_empty(reply, fs.setxattr(ino, &name, &value, flags).await);
         });
     }
@@ -468,7 +492,7 @@ impl Filesystem for CairnFs {
             return reply.error(Errno::EINVAL);
         };
         let (fs, ino) = (self.client(), self.inodes.to_mds(ino));
-        self.spawn(async move {
+        self.spawn("getxattr", async move {
             match fs.getxattr(ino, &name).await {
                 Ok(value) => reply_xattr(reply, size, &value),
                 Err(e) => reply.error(errno(&e)),
@@ -478,7 +502,7 @@ impl Filesystem for CairnFs {
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
         let (fs, ino) = (self.client(), self.inodes.to_mds(ino));
-        self.spawn(async move {
+        self.spawn("listxattr", async move {
             match fs.listxattr(ino).await {
                 Ok(names) => reply_xattr(reply, size, &nul_terminated(&names)),
                 Err(e) => reply.error(errno(&e)),
@@ -491,7 +515,9 @@ impl Filesystem for CairnFs {
             return reply.error(Errno::EINVAL);
         };
         let (fs, ino) = (self.client(), self.inodes.to_mds(ino));
-        self.spawn(async move { reply_empty(reply, fs.removexattr(ino, &name).await) });
+        self.spawn("removexattr", async move {
+            reply_empty(reply, fs.removexattr(ino, &name).await)
+        });
     }
 
     /// Not called under `default_permissions`, where the kernel checks access itself.
@@ -514,7 +540,7 @@ impl Filesystem for CairnFs {
         };
         let (fs, inodes, caller) = (self.client(), self.inodes, caller(req));
         let write = writes(OpenFlags(flags));
-        self.spawn(async move {
+        self.spawn("create", async move {
             match create_and_open(&fs, inodes.to_mds(parent), &name, mode, write, caller).await {
                 Ok(attr) => reply.created(
                     &TTL,

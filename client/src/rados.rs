@@ -392,7 +392,8 @@ impl Rados {
         op: Op,
     ) -> Result<OpReply, ClientError> {
         let s = &self.shared;
-        let deadline = Instant::now() + Duration::from_millis(s.settings.op_timeout_ms);
+        let started = Instant::now();
+        let deadline = started + Duration::from_millis(s.settings.op_timeout_ms);
         let reqid = format!(
             "{}:{}",
             s.client_id,
@@ -406,7 +407,11 @@ impl Rados {
                 break;
             }
             match self.attempt(pool, object, pg, &op, &reqid, remaining).await {
-                Ok(reply) => return Ok(reply),
+                Ok(reply) => {
+                    metrics::histogram!("cairn_client_rados_op_seconds", "op" => op.name())
+                        .record(started.elapsed().as_secs_f64());
+                    return Ok(reply);
+                }
                 Err(Attempt::Fail(e)) => return Err(e),
                 Err(Attempt::Now(why)) => last = why,
                 Err(Attempt::Later(why)) => {

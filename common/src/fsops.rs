@@ -182,6 +182,35 @@ pub enum FsOp {
 
 impl FsOp {
     /// Whether the op changes metadata (and so is journaled before its reply).
+    /// The operation's name, for metrics and logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            FsOp::Lookup { .. } => "lookup",
+            FsOp::Resolve { .. } => "resolve",
+            FsOp::GetAttr { .. } => "getattr",
+            FsOp::SetAttr { .. } => "setattr",
+            FsOp::Mknod { .. } => "mknod",
+            FsOp::Mkdir { .. } => "mkdir",
+            FsOp::Symlink { .. } => "symlink",
+            FsOp::ReadLink { .. } => "readlink",
+            FsOp::Link { .. } => "link",
+            FsOp::Unlink { .. } => "unlink",
+            FsOp::Rmdir { .. } => "rmdir",
+            FsOp::Rename { .. } => "rename",
+            FsOp::ReadDir { .. } => "readdir",
+            FsOp::Written { .. } => "written",
+            FsOp::SetXattr { .. } => "setxattr",
+            FsOp::GetXattr { .. } => "getxattr",
+            FsOp::ListXattr { .. } => "listxattr",
+            FsOp::RemoveXattr { .. } => "removexattr",
+            FsOp::Files => "files",
+            FsOp::Open { .. } => "open",
+            FsOp::Release { .. } => "release",
+            FsOp::Recalled { .. } => "recalled",
+            FsOp::Status => "status",
+        }
+    }
+
     pub fn is_change(&self) -> bool {
         !matches!(
             self,
@@ -215,6 +244,11 @@ pub enum FsReply {
     Opened {
         attr: InodeAttr,
         exclusive: bool,
+        /// No other client can have changed the file's data since this client last held its
+        /// exclusive capability (a new grant is not enough: it may have cached data while
+        /// another client wrote): what it cached since may be kept.
+        #[serde(default)]
+        cache_kept: bool,
     },
     /// A POSIX errno and why.
     Error {

@@ -19,6 +19,30 @@ pub mod telemetry;
 /// The gRPC protocol, generated at build time from `proto/cairn.proto`.
 pub mod proto {
     tonic::include_proto!("cairn.v1");
+
+    impl object_op::Op {
+        /// The operation's name, for metrics and logs.
+        pub fn name(&self) -> &'static str {
+            use object_op::Op;
+            match self {
+                Op::WriteFull(_) => "write_full",
+                Op::Write(_) => "write",
+                Op::Append(_) => "append",
+                Op::Read(_) => "read",
+                Op::Stat(_) => "stat",
+                Op::Remove(_) => "remove",
+                Op::Truncate(_) => "truncate",
+                Op::SetXattr(_) => "set_xattr",
+                Op::RmXattr(_) => "rm_xattr",
+                Op::GetXattrs(_) => "get_xattrs",
+                Op::OmapSet(_) => "omap_set",
+                Op::OmapRm(_) => "omap_rm",
+                Op::OmapGet(_) => "omap_get",
+                Op::List(_) => "list",
+                Op::Scrub(_) => "scrub",
+            }
+        }
+    }
 }
 
 /// Milliseconds since the Unix epoch, the time base of tickets and map stamps.

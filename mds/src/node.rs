@@ -177,8 +177,8 @@ impl MdsNode {
                 }
             }
         };
-        metrics::counter!("cairn_mds_requests_total").increment(1);
-        metrics::histogram!("cairn_mds_request_seconds").record(started.elapsed().as_secs_f64());
+        metrics::histogram!("cairn_mds_request_seconds", "op" => op.name())
+            .record(started.elapsed().as_secs_f64());
         Ok(reply)
     }
 

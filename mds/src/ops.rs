@@ -109,12 +109,17 @@ impl Rank {
             FsOp::Files => Ok(FsReply::Count(self.next_ino.saturating_sub(1))),
             FsOp::Open { ino, write } => {
                 let inode = self.inode_of(ino).await?;
+                if write {
+                    self.sessions.data_changing(client, ino);
+                }
+                let cache_kept = self.sessions.cache_kept(client, ino);
                 self.sessions.opened(client, ino, write);
                 let exclusive =
                     inode.mode & S_IFMT == S_IFREG && self.sessions.grant_exclusive(client, ino);
                 Ok(FsReply::Opened {
                     attr: inode.attr(),
                     exclusive,
+                    cache_kept,
                 })
             }
             FsOp::Status => Ok(FsReply::Status(self.status())),
@@ -194,7 +199,12 @@ impl Rank {
                 self.rename(parent, &name, new_parent, &new_name, flags)
                     .await
             }
-            FsOp::SetAttr { ino, change } => self.set_attr(ino, change).await,
+            FsOp::SetAttr { ino, change } => {
+                if change.size.is_some() {
+                    self.sessions.data_changing(client, ino);
+                }
+                self.set_attr(ino, change).await
+            }
             FsOp::Written {
                 ino,
                 size,

@@ -13,6 +13,10 @@
 //! stats of the file from the attributes it was given (a database asks for its files' sizes
 //! all the time). Any request of another client that shows or changes the file revokes it
 //! first.
+//!
+//! The last holder of a file's exclusive capability keeps, after its last close, the right
+//! to keep the file's data cached until another client opens the file for writing or cuts
+//! it: reopened, it is told it may keep what it cached.
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -50,7 +54,13 @@ pub struct Sessions {
     exclusive: HashMap<u64, String>,
     /// Files whose capability is being recalled: none is granted until the recall is over.
     revoking: HashMap<u64, u32>,
+    /// Which client may keep each file's data cached (at most `CACHED_FILES_MAX`; one
+    /// forgotten costs that client a cold cache, nothing else).
+    cached_by: HashMap<u64, String>,
 }
+
+/// How many files' cache holders the MDS remembers.
+const CACHED_FILES_MAX: usize = 65_536;
 
 impl Sessions {
     /// A client's session stream is open; `files` is everything it has open (after a
@@ -67,6 +77,9 @@ impl Sessions {
         let mut closed = self.forget_opens(client);
         let mut revoked = Vec::new();
         for (ino, opens) in files {
+            if opens.writers > 0 {
+                self.data_changing(client, ino);
+            }
             if !opens.is_empty() {
                 if let Some(holder) = self.exclusive.remove(&ino) {
                     revoked.push((ino, holder));
@@ -145,8 +158,28 @@ impl Sessions {
         let granted = sole && connected && !self.revoking.contains_key(&ino);
         if granted {
             self.exclusive.insert(ino, client.to_string());
+            if self.cached_by.len() >= CACHED_FILES_MAX && !self.cached_by.contains_key(&ino) {
+                let forgotten = self.cached_by.keys().next().copied();
+                forgotten.map(|i| self.cached_by.remove(&i));
+            }
+            self.cached_by.insert(ino, client.to_string());
         }
         granted
+    }
+
+    /// Whether `client` may keep what it cached of `ino`'s data: it held the file's
+    /// exclusive capability last and no other client has opened the file for writing or cut
+    /// it since.
+    pub fn cache_kept(&self, client: &str, ino: u64) -> bool {
+        self.cached_by.get(&ino).is_some_and(|c| c == client)
+    }
+
+    /// `client` is about to open `ino` for writing or to cut it: no other client may keep
+    /// its data cached any longer.
+    pub fn data_changing(&mut self, client: &str, ino: u64) {
+        if self.cached_by.get(&ino).is_some_and(|c| c != client) {
+            self.cached_by.remove(&ino);
+        }
     }
 
     /// Takes the exclusive capability of `ino` away from its holder unless that is
@@ -230,6 +263,7 @@ impl Sessions {
         for client in &expired {
             self.sessions.remove(client);
             closed.extend(self.forget_opens(client));
+            self.cached_by.retain(|_, c| c != client);
         }
         (expired, closed)
     }
@@ -333,6 +367,31 @@ mod tests {
         assert_eq!(s.status()[0].capabilities, 1);
         s.connected("a", [(8, opens(1, 0))]);
         assert_eq!(s.revoke_exclusive(8, "b"), None);
+    }
+
+    #[test]
+    fn the_last_holder_keeps_its_cache_until_another_client_may_change_the_data() {
+        let mut s = Sessions::default();
+        s.connected("a", []);
+        s.connected("b", []);
+        s.opened("a", 7, true);
+        assert!(!s.cache_kept("a", 7), "never held");
+        assert!(s.grant_exclusive("a", 7));
+        s.released("a", 7, true);
+        assert!(s.cache_kept("a", 7), "kept past the last close");
+        assert!(!s.cache_kept("b", 7));
+        // Another client reading, or the holder writing, changes nothing.
+        s.data_changing("a", 7);
+        s.opened("b", 7, false);
+        s.released("b", 7, false);
+        assert!(s.cache_kept("a", 7));
+        // Another client about to write or cut ends it; so does one stating a write-open.
+        s.data_changing("b", 7);
+        assert!(!s.cache_kept("a", 7));
+        s.opened("a", 8, false);
+        assert!(s.grant_exclusive("a", 8));
+        s.connected("b", [(8, opens(0, 1))]);
+        assert!(!s.cache_kept("a", 8));
     }
 
     #[test]

@@ -135,11 +135,17 @@ impl Osd for OsdService {
             .await
             .map_err(|_| Status::unavailable("the osd is shutting down"))?;
         let node = self.node.clone();
+        let name = req
+            .op
+            .as_ref()
+            .and_then(|o| o.op.as_ref())
+            .map_or("none", |o| o.name());
         let reply = to_completion(async move {
             let _held = (permit, admission);
             let started = std::time::Instant::now();
             let reply = primary::handle_op(&node, req).await;
-            metrics::histogram!("cairn_osd_op_seconds").record(started.elapsed().as_secs_f64());
+            metrics::histogram!("cairn_osd_op_seconds", "op" => name)
+                .record(started.elapsed().as_secs_f64());
             reply
         })
         .await?;

@@ -450,6 +450,24 @@ async fn posix_behaviour_through_two_mounts() {
         );
         fs::write(p2.join("shared-file"), b"changed").expect("rewrite");
         assert_eq!(fs::read(p1.join("shared-file")).expect("read"), b"changed");
+        // A mount's kernel keeps a file's cached data across opens (while one stays open)
+        // until another mount may write it: an overwrite in place there (same size, whole
+        // pages, so nothing but the MDS can tell the first mount) ends that.
+        fs::write(p1.join("cached"), pattern(11, 65_536)).expect("write");
+        let kept_open = fs::File::open(p1.join("cached")).expect("open");
+        let first = fs::read(p1.join("cached")).expect("read");
+        assert!(first == pattern(11, 65_536), "the first mount's own write");
+        fs::OpenOptions::new()
+            .write(true)
+            .open(p2.join("cached"))
+            .and_then(|mut f| f.write_all(&pattern(12, 65_536)))
+            .expect("overwrite in place");
+        let seen = fs::read(p1.join("cached")).expect("read");
+        assert!(
+            seen == pattern(12, 65_536),
+            "stale data from the first mount's cache"
+        );
+        drop(kept_open);
         // While one mount writes (no close, no fsync), the other sees each write at once in
         // stat and read: the MDS recalls the size from the writer.
         let mut w = fs::File::create(p1.join("growing")).expect("create");

@@ -1,6 +1,8 @@
 //! `cairn mount`: a Cairn shared filesystem as a local directory, through FUSE.
 
+use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -9,6 +11,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use cairn_client::fs::FsClient;
 use cairn_client::fuse::{self, MountOptions};
 use cairn_common::config::Config;
+use cairn_common::telemetry;
 
 /// How often to look whether the mount was taken away from outside (`umount`).
 const UNMOUNT_POLL: Duration = Duration::from_secs(1);
@@ -25,9 +28,24 @@ pub struct MountArgs {
     /// Let users other than the one mounting use the mount (mode bits still apply).
     #[arg(long)]
     allow_other: bool,
+    /// Serve Prometheus metrics (FUSE, MDS and RADOS op latencies) on this address, with
+    /// `/healthz` and `/readyz`.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
 }
 
 pub async fn run(config: Config, args: &MountArgs) -> anyhow::Result<()> {
+    if let Some(addr) = args.metrics {
+        let metrics = telemetry::install_metrics()?;
+        // Until the mount ends with the process, which is what `/healthz` says.
+        let ready = Arc::new(|| true);
+        tokio::spawn(async move {
+            let served = telemetry::serve_admin(addr, metrics, ready, std::future::pending());
+            if let Err(e) = served.await {
+                eprintln!("no metrics: {e:#}");
+            }
+        });
+    }
     mount(
         config,
         &args.fs,
