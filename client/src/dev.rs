@@ -100,14 +100,20 @@ pub fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
 }
 
 /// Writes a new cluster's config and keyring: a new fsid, `client.admin`, `mon.` and the keys
-/// of OSDs `0..osds`; every other setting (the initial mons among them) comes from `config`.
-/// `overrides` (`section.option=value`) are validated and written into the file.
+/// of OSDs `0..osds` and of the MDS daemons `mds`; every other setting (the initial mons among
+/// them) comes from `config`. `overrides` (`section.option=value`) are validated and written
+/// into the file.
 pub fn bootstrap_files(
     dir: &Path,
     mut config: Config,
     osds: u32,
+    mds: &[String],
     overrides: &[String],
 ) -> anyhow::Result<Config> {
+    for name in mds {
+        cairn_common::maps::validate_daemon_name(name)
+            .map_err(|e| anyhow::anyhow!("mds.{name}: {e}"))?;
+    }
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let mut keyring = Keyring::default();
     keyring.add(MON_SECRET_ENTITY, SecretKey::generate(), BTreeMap::new());
@@ -122,6 +128,9 @@ pub fn bootstrap_files(
     );
     for id in 0..osds {
         keyring.add(&format!("osd.{id}"), SecretKey::generate(), osd_caps());
+    }
+    for name in mds {
+        keyring.add(&format!("mds.{name}"), SecretKey::generate(), mds_caps());
     }
     keyring.save(&dir.join(KEYRING_FILE))?;
     config.fsid = Some(uuid::Uuid::new_v4());
@@ -220,7 +229,7 @@ impl DevCluster {
                 admin_addr: Some(format!("127.0.0.1:{}", ports[2 * i + 1])),
             })
             .collect();
-        bootstrap_files(dir, dev_config(endpoints), osds, overrides)?;
+        bootstrap_files(dir, dev_config(endpoints), osds, &[], overrides)?;
         let cluster = DevCluster::open(dir, bin_dir)?;
         for name in cluster.mon_names()? {
             cluster.mkfs_mon(&name, false)?;

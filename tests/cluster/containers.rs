@@ -1,6 +1,7 @@
 //! The compose cluster (`containers/compose.yaml`) run as its users run it: images built from
-//! this tree, data written through the toolbox and from outside, `docker kill` of an OSD, a
-//! mon cut off the network (a follower, then the leader), a rolling restart of every daemon
+//! this tree, the filesystem served by an active and a standby-replay MDS, data written
+//! through the toolbox and from outside, `docker kill` of the active MDS and of an OSD, a mon
+//! cut off the network (a follower, then the leader), a rolling restart of every mon and OSD
 //! under a workload, the whole cluster stopped and started, and the OSD image under a seccomp
 //! profile that refuses io_uring. Skipped, saying why, where no Docker engine answers.
 
@@ -23,10 +24,16 @@ use crate::rados::payload;
 
 const MONS: [&str; 3] = ["a", "b", "c"];
 const OSDS: u32 = 4;
+/// The MDS daemons (services mds-a, mds-b) and the filesystem the compose file makes.
+const MDS: [&str; 2] = ["a", "b"];
+const FS: &str = "myfs";
 const REP: &str = "rep";
 const EC: &str = "ec";
 /// Generous: the cluster shares two cores with the other tests.
 const HEALTHY_LIMIT: Duration = Duration::from_secs(120);
+/// From `docker kill` of the active MDS to the standby-replay serving: the mons wait
+/// `mon.mds_beacon_grace_ms` (2 s), then the successor replays the journal's tail.
+const TAKEOVER_LIMIT: Duration = Duration::from_secs(20);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn compose_cluster_survives_kills_partitions_and_restarts() {
@@ -63,8 +70,10 @@ async fn compose_cluster_survives_kills_partitions_and_restarts() {
         "16",
     ]);
     cluster.wait_healthy().await;
+    filesystem_served(&compose, &cluster).await;
     through_the_toolbox(&compose);
     probes_answer(&compose);
+    killed_active_mds(&compose, &cluster).await;
 
     let rados = Rados::connect(&config).await.expect("client");
     let mut written = Written::default();
@@ -103,12 +112,64 @@ fn through_the_toolbox(compose: &Compose) {
     assert!(out.contains("3000000"), "stat in the toolbox: {out}");
 }
 
+/// `myfs` (made by the compose file's `filesystem` service) is served by an active MDS with a
+/// standby-replay, as `cairn fs status` and `cairn status` in the toolbox show, with
+/// HEALTH_OK; the toolbox reaches the active at the address it announced.
+async fn filesystem_served(compose: &Compose, cluster: &Cluster) {
+    let began = Instant::now();
+    cluster.wait_fs_served().await;
+    eprintln!(
+        "figure: {FS} active with a standby-replay {:.1} s after the pools were HEALTH_OK",
+        began.elapsed().as_secs_f64()
+    );
+    let fs = compose.cairn(&["fs", "status", FS]);
+    assert!(
+        fs.contains("up:active") && fs.contains("up:standby-replay") && fs.contains("journal:"),
+        "cairn fs status {FS} in the toolbox: {fs}"
+    );
+    let status = compose.cairn(&["status"]);
+    assert!(
+        status.contains("HEALTH_OK")
+            && status.contains(&format!("mds: {FS}:1 {{0="))
+            && status.contains("=up:active} 1 up:standby-replay"),
+        "cairn status in the toolbox: {status}"
+    );
+}
+
+/// `docker kill` of the active MDS's container: the standby-replay takes the rank within
+/// TAKEOVER_LIMIT; started again, the killed daemon becomes the standby-replay.
+async fn killed_active_mds(compose: &Compose, cluster: &Cluster) {
+    let status = cluster.status().await.expect("status");
+    let active = active_mds(&status).expect("an active MDS").to_string();
+    let container = compose.container(&format!("mds-{active}"));
+    let killed = Instant::now();
+    docker(&["kill", &container]);
+    let after = cluster
+        .wait_until(&format!("another MDS than mds.{active} active"), |s| {
+            active_mds(s).is_some_and(|a| a != active)
+        })
+        .await;
+    let took = killed.elapsed();
+    eprintln!(
+        "figure: active MDS container killed, mds.{} active after {:.2} s",
+        active_mds(&after).unwrap_or("?"),
+        took.as_secs_f64()
+    );
+    assert!(
+        took < TAKEOVER_LIMIT,
+        "the standby-replay took {took:?} to take over (limit {TAKEOVER_LIMIT:?})"
+    );
+    docker(&["start", &container]);
+    cluster.wait_fs_served().await;
+}
+
 /// Every daemon's liveness and readiness endpoint answers, by service name on the network.
 fn probes_answer(compose: &Compose) {
     let targets = MONS
         .iter()
         .map(|m| format!("mon-{m}:9283"))
-        .chain((0..OSDS).map(|i| format!("osd-{i}:9284")));
+        .chain((0..OSDS).map(|i| format!("osd-{i}:9284")))
+        .chain(MDS.iter().map(|m| format!("mds-{m}:9285")));
     for target in targets {
         for probe in ["healthz", "readyz"] {
             let url = format!("http://{target}/{probe}");
@@ -445,14 +506,38 @@ impl Cluster {
 
     /// HEALTH_OK with every mon in quorum and every OSD up and in.
     async fn wait_healthy(&self) -> ClusterStatus {
-        self.wait_until("HEALTH_OK, 3 mons in quorum, 4 OSDs up and in", |s| {
-            s.health.status == Severity::Ok
-                && s.mons.iter().filter(|m| m.in_quorum).count() == MONS.len()
-                && s.osds.up == OSDS
-                && s.osds.in_cluster == OSDS
-        })
+        self.wait_until("HEALTH_OK, 3 mons in quorum, 4 OSDs up and in", healthy)
+            .await
+    }
+
+    /// As `wait_healthy`, and `myfs` served by an active MDS with a standby-replay (once the
+    /// filesystem exists, HEALTH_OK says as much; before, it says nothing of it).
+    async fn wait_fs_served(&self) -> ClusterStatus {
+        self.wait_until(
+            "HEALTH_OK, every mon and OSD, myfs active with a standby-replay",
+            |s| healthy(s) && active_mds(s).is_some() && s.mds.standby_replay == 1,
+        )
         .await
     }
+}
+
+fn healthy(s: &ClusterStatus) -> bool {
+    s.health.status == Severity::Ok
+        && s.mons.iter().filter(|m| m.in_quorum).count() == MONS.len()
+        && s.osds.up == OSDS
+        && s.osds.in_cluster == OSDS
+}
+
+/// The MDS serving `myfs`'s rank (`up:active`, not still replaying), if any.
+fn active_mds(s: &ClusterStatus) -> Option<&str> {
+    s.mds
+        .filesystems
+        .iter()
+        .find(|f| f.name == FS)?
+        .rank0
+        .as_ref()
+        .filter(|r| r.state == "up:active")
+        .map(|r| r.daemon.as_str())
 }
 
 /// One compose project of `containers/compose.yaml`, torn down (volumes too) when dropped.

@@ -33,6 +33,10 @@ pub struct BootstrapArgs {
     /// (containers); otherwise add OSDs with `cairn auth add osd.N`.
     #[arg(long, default_value_t = 0)]
     osds: u32,
+    /// Also create the keys of these MDS daemons (`mds.NAME`; comma-separated or repeated),
+    /// for daemons that start from the keyring alone (containers).
+    #[arg(long = "mds", value_name = "NAMES", value_delimiter = ',')]
+    mds: Vec<String>,
 }
 
 #[derive(Args, Clone)]
@@ -175,7 +179,7 @@ pub fn bootstrap(args: &BootstrapArgs, sets: &[String], format: Format) -> anyho
         monitors: mons,
         ..Config::default()
     };
-    let config = dev::bootstrap_files(&args.dir, config, args.osds, sets)?;
+    let config = dev::bootstrap_files(&args.dir, config, args.osds, &args.mds, sets)?;
     let fsid = config.fsid.map(|f| f.to_string()).unwrap_or_default();
     emit(format, &json!({ "fsid": fsid, "dir": args.dir }), || {
         format!(
