@@ -17,7 +17,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, OnceLock, RwLock, RwLockReadGuard, Weak};
 use std::time::{Duration, Instant};
 
 use futures::future::try_join_all;
@@ -53,6 +53,10 @@ pub struct FsError {
 }
 
 pub type FsResult<T> = Result<T, FsError>;
+
+/// The longest the kernel may keep attributes answered from a held capability (never past
+/// the lease: see `held_getattr`).
+const HELD_ATTR_TTL: Duration = Duration::from_secs(1);
 
 /// How many extended attributes' answers a held file keeps (the kernel asks for one or
 /// two; any process may ask for many).
@@ -173,6 +177,12 @@ pub struct FsClient {
     dirty_bytes: AtomicU64,
     dirty_bytes_max: u64,
     session: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Tells the kernel to forget the attributes of an inode it caches (set by the mount).
+    kernel_attrs: OnceLock<Box<dyn Fn(u64) + Send + Sync>>,
+    /// Shared while a stat answered from a capability is handed to the kernel, exclusive
+    /// while capabilities end and the kernel is told to forget them: an answer the kernel
+    /// may keep is never handed over after it was told to forget it.
+    held_replies: RwLock<()>,
 }
 
 impl Drop for FsClient {
@@ -237,6 +247,8 @@ impl FsClient {
             dirty_bytes: AtomicU64::new(0),
             dirty_bytes_max: config.client.fs_write_buffer_bytes,
             session: Mutex::new(None),
+            kernel_attrs: OnceLock::new(),
+            held_replies: RwLock::new(()),
         })
     }
 
@@ -446,16 +458,9 @@ impl FsClient {
     /// attributes of every file (keeping the capabilities) when `None`.
     fn invalidate_attrs(&self, revoked: Option<u64>) {
         self.attr_generation.fetch_add(1, Ordering::SeqCst);
-        let mut files = self.files();
         match revoked {
-            Some(ino) => {
-                if let Some(f) = files.get_mut(&ino) {
-                    f.exclusive = false;
-                    f.drop_cached();
-                    f.recalls += 1;
-                }
-            }
-            None => files.values_mut().for_each(OpenFile::drop_cached),
+            Some(ino) => self.end_capabilities(Some(ino)),
+            None => self.files().values_mut().for_each(OpenFile::drop_cached),
         }
     }
 
@@ -463,11 +468,38 @@ impl FsClient {
     fn drop_capabilities(&self) {
         *self.heard.lock().unwrap_or_else(|e| e.into_inner()) = None;
         self.attr_generation.fetch_add(1, Ordering::SeqCst);
-        for f in self.files().values_mut() {
-            f.exclusive = false;
-            f.drop_cached();
-            f.recalls += 1;
+        self.end_capabilities(None);
+    }
+
+    /// Ends the capability of `ino` here (of every file when `None`), and has the kernel
+    /// forget what it was told under it.
+    fn end_capabilities(&self, which: Option<u64>) {
+        let _replies = self.held_replies.write().unwrap_or_else(|e| e.into_inner());
+        let mut ended = Vec::new();
+        for (ino, f) in self.files().iter_mut() {
+            if which.is_none_or(|w| w == *ino) {
+                if f.exclusive {
+                    ended.push(*ino);
+                }
+                f.exclusive = false;
+                f.drop_cached();
+                f.recalls += 1;
+            }
         }
+        if let Some(forget) = self.kernel_attrs.get() {
+            ended.into_iter().for_each(forget);
+        }
+    }
+
+    /// Lets the kernel keep attributes answered from capabilities a while: `forget` tells it
+    /// to drop those of an inode, which this client does whenever a capability ends.
+    pub fn set_kernel_attr_invalidator(&self, forget: Box<dyn Fn(u64) + Send + Sync>) {
+        let _ = self.kernel_attrs.set(forget);
+    }
+
+    /// To be held while handing the kernel an answer of [`FsClient::held_getattr`].
+    pub fn held_replies(&self) -> RwLockReadGuard<'_, ()> {
+        self.held_replies.read().unwrap_or_else(|e| e.into_inner())
     }
 
     /// A heartbeat: capabilities hold for another `lease`.
@@ -477,10 +509,17 @@ impl FsClient {
 
     /// Whether the last heartbeat still vouches for this client's capabilities.
     fn lease_fresh(&self) -> bool {
+        !self.lease_left().is_zero()
+    }
+
+    /// How much longer the last heartbeat vouches for this client's capabilities.
+    fn lease_left(&self) -> Duration {
         self.heard
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .is_some_and(|(at, lease)| at.elapsed() < lease)
+            .map_or(Duration::ZERO, |(at, lease)| {
+                lease.saturating_sub(at.elapsed())
+            })
     }
 
     /// The attributes of `ino` this client may answer a stat with itself.
@@ -529,12 +568,19 @@ impl FsClient {
 
     /// The attributes of `ino` if this client can answer for them without asking (it holds
     /// the file's exclusive capability).
-    pub fn held_getattr(&self, ino: u64) -> Option<Attr> {
-        self.held_attr(ino).map(|a| self.with_local(a))
+    /// With them, how long the kernel may keep them: never past the lease, and not at all
+    /// unless the kernel can be told to forget them when the capability ends.
+    pub fn held_getattr(&self, ino: u64) -> Option<(Attr, Duration)> {
+        let a = self.held_attr(ino).map(|a| self.with_local(a))?;
+        let keep = match self.kernel_attrs.get() {
+            Some(_) => self.lease_left().min(HELD_ATTR_TTL),
+            None => Duration::ZERO,
+        };
+        Some((a, keep))
     }
 
     pub async fn getattr(&self, ino: u64) -> FsResult<Attr> {
-        if let Some(a) = self.held_getattr(ino) {
+        if let Some((a, _)) = self.held_getattr(ino) {
             return Ok(a);
         }
         let generation = self.attr_generation.load(Ordering::SeqCst);
@@ -935,6 +981,15 @@ impl FsClient {
 
     pub async fn release(&self, ino: u64, write: bool) -> FsResult<()> {
         let _counting = self.opens_in_flight.read().await;
+        // The MDS ends the capability with the last close: end it here first, so that
+        // nothing answered under it outlives it.
+        if self
+            .files()
+            .get(&ino)
+            .is_some_and(|f| f.readers + f.writers == 1)
+        {
+            self.end_capabilities(Some(ino));
+        }
         let reported = match self.report(ino).await {
             Ok(()) => self.call(FsOp::Release { ino, write }).await.map(|_| ()),
             failed => failed,

@@ -4,7 +4,8 @@
 //! Two choices shape it:
 //! - **The kernel caches little past one call.** Entries and attributes are returned with a
 //!   TTL of zero, so every lookup, `stat` and permission check asks the client (which asks
-//!   the MDS unless it holds the file's exclusive capability), and a file's page cache is
+//!   the MDS unless it holds the file's exclusive capability; then the kernel may keep the
+//!   answer within the capability's lease until told to forget it), and a file's page cache is
 //!   dropped at each open (no `FOPEN_KEEP_CACHE`) unless this client held the file's
 //!   exclusive capability since before that open, when no other client can have changed it.
 //!   Two mounts of one filesystem thus see each other's metadata changes at once, and each
@@ -75,7 +76,14 @@ pub fn mount(
     if opts.allow_other {
         config.acl = SessionACL::All;
     }
-    fuser::spawn_mount(CairnFs::new(fs, runtime), mountpoint, &config)
+    let inodes = Inodes { root: fs.root() };
+    let session = fuser::spawn_mount(CairnFs::new(fs.clone(), runtime), mountpoint, &config)?;
+    let notifier = session.notifier();
+    // Attributes only (offset -1): no page is waited for, so this never blocks on a reply.
+    fs.set_kernel_attr_invalidator(Box::new(move |ino| {
+        let _ = notifier.inval_inode(inodes.to_fuse(ino), -1, 0);
+    }));
+    Ok(session)
 }
 
 /// The `fuser::Filesystem` over a [`FsClient`].
@@ -141,11 +149,14 @@ impl Filesystem for CairnFs {
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         let (fs, inodes) = (self.client(), self.inodes);
-        // Attributes this client holds need no network: answered here, with no hand-off.
-        if let Some(a) = fs.held_getattr(inodes.to_mds(ino)) {
+        // Attributes this client holds need no network: answered here, with no hand-off,
+        // and the kernel may keep them a while.
+        let held = fs.held_replies();
+        if let Some((a, keep)) = fs.held_getattr(inodes.to_mds(ino)) {
             metrics::counter!("cairn_fuse_getattr_held_total").increment(1);
-            return reply_attr(inodes, reply, Ok(a));
+            return reply.attr(&keep, &inodes.file_attr(&a));
         }
+        drop(held);
         self.spawn("getattr", async move {
             let attr = fs.getattr(inodes.to_mds(ino)).await;
             reply_attr(inodes, reply, attr);
