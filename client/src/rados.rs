@@ -432,7 +432,7 @@ impl Rados {
         }
         Err(ClientError::TimedOut(format!(
             "{} on {pool}/{object} did not complete within {} ms: {last}",
-            op_name(&op),
+            op.name(),
             s.settings.op_timeout_ms
         )))
     }
@@ -552,26 +552,6 @@ enum Attempt {
     /// After a pause (the PG is busy or an OSD unreachable: the map should change).
     Later(String),
     Fail(ClientError),
-}
-
-fn op_name(op: &Op) -> &'static str {
-    match op {
-        Op::WriteFull(_) => "write_full",
-        Op::Write(_) => "write",
-        Op::Append(_) => "append",
-        Op::Read(_) => "read",
-        Op::Stat(_) => "stat",
-        Op::Remove(_) => "remove",
-        Op::Truncate(_) => "truncate",
-        Op::SetXattr(_) => "setxattr",
-        Op::RmXattr(_) => "rmxattr",
-        Op::GetXattrs(_) => "getxattrs",
-        Op::OmapSet(_) => "omap_set",
-        Op::OmapRm(_) => "omap_rm",
-        Op::OmapGet(_) => "omap_get",
-        Op::List(_) => "list",
-        Op::Scrub(_) => "scrub",
-    }
 }
 
 /// Keeps the maps current from a mon subscription, moving on when a mon goes away.
