@@ -522,14 +522,19 @@ impl FsClient {
             })
     }
 
-    /// The attributes of `ino` this client may answer a stat with itself.
-    fn held_attr(&self, ino: u64) -> Option<Attr> {
+    /// What `look` finds in `ino`'s open file, if this client holds its capability now.
+    fn with_held<T>(&self, ino: u64, look: impl FnOnce(&OpenFile) -> Option<T>) -> Option<T> {
         let fresh = self.lease_fresh();
         let files = self.files();
         files
             .get(&ino)
             .filter(|f| fresh && f.exclusive)
-            .and_then(|f| f.cached.clone())
+            .and_then(look)
+    }
+
+    /// The attributes of `ino` this client may answer a stat with itself.
+    fn held_attr(&self, ino: u64) -> Option<Attr> {
+        self.with_held(ino, |f| f.cached.clone())
     }
 
     /// Keeps attributes fetched from the MDS while the file is held exclusively, unless
@@ -567,9 +572,9 @@ impl FsClient {
     }
 
     /// The attributes of `ino` if this client can answer for them without asking (it holds
-    /// the file's exclusive capability).
-    /// With them, how long the kernel may keep them: never past the lease, and not at all
-    /// unless the kernel can be told to forget them when the capability ends.
+    /// the file's exclusive capability), and how long the kernel may keep them: never past
+    /// the lease, and not at all unless the kernel can be told to forget them when the
+    /// capability ends.
     pub fn held_getattr(&self, ino: u64) -> Option<(Attr, Duration)> {
         let a = self.held_attr(ino).map(|a| self.with_local(a))?;
         let keep = match self.kernel_attrs.get() {
@@ -1053,10 +1058,7 @@ impl FsClient {
 
     /// What the MDS said of `ino`'s attribute `name`, if this client holds the file.
     fn held_xattr(&self, ino: u64, name: &str) -> Option<Option<Vec<u8>>> {
-        let fresh = self.lease_fresh();
-        let files = self.files();
-        let f = files.get(&ino).filter(|f| fresh && f.exclusive)?;
-        f.xattrs.get(name).cloned()
+        self.with_held(ino, |f| f.xattrs.get(name).cloned())
     }
 
     /// Keeps an answer about an extended attribute as `keep_attr` keeps attributes.

@@ -6,8 +6,8 @@
 //!   TTL of zero, so every lookup, `stat` and permission check asks the client (which asks
 //!   the MDS unless it holds the file's exclusive capability; then the kernel may keep the
 //!   answer within the capability's lease until told to forget it), and a file's page cache is
-//!   dropped at each open (no `FOPEN_KEEP_CACHE`) unless this client held the file's
-//!   exclusive capability since before that open, when no other client can have changed it.
+//!   dropped at each open (no `FOPEN_KEEP_CACHE`) unless the MDS says no other client may
+//!   have written the file since this one last held its exclusive capability.
 //!   Two mounts of one filesystem thus see each other's metadata changes at once, and each
 //!   other's data from the next open after the writer's close (close-to-open, as NFS).
 //! - **fuser's request thread never waits on the network.** Each callback moves its reply
@@ -329,8 +329,9 @@ impl Filesystem for CairnFs {
         });
     }
 
-    /// `FOPEN_KEEP_CACHE` only while this client held the file exclusively since before the
-    /// open: otherwise the kernel drops the file's cached pages (close-to-open).
+    /// `FOPEN_KEEP_CACHE` only when the MDS says no other client may have written the file
+    /// since this one last held it exclusively: otherwise the kernel drops the file's cached
+    /// pages (close-to-open).
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let (fs, ino) = (self.client(), self.inodes.to_mds(ino));
         self.spawn("open", async move {

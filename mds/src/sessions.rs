@@ -159,8 +159,9 @@ impl Sessions {
         if granted {
             self.exclusive.insert(ino, client.to_string());
             if self.cached_by.len() >= CACHED_FILES_MAX && !self.cached_by.contains_key(&ino) {
-                let forgotten = self.cached_by.keys().next().copied();
-                forgotten.map(|i| self.cached_by.remove(&i));
+                if let Some(forgotten) = self.cached_by.keys().next().copied() {
+                    self.cached_by.remove(&forgotten);
+                }
             }
             self.cached_by.insert(ino, client.to_string());
         }
