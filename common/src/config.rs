@@ -208,9 +208,15 @@ pub struct OsdSettings {
     pub scrub_auto_repair: bool,
     /// Objects compared per step of a scrub; client ops to the PG wait only for one step.
     pub scrub_chunk_objects: u32,
-    /// PGs a primary activates (and so brings members in line) at once after a map change;
-    /// a client op activates its own PG whatever this says.
+    /// PGs whose objects a primary recovers at once in the background after a map change
+    /// (each one object at a time); a client op recovers the object it needs at once.
     pub recovery_pgs_at_once: usize,
+    /// Bytes per second this OSD's background recovery writes at most, over all its PGs,
+    /// while clients use the OSD (I/O in the last second; idle, it recovers at full speed);
+    /// 0: no limit. What a client op needs recovered first is not counted.
+    pub recovery_max_bytes_per_sec: u64,
+    /// The same when no client has used the OSD for a second (0: no limit).
+    pub recovery_idle_max_bytes_per_sec: u64,
 }
 
 impl Default for OsdSettings {
@@ -235,6 +241,8 @@ impl Default for OsdSettings {
             // 4 rebuilds faster (BENCHMARKS.md), but two runs with it did not settle after
             // restarts, unexplained so far: 1 until that is understood.
             recovery_pgs_at_once: 1,
+            recovery_max_bytes_per_sec: 64 << 20,
+            recovery_idle_max_bytes_per_sec: 0,
         }
     }
 }

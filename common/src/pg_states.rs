@@ -4,8 +4,9 @@
 //! at least `min_size` is `active+undersized+degraded`, fewer than `min_size` is
 //! `undersized+degraded+inactive` (it refuses ops). The primary's report refines that: a PG
 //! whose members it has not brought in line yet is `peering` (with why), or
-//! `activating+recovering+degraded` once it is copying or rebuilding what members lack (ops
-//! wait for it; the report counts the copies left), one whose past
+//! `activating+recovering+degraded` while it rolls back what only a stash holds (ops wait),
+//! then `active+recovering+degraded` while it copies or rebuilds what members lack in the
+//! background (ops are served; the report counts the copies left), one whose past
 //! members that may hold the newest writes are all down is `down` (naming them), one being
 //! scrubbed gains `+scrubbing`, one whose last scrub left errors gains `+inconsistent`. A
 //! report counts only when it comes from the PG's primary in the current map; one from an
@@ -25,6 +26,9 @@ pub const INACTIVE: &str = "undersized+degraded+inactive";
 pub const PEERING: &str = "peering";
 /// A PG whose primary brings members in line before serving the epoch.
 pub const RECOVERING: &str = "activating+recovering+degraded";
+/// A PG serving while its primary brings members' copies in line in the background.
+pub const ACTIVE_RECOVERING: &str = "active+recovering+degraded";
+pub const ACTIVE_RECOVERING_UNDERSIZED: &str = "active+recovering+undersized+degraded";
 /// A PG whose past members that may hold the newest writes are all down.
 pub const DOWN: &str = "down";
 /// How a primary's `blocked` reason starts when the PG is down (waiting for past members).
@@ -47,7 +51,7 @@ pub struct PgReport {
     pub scrubbing: bool,
     pub last_scrub_ms: u64,
     pub last_deep_scrub_ms: u64,
-    /// Object copies (shards) still to bring in line before the PG serves this epoch.
+    /// Object copies (shards) still to bring in line in this epoch.
     #[serde(default)]
     pub recovery_left: u64,
 }
@@ -134,6 +138,10 @@ pub fn row(map: &OsdMap, pool: &Pool, pg: PgId, reports: &PgReports) -> PgRow {
                 }
             }
         }
+    } else if report.recovery_left > 0 && up >= pool.width() {
+        ACTIVE_RECOVERING.to_string()
+    } else if report.recovery_left > 0 {
+        ACTIVE_RECOVERING_UNDERSIZED.to_string()
     } else if up >= pool.width() {
         ACTIVE_CLEAN.to_string()
     } else {
@@ -157,7 +165,7 @@ pub fn row(map: &OsdMap, pool: &Pool, pg: PgId, reports: &PgReports) -> PgRow {
         scrub_errors: report.scrub_errors,
         last_scrub_ms: report.last_scrub_ms,
         last_deep_scrub_ms: report.last_deep_scrub_ms,
-        recovery_left: if blocked_report.is_some() && stale.is_none() {
+        recovery_left: if stale.is_none() {
             report.recovery_left
         } else {
             0
@@ -353,6 +361,20 @@ mod tests {
         assert_eq!(row(&map, pool, pg, &reports).state, RECOVERING);
         let s = summarize(&map, &reports);
         assert_eq!((s.redundancy.degraded, s.redundancy.recovering), (87, 7));
+        assert_eq!(s.inactive_count, 1);
+        // Another serves while it brings 5 copies in line in the background.
+        let pg = PgId { pool: 1, seed: 4 };
+        let background = PgReport {
+            recovery_left: 5,
+            ..reports[&pg].clone()
+        };
+        reports.insert(pg, background);
+        assert_eq!(
+            row(&map, pool, pg, &reports).state,
+            ACTIVE_RECOVERING_UNDERSIZED
+        );
+        let s = summarize(&map, &reports);
+        assert_eq!((s.redundancy.degraded, s.redundancy.recovering), (92, 12));
         assert_eq!(s.inactive_count, 1);
         // The same report from an older map says nothing of this one.
         let mut newer = map.clone();

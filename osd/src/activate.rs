@@ -10,8 +10,9 @@
 //! what differs, remove what it lacks); an erasure-coded PG keeps per object the newest
 //! version k distinct shards hold (or its absence) and rebuilds every other member's shard
 //! from k holders. Every member then starts the interval at one new version of this epoch,
-//! with the log the PG keeps (see `peering::agreed_log`). Recovery is part of activation: ops
-//! wait until the members are in line.
+//! with the log the PG keeps (see `peering::agreed_log`) and the list of objects it lacks;
+//! the copying and rebuilding happen afterwards, in the background (`recovery`), except for
+//! rollbacks to a stashed state (the next write replaces a stash, so those cannot wait).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::Ordering;
@@ -26,7 +27,7 @@ use crate::mutation;
 use crate::node::OsdNode;
 use crate::peering::{self, Probe};
 use crate::pg::{Pg, PgState, LOG_ENTRIES_KEPT};
-use crate::replica::pulled_state;
+use crate::recovery::{copies_left, Pending, Plan};
 use crate::stash::STASH;
 
 /// Rounds of asking past members: each round's answers may reveal a newer activation.
@@ -47,9 +48,11 @@ pub async fn ensure_active(
         return Ok(());
     }
     st.active = None;
+    st.recovery.clear();
     let outcome = activate(node, pg, st, members, codec, epoch).await;
+    let left = copies_left(&st.recovery);
     node.pg_records.update(pg.id, |r| {
-        r.recovery_left = 0;
+        r.recovery_left = left;
         match &outcome {
             Ok(objects) => {
                 r.active_epoch = epoch;
@@ -65,7 +68,9 @@ pub async fn ensure_active(
 /// What one member or past member said.
 type Heard = Vec<(Member, PgQueryReply)>;
 
-/// Brings the members in line; answers how many objects the PG holds.
+/// Decides what the PG keeps, rolls back to stashed states now, starts every member on the
+/// interval with the list of what it lacks, and leaves the rest of the copying to
+/// `recovery` (the plan in `st.recovery`); answers how many objects the PG holds.
 async fn activate(
     node: &OsdNode,
     pg: &Pg,
@@ -86,23 +91,28 @@ async fn activate(
         .ok_or("the PG has no members")?;
     let names: BTreeSet<String> = heard
         .iter()
-        .flat_map(|(_, info)| info.objects.keys().cloned())
+        .flat_map(|(_, info)| info.objects.keys().chain(info.missing.keys()).cloned())
         .collect();
     let current = peering::current(&heard, |info| info.last_update);
     let complete = last_members
         .iter()
         .all(|m| current.iter().any(|(c, _)| c == m));
     // Decide everything first, so the PG's report can say how much is left while it is done.
-    let mut work = Vec::new();
+    let mut plan = Plan::new();
+    let mut now_plan = Plan::new();
     let mut objects = 0;
     for name in &names {
         let chosen = match codec {
-            None => auth.objects.get(name).copied(),
+            None => said(&auth, name),
             Some(codec) => {
                 let now = held(current.iter().copied(), name);
                 let all = holdings(held(&heard, name).iter());
+                let said_now: Vec<(Member, Option<u64>)> = current
+                    .iter()
+                    .map(|(m, info)| (*m, said(info, name)))
+                    .collect();
                 let h = peering::EcHoldings {
-                    current: &holdings(now.iter().filter(|h| !h.stashed)),
+                    current: &said_now,
                     stashed: &holdings(now.iter().filter(|h| h.stashed)),
                     all: &all,
                     complete,
@@ -112,19 +122,38 @@ async fn activate(
             }
         };
         objects += u64::from(chosen.is_some());
-        for (m, info) in heard.iter().filter(|(m, _)| members.contains(m)) {
-            let have = info.objects.get(name).copied();
-            if have != chosen {
-                work.push((*m, name, have, chosen));
-            }
+        let targets: Vec<(Member, Option<u64>)> = heard
+            .iter()
+            .filter(|(m, _)| members.contains(m))
+            .map(|(m, info)| (*m, info.objects.get(name).copied()))
+            .filter(|(_, have)| *have != chosen)
+            .collect();
+        if targets.is_empty() {
+            continue;
         }
+        let holders: Vec<(Member, String)> = held(&heard, name)
+            .into_iter()
+            .filter(|h| chosen.is_some() && h.version == chosen)
+            .map(|h| (h.member, h.source))
+            .collect();
+        let later = chosen.is_none() || current_members_hold(&holders, members, name, codec);
+        let pending = Pending {
+            chosen,
+            holders,
+            targets,
+        };
+        let into = if later { &mut plan } else { &mut now_plan };
+        into.insert(name.clone(), pending);
     }
-    let mut left = work.len() as u64;
-    node.pg_records.update(pg.id, |r| r.recovery_left = left);
-    for (m, name, have, chosen) in work {
-        bring_in_line(node, pg, st, &heard, m, have, name, chosen, codec, epoch).await?;
-        left -= 1;
-        node.pg_records.update(pg.id, |r| r.recovery_left = left);
+    // What the current members cannot give between them (a version held by past members or
+    // in a stash) is brought in line before the PG serves: a stash lasts only until the
+    // member's next change, and a later peering asks past members only of the last
+    // activation, so such a source could be gone for good once the PG moves on.
+    node.pg_records.update(pg.id, |r| {
+        r.recovery_left = copies_left(&plan) + copies_left(&now_plan)
+    });
+    for (name, mut pending) in now_plan {
+        bring_object_in_line(node, pg, st, &mut pending, &name, codec, epoch).await?;
     }
     // Every member starts the interval at one new version, after anything an earlier
     // interval wrote: a stray write of an old primary can never tie with this interval's.
@@ -142,10 +171,12 @@ async fn activate(
             recovery: true,
             replace_log: replace,
             log: if replace { log.clone() } else { Vec::new() },
+            missing: missing_of(&plan, *m),
             ..SubOpRequest::default()
         };
         members::sub_op(node, pg, st, *m, req).await?;
     }
+    st.recovery = plan;
     st.active = Some(epoch);
     tracing::debug!(pg = %pg.id, epoch, "pg active");
     Ok(objects)
@@ -212,6 +243,40 @@ fn waiting_for(why: String, last: &[Member], current: &[&(Member, PgQueryReply)]
     )
 }
 
+/// Whether the current members hold the chosen version of `object` between them (a copy, or
+/// k distinct shards): then recovery can wait.
+fn current_members_hold(
+    holders: &[(Member, String)],
+    members: &[Member],
+    object: &str,
+    codec: Option<&Codec>,
+) -> bool {
+    let shards: BTreeSet<i32> = holders
+        .iter()
+        .filter(|(m, source)| members.contains(m) && source == object)
+        .map(|(m, _)| m.shard)
+        .collect();
+    shards.len() >= codec.map_or(1, Codec::k)
+}
+
+/// What a member's list of missing objects says it lacks, for the start of the interval.
+fn missing_of(plan: &Plan, m: Member) -> std::collections::HashMap<String, u64> {
+    plan.iter()
+        .filter(|(_, p)| p.targets.iter().any(|(t, _)| *t == m))
+        .map(|(name, p)| (name.clone(), p.chosen.unwrap_or(0)))
+        .collect()
+}
+
+/// What a member says of `object`: the PG's version when the object is on its missing list
+/// (recovery has not reached it), else its own copy's.
+fn said(info: &PgQueryReply, object: &str) -> Option<u64> {
+    match info.missing.get(object) {
+        Some(0) => None,
+        Some(v) => Some(*v),
+        None => info.objects.get(object).copied(),
+    }
+}
+
 /// A state of an object a responder can give: its version (`None`: absent) and the object
 /// to copy it from — the object itself, or the responder's rollback stash.
 struct Held {
@@ -230,12 +295,15 @@ fn held<'a>(
 ) -> Vec<Held> {
     let mut out = Vec::new();
     for (m, info) in heard {
-        out.push(Held {
-            member: *m,
-            version: info.objects.get(object).copied(),
-            source: object.to_string(),
-            stashed: false,
-        });
+        // A copy the member lists as missing is out of date: not a source, and no evidence.
+        if !info.missing.contains_key(object) {
+            out.push(Held {
+                member: *m,
+                version: info.objects.get(object).copied(),
+                source: object.to_string(),
+                stashed: false,
+            });
+        }
         if let Some(s) = info.stashed.as_ref() {
             if s.object == object && s.for_version == info.last_update {
                 out.push(Held {
@@ -273,61 +341,85 @@ fn log_of_interval(heard: &Heard, auth: &PgQueryReply, codec: Option<&Codec>) ->
     .collect()
 }
 
-/// Makes member `m`'s copy of `name` (at `have`) the `chosen` version: removed, copied from
-/// the responder holding it, or its shard rebuilt from k holders.
-#[allow(clippy::too_many_arguments)]
-async fn bring_in_line(
+/// Makes every target's copy of `name` the chosen version: removed, copied from a holder, or
+/// its shard rebuilt from k holders (decoded once for all targets). Each target done leaves
+/// `pending`; answers the bytes written.
+pub async fn bring_object_in_line(
     node: &OsdNode,
     pg: &Pg,
     st: &mut PgState,
-    heard: &Heard,
-    m: Member,
-    have: Option<u64>,
+    pending: &mut Pending,
     name: &str,
-    chosen: Option<u64>,
     codec: Option<&Codec>,
     epoch: u64,
-) -> Result<(), String> {
-    tracing::info!(pg = %pg.id, osd = m.osd, object = %name, have = ?have, want = ?chosen, "bringing a member in line");
-    let holders: Vec<(Member, String)> = held(heard, name)
-        .into_iter()
-        .filter(|h| chosen.is_some() && h.version == chosen)
-        .map(|h| (h.member, h.source))
-        .collect();
-    let state = match (chosen, codec) {
-        (None, _) => None,
-        (Some(v), Some(codec)) => Some(rebuild_shard(node, pg, &holders, m, codec, name, v).await?),
-        (Some(_), None) => {
-            let (source, object) = holders.first().ok_or("no member holds the chosen copy")?;
-            pulled_state(&members::pull(node, pg, *source, object).await?)
+) -> Result<u64, String> {
+    let chosen = pending.chosen;
+    tracing::debug!(pg = %pg.id, object = %name, targets = ?pending.targets, want = ?chosen, "bringing copies in line");
+    let targets: Vec<Member> = pending.targets.iter().map(|(m, _)| *m).collect();
+    let states: Vec<Option<Vec<Mutation>>> = match (chosen, codec) {
+        (None, _) => vec![None; targets.len()],
+        (Some(v), Some(codec)) => {
+            rebuild_shards(node, pg, &pending.holders, &targets, codec, name, v)
+                .await?
+                .into_iter()
+                .map(Some)
+                .collect()
+        }
+        (Some(v), None) => {
+            let state = pull_copy(node, pg, &pending.holders, v, name).await?;
+            vec![Some(state); targets.len()]
         }
     };
-    let muts = mutation::replace_with(have.is_some(), state);
-    if muts.is_empty() {
-        return Ok(());
+    let mut bytes = 0;
+    for ((m, have), state) in pending.targets.clone().into_iter().zip(states) {
+        let muts = mutation::replace_with(have.is_some(), state);
+        if !muts.is_empty() {
+            bytes += recover(node, pg, st, m, name, muts, chosen.unwrap_or(0), epoch).await?;
+        }
+        pending.targets.retain(|(t, _)| *t != m);
     }
-    recover(node, pg, st, m, name, muts, chosen.unwrap_or(0), epoch).await
+    Ok(bytes)
 }
 
-/// Member `target`'s shard of `object` at `version`, decoded from k distinct shards of the
-/// `holders` (responders holding that version, and the object to read it from there: the
-/// object or a stash; the next is tried when one cannot be read).
-pub async fn rebuild_shard(
+/// The state of replicated `object` at `version`, from the first of its `holders` that can
+/// give it.
+async fn pull_copy(
     node: &OsdNode,
     pg: &Pg,
     holders: &[(Member, String)],
-    target: Member,
+    version: u64,
+    object: &str,
+) -> Result<Vec<Mutation>, String> {
+    let mut last = String::from("no member holds the chosen copy");
+    for (m, source) in holders {
+        match members::pull(node, pg, *m, source).await {
+            Ok(reply) if reply.exists && reply.version == version => return Ok(reply.mutations),
+            Ok(_) => last = format!("osd.{} no longer holds {object} at {version:#x}", m.osd),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
+/// The `targets`' shards of `object` at `version`, decoded from k distinct shards of the
+/// `holders` (responders holding that version, and the object to read it from there: the
+/// object or a stash; the next is tried when one cannot be read).
+pub async fn rebuild_shards(
+    node: &OsdNode,
+    pg: &Pg,
+    holders: &[(Member, String)],
+    targets: &[Member],
     codec: &Codec,
     object: &str,
     version: u64,
-) -> Result<Vec<Mutation>, String> {
+) -> Result<Vec<Vec<Mutation>>, String> {
     let mut shards: Vec<Option<Vec<u8>>> = vec![None; codec.shard_count()];
     let mut attrs = Vec::new();
     let mut found = 0;
-    // The target's own copy is what is being replaced; its stash may serve.
+    // The targets' own copies are what is being replaced; their stashes may serve.
     for (m, source) in holders
         .iter()
-        .filter(|(m, source)| !(*m == target && source == object))
+        .filter(|(m, source)| !(targets.contains(m) && source == object))
     {
         if found == codec.k() {
             break;
@@ -359,15 +451,21 @@ pub async fn rebuild_shard(
     codec
         .decode(&mut shards)
         .map_err(|e| format!("cannot rebuild {object}: {e}"))?;
-    let shard = shards
-        .get_mut(target.shard as usize)
-        .and_then(Option::take)
-        .unwrap_or_default();
-    Ok(erasure::with_shard_data(&attrs, shard))
+    Ok(targets
+        .iter()
+        .map(|t| {
+            let shard = shards
+                .get(t.shard as usize)
+                .cloned()
+                .flatten()
+                .unwrap_or_default();
+            erasure::with_shard_data(&attrs, shard)
+        })
+        .collect())
 }
 
-/// Makes member `m`'s copy of `object` what `mutations` say, at `version` (with an empty
-/// `object`: sets the member's PG version).
+/// Makes member `m`'s copy of `object` what `mutations` say, at `version`; answers the
+/// bytes of data written.
 #[allow(clippy::too_many_arguments)]
 pub async fn recover(
     node: &OsdNode,
@@ -378,7 +476,7 @@ pub async fn recover(
     mutations: Vec<Mutation>,
     version: u64,
     epoch: u64,
-) -> Result<(), String> {
+) -> Result<u64, String> {
     let bytes: usize = mutations
         .iter()
         .map(|m| match &m.m {
@@ -398,11 +496,9 @@ pub async fn recover(
         ..SubOpRequest::default()
     };
     members::sub_op(node, pg, st, m, req).await?;
-    if !object.is_empty() {
-        node.io.recovered_objects.fetch_add(1, Ordering::Relaxed);
-        node.io
-            .recovered_bytes
-            .fetch_add(bytes as u64, Ordering::Relaxed);
-    }
-    Ok(())
+    node.io.recovered_objects.fetch_add(1, Ordering::Relaxed);
+    node.io
+        .recovered_bytes
+        .fetch_add(bytes as u64, Ordering::Relaxed);
+    Ok(bytes as u64)
 }

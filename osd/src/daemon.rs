@@ -239,9 +239,14 @@ async fn follow_maps(node: Arc<OsdNode>, boot: Command, mut stop: watch::Receive
 /// subscription, or a request that carried a newer epoch and made the node fetch it first.
 /// (Reacting only to the subscription missed changes a request had already installed: the
 /// subscription's copy then looked old, and the PGs of that change were never activated.)
+///
+/// Every `PEERING_SWEEP` the PGs are gone over again too: a PG whose activation failed (a
+/// member did not answer) is retried, and one a client op activated gets its recovery.
 async fn act_on_map_changes(node: Arc<OsdNode>, mut stop: watch::Receiver<bool>) {
     let background = Arc::new(Background::default());
     let mut maps = node.subscribe_maps();
+    let mut sweep = tokio::time::interval(PEERING_SWEEP);
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             changed = maps.changed() => {
@@ -250,10 +255,13 @@ async fn act_on_map_changes(node: Arc<OsdNode>, mut stop: watch::Receiver<bool>)
                 }
                 after_map_change(&node, &background);
             }
+            _ = sweep.tick() => activate_in_background(&node, &background),
             _ = stop.changed() => return,
         }
     }
 }
+
+const PEERING_SWEEP: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Work a map change starts in the background, one run of each at a time.
 #[derive(Default)]
@@ -264,12 +272,16 @@ struct Background {
 }
 
 fn after_map_change(node: &Arc<OsdNode>, background: &Arc<Background>) {
+    activate_in_background(node, background);
+    let (n, b) = (node.clone(), background.clone());
+    tokio::spawn(async move { crate::cleanup::collect_deleted_pools(&n, &b.cleaning).await });
+}
+
+fn activate_in_background(node: &Arc<OsdNode>, background: &Arc<Background>) {
     let (n, b) = (node.clone(), background.clone());
     tokio::spawn(async move {
         crate::primary::activate_primaries(&n, &b.activating, &b.activate_again).await
     });
-    let (n, b) = (node.clone(), background.clone());
-    tokio::spawn(async move { crate::cleanup::collect_deleted_pools(&n, &b.cleaning).await });
 }
 
 async fn reboot_if_marked_down(node: &OsdNode, boot: &Command) {

@@ -29,6 +29,7 @@ pub mod peering;
 pub mod pg;
 pub mod pg_stats;
 pub mod primary;
+pub mod recovery;
 pub mod replica;
 pub mod scrub;
 pub mod service;

@@ -60,6 +60,8 @@ pub struct OsdNode {
     pub settings: OsdSettings,
     /// The PGs this OSD is primary of, for the beacons.
     pub pg_records: PgRecords,
+    /// Paces recovery in the background (`osd.recovery_max_bytes_per_sec`).
+    pub recovery_throttle: crate::recovery::Throttle,
     maps_tx: watch::Sender<Arc<ClusterMaps>>,
     pgs: Mutex<HashMap<(PgId, i32), Arc<Pg>>>,
     /// Past OSD maps for peering: each map installed here, and ranges fetched from the mons.
@@ -80,6 +82,10 @@ impl OsdNode {
             io: IoCounters::default(),
             store,
             monc,
+            recovery_throttle: crate::recovery::Throttle::new(
+                settings.recovery_max_bytes_per_sec,
+                settings.recovery_idle_max_bytes_per_sec,
+            ),
             settings,
             pg_records: PgRecords::default(),
             maps_tx: watch::channel(Arc::new(maps)).0,

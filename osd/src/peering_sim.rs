@@ -4,9 +4,13 @@
 //! every activation each object the PG would serve must be its last acknowledged state or a
 //! later unacknowledged write (never older, never rolled back once seen), and with every OSD
 //! up and in the PG must activate. Erasure-coded writes in a degraded PG stash the previous
-//! state as `stash` does. `CAIRN_PEERING_SEEDS` sets how many schedules run.
+//! state as `stash` does. Activation leaves copying to recovery in the background, as
+//! `recovery` does: each member keeps the list of what it lacks, the plan's objects are
+//! recovered at random moments, and a write recovers its object first; at the end, with
+//! everything up, recovery must bring every copy in line. `CAIRN_PEERING_SEEDS` sets how many
+//! schedules run.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -32,9 +36,37 @@ struct Copy {
     log: Vec<(u64, String)>,
     /// The rollback stash: (object, version of the change it was taken for, prior state).
     stash: Option<(usize, u64, Option<u64>)>,
+    /// Objects it lacks the PG's version of → that version (`PgState::missing`).
+    missing: BTreeMap<usize, Option<u64>>,
 }
 
 impl Copy {
+    /// What it says of `object`: the PG's version if it lists the object as missing.
+    fn said(&self, object: usize) -> Option<u64> {
+        match self.missing.get(&object) {
+            Some(v) => *v,
+            None => self.objects.get(&object).copied(),
+        }
+    }
+
+    /// Its own copy of `object` as evidence: none when it lists the object as missing.
+    fn holds(&self, object: usize) -> Option<Option<u64>> {
+        (!self.missing.contains_key(&object)).then(|| self.objects.get(&object).copied())
+    }
+
+    fn set(&mut self, object: usize, state: Option<u64>) {
+        match state {
+            Some(v) => self.objects.insert(object, v),
+            None => self.objects.remove(&object),
+        };
+    }
+
+    /// A recovery of `object` to `state`: it leaves the missing list in the same step.
+    fn recovered(&mut self, object: usize, state: Option<u64>) {
+        self.set(object, state);
+        self.missing.remove(&object);
+    }
+
     /// Its stash of `object` from before its last change (see `stash`).
     fn stashed(&self, object: usize) -> Option<Option<u64>> {
         let (o, for_version, prior) = self.stash?;
@@ -59,6 +91,8 @@ struct World {
     truth: Vec<Truth>,
     /// Epoch the PG is active at (writes need it current).
     active: Option<u64>,
+    /// What activation left to recover: object → (the PG's version, members lacking it).
+    plan: BTreeMap<usize, (Option<u64>, Vec<Member>)>,
     next_req: u64,
 }
 
@@ -110,6 +144,7 @@ impl World {
             copies: BTreeMap::new(),
             truth: vec![Truth::default(); OBJECTS],
             active: None,
+            plan: BTreeMap::new(),
             next_req: 0,
         }
     }
@@ -139,7 +174,7 @@ impl World {
         let osd = self.rng.gen_range(0..OSDS);
         let up = self.map().osds[&osd].up;
         let downs = self.map().osds.values().filter(|o| !o.up).count();
-        match self.rng.gen_range(0..10) {
+        match self.rng.gen_range(0..12) {
             0 if up && downs < 2 => self.change_map(|m| m.osds.get_mut(&osd).unwrap().up = false),
             1 | 2 if !up => self.change_map(|m| m.osds.get_mut(&osd).unwrap().up = true),
             3 => self.change_map(|m| {
@@ -150,6 +185,12 @@ impl World {
                 let crash_after = self.rng.gen_range(0..20);
                 // A PG that cannot activate now waits: that is not a failure here.
                 let _ = self.activate(Some(crash_after));
+            }
+            // Recovery runs only in the interval its plan was made for.
+            5..=7 if self.active == Some(self.map().epoch) => {
+                if let Some(object) = self.plan.keys().nth(osd as usize).copied() {
+                    self.recover(object);
+                }
             }
             _ => self.write(),
         }
@@ -171,13 +212,17 @@ impl World {
             .cloned()
             .expect("members heard");
         let mut budget = crash_after.unwrap_or(usize::MAX);
+        let mut plan = BTreeMap::new();
         for object in 0..OBJECTS {
             let chosen = match self.k {
-                None => auth.objects.get(&object).copied(),
+                None => auth.said(object),
                 Some(k) => {
+                    let said = |h: &[&(Member, Copy)]| -> Vec<(Member, Option<u64>)> {
+                        h.iter().map(|(m, c)| (*m, c.said(object))).collect()
+                    };
                     let own = |h: &[&(Member, Copy)]| -> Vec<(Member, Option<u64>)> {
                         h.iter()
-                            .map(|(m, c)| (*m, c.objects.get(&object).copied()))
+                            .filter_map(|(m, c)| Some((*m, c.holds(object)?)))
                             .collect()
                     };
                     let stashed = |h: &[&(Member, Copy)]| -> Vec<(Member, Option<u64>)> {
@@ -193,7 +238,7 @@ impl World {
                     let mut all = own(&everyone);
                     all.extend(stashed(&everyone));
                     let h = peering::EcHoldings {
-                        current: &own(&current),
+                        current: &said(&current),
                         stashed: &stashed(&current),
                         all: &all,
                         complete,
@@ -201,19 +246,30 @@ impl World {
                     peering::chosen_ec_version(&h, &object.to_string(), k)?
                 }
             };
-            for m in &members {
-                if self.copy(m).objects.get(&object).copied() == chosen {
-                    continue;
-                }
+            let targets: Vec<Member> = members
+                .iter()
+                .filter(|m| self.copy(m).objects.get(&object).copied() != chosen)
+                .copied()
+                .collect();
+            if targets.is_empty() {
+                continue;
+            }
+            // What the current members cannot give between them is brought in line now.
+            let shards: BTreeSet<i32> = heard
+                .iter()
+                .filter(|(m, c)| members.contains(m) && c.holds(object) == Some(chosen))
+                .map(|(m, _)| m.shard)
+                .collect();
+            if chosen.is_none() || shards.len() >= self.k.unwrap_or(1) {
+                plan.insert(object, (chosen, targets));
+                continue;
+            }
+            for m in &targets {
                 if budget == 0 {
                     return Err("the primary died".into());
                 }
                 budget -= 1;
-                let c = self.copies.entry(*m).or_default();
-                match chosen {
-                    Some(v) => c.objects.insert(object, v),
-                    None => c.objects.remove(&object),
-                };
+                self.copies.entry(*m).or_default().recovered(object, chosen);
             }
         }
         let logs: Vec<(Member, Vec<(u64, String)>)> =
@@ -231,7 +287,13 @@ impl World {
             c.last_update = start;
             c.log = log.clone();
             c.stash = None;
+            c.missing = plan
+                .iter()
+                .filter(|(_, (_, targets))| targets.contains(m))
+                .map(|(object, (chosen, _))| (*object, *chosen))
+                .collect();
         }
+        self.plan = plan;
         self.active = Some(epoch);
         self.check_reads(&members[0]);
         Ok(())
@@ -264,12 +326,38 @@ impl World {
         }
     }
 
-    /// What the PG serves for each object (its primary's copy; for erasure coding all
-    /// members agree after activation) must be acceptable; a read makes it the known state.
+    /// Recovers `object` from the plan on every member lacking it, if its version can be
+    /// read from OSDs up (a copy, or k distinct shards); answers whether it did.
+    fn recover(&mut self, object: usize) -> bool {
+        let Some((chosen, targets)) = self.plan.get(&object).cloned() else {
+            return true;
+        };
+        if let Some(v) = chosen {
+            let map = self.map();
+            let shards: BTreeSet<i32> = self
+                .copies
+                .iter()
+                .filter(|(m, c)| map.osds[&m.osd].up && c.holds(object) == Some(Some(v)))
+                .map(|(m, _)| m.shard)
+                .collect();
+            if shards.len() < self.k.unwrap_or(1) {
+                return false;
+            }
+        }
+        for m in &targets {
+            self.copies.entry(*m).or_default().recovered(object, chosen);
+        }
+        self.plan.remove(&object);
+        true
+    }
+
+    /// What the PG serves for each object (what its primary says: its copy, or the version
+    /// a recovery brings first; for erasure coding all members agree on it) must be
+    /// acceptable; a read makes it the known state.
     fn check_reads(&mut self, primary: &Member) {
         let served = self.copy(primary);
         for (object, truth) in self.truth.iter_mut().enumerate() {
-            let got = served.objects.get(&object).copied();
+            let got = served.said(object);
             let pos = std::iter::once(truth.known)
                 .chain(truth.maybe.iter().copied())
                 .position(|v| v == got);
@@ -295,6 +383,10 @@ impl World {
         }
         let members = self.members();
         let object = self.rng.gen_range(0..OBJECTS);
+        // A write recovers its object first; when it cannot, it fails having changed nothing.
+        if !self.recover(object) {
+            return;
+        }
         let version = next_version(self.copy(&members[0]).last_update, epoch);
         let value = (self.rng.gen_range(0..4) != 0).then_some(version);
         let reached: Vec<Member> = if self.rng.gen_range(0..3) == 0 {
@@ -357,6 +449,30 @@ fn simulate(k: Option<usize>) {
         });
         if let Err(why) = w.activate(None) {
             panic!("seed {seed}: with every OSD up and in the PG stays inactive: {why}");
+        }
+        // ...and recovery must bring every member's copy in line with what it serves.
+        for object in w.plan.keys().copied().collect::<Vec<_>>() {
+            assert!(
+                w.recover(object),
+                "seed {seed}: object {object} cannot be recovered"
+            );
+        }
+        let members = w.members();
+        let served = w.copy(&members[0]);
+        for m in &members {
+            let c = w.copy(m);
+            assert!(
+                c.missing.is_empty(),
+                "seed {seed}: {m:?} still lacks {:?}",
+                c.missing
+            );
+            for object in 0..OBJECTS {
+                let (got, want) = (c.objects.get(&object), served.objects.get(&object));
+                assert_eq!(
+                    got, want,
+                    "seed {seed}: {m:?} holds {got:?} of object {object}"
+                );
+            }
         }
     }
 }

@@ -6,7 +6,7 @@
 //! earlier one's, so when members disagree the newest version wins even over a write a
 //! failed primary applied alone at the same sequence number.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 
 use cairn_common::placement::PgId;
@@ -19,6 +19,9 @@ use crate::{ObjectStore, Op, Transaction};
 /// and the log as omap (version → entry). Its name starts with a byte clients cannot use.
 pub const PG_META: &str = "\u{1}pg";
 const ATTR_LAST_UPDATE: &str = "last_update";
+/// The object listing what the member lacks (omap: object name → the PG's version of it, see
+/// `PgState::missing`).
+pub const MISSING: &str = "\u{1}missing";
 /// Whether an object of a PG collection is the PG's own bookkeeping (`PG_META`, the rollback
 /// stash): names clients cannot use, left out of listings and comparisons.
 pub fn is_internal(name: &str) -> bool {
@@ -65,6 +68,12 @@ pub struct PgState {
     pub min_epoch: u64,
     /// The member holds a rollback stash (see `stash`).
     pub stashed: bool,
+    /// Objects this member lacks the PG's version of, as its primary left them for recovery
+    /// in the background: name → that version (0: the PG holds none). Kept in the store, so
+    /// that a member never passes for holding what it has not received yet.
+    pub missing: BTreeMap<String, u64>,
+    /// On the primary: what recovery still has to bring in line in the active interval.
+    pub recovery: crate::recovery::Plan,
 }
 
 pub struct Pg {
@@ -103,6 +112,7 @@ impl PgState {
         let attrs = store.getattrs(coll, PG_META)?;
         self.last_update = decode_u64(attrs.get(ATTR_LAST_UPDATE));
         self.stashed = crate::stash::read(store, coll)?.is_some();
+        self.missing = read_missing(store, coll)?;
         let mut after: Option<Vec<u8>> = None;
         loop {
             let page = store.omap_get(coll, PG_META, after.as_deref(), 1024)?;
@@ -179,6 +189,37 @@ impl PgState {
         });
     }
 
+    /// Adds to `txn` the replacement of the member's missing list by `missing`.
+    pub fn replace_missing_ops(txn: &mut Transaction, coll: &str, missing: &BTreeMap<String, u64>) {
+        txn.push(Op::Touch {
+            coll: coll.into(),
+            oid: MISSING.into(),
+        });
+        txn.push(Op::OmapClear {
+            coll: coll.into(),
+            oid: MISSING.into(),
+        });
+        if !missing.is_empty() {
+            txn.push(Op::OmapSet {
+                coll: coll.into(),
+                oid: MISSING.into(),
+                entries: missing
+                    .iter()
+                    .map(|(name, v)| (name.as_bytes().to_vec(), encode_u64(*v)))
+                    .collect(),
+            });
+        }
+    }
+
+    /// Adds to `txn` taking `object` off the member's missing list (it was just recovered).
+    pub fn found_ops(txn: &mut Transaction, coll: &str, object: &str) {
+        txn.push(Op::OmapRm {
+            coll: coll.into(),
+            oid: MISSING.into(),
+            keys: vec![object.as_bytes().to_vec()],
+        });
+    }
+
     /// The log, oldest first.
     pub fn entries(&self) -> impl Iterator<Item = &(u64, String)> {
         self.log.iter()
@@ -208,6 +249,29 @@ impl PgState {
         self.reqids.clear();
         for (version, reqid) in entries {
             self.remember(version, reqid);
+        }
+    }
+}
+
+/// The member's missing list as stored (none before the first activation that left one).
+fn read_missing(store: &ObjectStore, coll: &str) -> Result<BTreeMap<String, u64>, StoreError> {
+    let mut out = BTreeMap::new();
+    let mut after: Option<Vec<u8>> = None;
+    loop {
+        let page = match store.omap_get(coll, MISSING, after.as_deref(), 1024) {
+            Ok(page) => page,
+            Err(StoreError::NoObject { .. }) => return Ok(out),
+            Err(e) => return Err(e),
+        };
+        let Some((last, _)) = page.last() else {
+            return Ok(out);
+        };
+        after = Some(last.clone());
+        for (k, v) in page {
+            out.insert(
+                String::from_utf8_lossy(&k).into_owned(),
+                decode_u64(Some(&v)),
+            );
         }
     }
 }

@@ -21,7 +21,8 @@ pub struct PgRecord {
     pub scrubbing: bool,
     pub last_scrub_ms: u64,
     pub last_deep_scrub_ms: u64,
-    /// Object copies (shards) still to bring in line in the activation under way.
+    /// Object copies (shards) still to bring in line: in the activation under way, then in
+    /// the background.
     pub recovery_left: u64,
 }
 
@@ -68,7 +69,7 @@ impl PgRecords {
                     scrubbing: r.scrubbing,
                     last_scrub_ms: r.last_scrub_ms,
                     last_deep_scrub_ms: r.last_deep_scrub_ms,
-                    recovery_left: if active { 0 } else { r.recovery_left },
+                    recovery_left: r.recovery_left,
                 });
             }
         }

@@ -19,6 +19,7 @@ use crate::members::{self, Member};
 use crate::mutation::{self, decode_u64, user_attr, user_attrs, ATTR_VERSION};
 use crate::node::OsdNode;
 use crate::pg::{is_internal, next_version, Pg, PgState};
+use crate::recovery;
 use crate::replica::{self, result_of};
 use crate::scrub::{self, Scrub};
 
@@ -116,6 +117,9 @@ struct Target {
 pub async fn handle_op(node: &OsdNode, req: OpRequest) -> OpReply {
     let writes = op_writes(&req);
     let client_io = !matches!(op_of(&req), Some(Op::Scrub(_)));
+    if client_io {
+        node.recovery_throttle.client_io();
+    }
     let written = match op_of(&req) {
         Some(Op::WriteFull(d) | Op::Append(d)) => d.len(),
         Some(Op::Write(w)) => w.data.len(),
@@ -241,9 +245,14 @@ fn target_of(me: u32, osdmap: &OsdMap, pool: &Pool, pg: PgId) -> Option<Target> 
     Some(Target { pg, members, me })
 }
 
-/// Activates every PG this OSD is primary of in the current map, so members catch up after
-/// a change without waiting for a client op. One pass at a time; a map that arrives during a
-/// pass starts another.
+/// PGs a primary activates at once after a map change (each under its own lock): activation
+/// only asks the members and decides; the copying is `recovery`'s.
+const ACTIVATIONS_AT_ONCE: usize = 4;
+
+/// Activates every PG this OSD is primary of in the current map, then recovers what their
+/// members lack in the background, `osd.recovery_pgs_at_once` PGs at a time, so members
+/// catch up after a change without waiting for a client op. One pass at a time; a map that
+/// arrives during a pass ends its recovery and starts another.
 pub async fn activate_primaries(node: &OsdNode, running: &AtomicBool, again: &AtomicBool) {
     again.store(true, Ordering::Release);
     if running.swap(true, Ordering::AcqRel) {
@@ -257,22 +266,24 @@ pub async fn activate_primaries(node: &OsdNode, running: &AtomicBool, again: &At
             .iter()
             .filter_map(|(id, pool)| Some((*id, pool, erasure::codec_of(pool).ok()?)))
             .collect();
-        let pgs = pools
+        // Owned items (a PG and its pool's index): the stream's closures then take no
+        // borrowed arguments, which a spawned future needs.
+        let pgs: Vec<(PgId, usize)> = pools
             .iter()
-            .flat_map(|(id, pool, codec)| all_pgs(*id, pool).map(move |pg| (pg, *pool, codec)));
-        // Several PGs at once (each under its own lock), bounded: this is recovery's share.
-        let at_once = node.settings.recovery_pgs_at_once.max(1);
+            .enumerate()
+            .flat_map(|(i, (id, pool, _))| all_pgs(*id, pool).map(move |pg| (pg, i)))
+            .collect();
+        let pools = &pools;
         use futures::StreamExt;
-        futures::stream::iter(pgs)
-            .for_each_concurrent(at_once, |(pg, pool, codec)| async move {
+        let to_recover: Vec<(std::sync::Arc<Pg>, usize)> = futures::stream::iter(pgs)
+            .map(|(pg, i)| async move {
+                let (_, pool, codec) = &pools[i];
                 if node.maps().osdmap.epoch != osdmap.epoch {
-                    return;
+                    return None;
                 }
-                let Some(t) = target_of(node.id, osdmap, pool, pg) else {
-                    return;
-                };
+                let t = target_of(node.id, osdmap, pool, pg)?;
                 if t.members.len() < pool.min_size() {
-                    return;
+                    return None;
                 }
                 let pg_state = node.pg(pg, t.me.shard);
                 let mut st = pg_state.state.lock().await;
@@ -288,6 +299,19 @@ pub async fn activate_primaries(node: &OsdNode, running: &AtomicBool, again: &At
                 if let Err(why) = activated {
                     tracing::info!(pg = %pg, %why, "pg not active yet");
                 }
+                let pending = !st.recovery.is_empty();
+                drop(st);
+                pending.then_some((pg_state, i))
+            })
+            .buffer_unordered(ACTIVATIONS_AT_ONCE)
+            .filter_map(|pg| async move { pg })
+            .collect()
+            .await;
+        // Recovery's share of the OSD: a bounded number of PGs, one object each at a time.
+        let at_once = node.settings.recovery_pgs_at_once.max(1);
+        futures::stream::iter(to_recover)
+            .for_each_concurrent(at_once, |(pg, i)| async move {
+                crate::recovery::drain(node, &pg, pools[i].2.as_ref(), osdmap.epoch).await
             })
             .await;
     }
@@ -333,6 +357,20 @@ async fn serve(
     if let Err(why) = activated.await {
         tracing::info!(pg = %t.pg, %why, "pg not active yet");
         return reply(OpResult::Retry, format!("pg {} is peering: {why}", t.pg));
+    }
+    let recovered = match &op {
+        // Comparing copies while some are still being brought in line finds only that.
+        Op::Scrub(_) if !st.recovery.is_empty() => Err("its members are recovering".to_string()),
+        Op::Scrub(_) => Ok(()),
+        // The primary lists its own copy of the PG, which must be complete first.
+        Op::List(_) if !st.missing.is_empty() => {
+            recovery::recover_all(node, &pg, &mut st, codec.as_ref(), epoch).await
+        }
+        Op::List(_) => Ok(()),
+        _ => recovery::before_op(node, &pg, &mut st, codec.as_ref(), object, epoch).await,
+    };
+    if let Err(why) = recovered {
+        return reply(OpResult::Retry, format!("pg {} is recovering: {why}", t.pg));
     }
     if let Op::Scrub(how) = op {
         drop(st);

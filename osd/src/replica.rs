@@ -55,6 +55,9 @@ fn sub_reply(result: OpResult, message: impl Into<String>) -> SubOpReply {
 /// version exactly (`prior_version`); a member out of step refuses, and the primary brings it
 /// in line before writing again.
 pub async fn apply_sub_op(node: &OsdNode, req: SubOpRequest) -> SubOpReply {
+    if !req.recovery {
+        node.recovery_throttle.client_io();
+    }
     let pg = node.pg_of(req.pool, req.pg, req.shard);
     let mut st = pg.state.lock().await;
     apply_locked(node, &pg, &mut st, req).await
@@ -88,7 +91,19 @@ pub async fn apply_locked(
             ),
         );
     }
+    if !req.recovery && st.missing.contains_key(&req.object) {
+        // The primary recovers an object before it writes it; a write on a stale copy
+        // would be applied to the wrong state.
+        return sub_reply(
+            OpResult::Retry,
+            format!(
+                "osd.{} lacks the current version of {} in pg {}: recover it first",
+                node.id, req.object, pg.id
+            ),
+        );
+    }
     let set_version_only = req.recovery && req.object.is_empty();
+    let found = req.recovery && !set_version_only && st.missing.contains_key(&req.object);
     let stashing = req.stash && !req.recovery && !set_version_only;
     let existed = if stashing {
         match exists(node, &pg.coll, &req.object).await {
@@ -105,6 +120,10 @@ pub async fn apply_locked(
         PgState::set_last_update_ops(&mut txn, &pg.coll, req.version);
         if let Some(entries) = &new_log {
             PgState::replace_log_ops(&mut txn, &pg.coll, entries);
+        }
+        if !req.missing.is_empty() || !st.missing.is_empty() {
+            let missing = req.missing.iter().map(|(k, v)| (k.clone(), *v)).collect();
+            PgState::replace_missing_ops(&mut txn, &pg.coll, &missing);
         }
         // Every member is in line: no write can need rolling back.
         if st.stashed {
@@ -123,18 +142,24 @@ pub async fn apply_locked(
         if !req.recovery {
             st.log_ops(&mut txn, &pg.coll, req.version, &req.reqid);
         }
+        if found {
+            PgState::found_ops(&mut txn, &pg.coll, &req.object);
+        }
     }
     match node.blocking(move |store| store.apply(&txn)).await {
         Ok(()) => {
             if set_version_only {
                 st.last_update = req.version;
                 st.stashed = false;
+                st.missing = req.missing.into_iter().collect();
                 if let Some(entries) = new_log {
                     st.replaced_log(entries);
                 }
             } else if !req.recovery {
                 st.stashed |= stashing;
                 st.logged(req.version, &req.reqid);
+            } else if found {
+                st.missing.remove(&req.object);
             }
             sub_reply(OpResult::Ok, "")
         }
@@ -202,6 +227,7 @@ pub async fn query_locked(node: &OsdNode, pg: &Pg, st: &mut PgState, epoch: u64)
             last_update: st.last_update,
             objects,
             stashed,
+            missing: st.missing.iter().map(|(k, v)| (k.clone(), *v)).collect(),
             log: st
                 .entries()
                 .map(|(version, reqid)| LogEntry {

@@ -19,7 +19,7 @@ use cairn_common::proto::{
     OpResult, ScrubMapReply, ScrubMapRequest, ScrubObject, ScrubOp, ScrubResult,
 };
 
-use crate::activate::{rebuild_shard, recover};
+use crate::activate::{rebuild_shards, recover};
 use crate::ec::Codec;
 use crate::error::StoreError;
 use crate::members::{self, Member};
@@ -432,7 +432,9 @@ impl Scrub<'_> {
         let existing = copies[target].is_some();
         let Some(keep) = &verdict.keep else {
             let muts = mutation::replace_with(existing, None);
-            return recover(self.node, self.pg, st, m, name, muts, 0, self.epoch).await;
+            return recover(self.node, self.pg, st, m, name, muts, 0, self.epoch)
+                .await
+                .map(|_| ());
         };
         let bad: Vec<usize> = verdict.findings.iter().map(|f| f.member).collect();
         let good = self
@@ -444,7 +446,17 @@ impl Scrub<'_> {
         let state = match self.codec {
             Some(codec) => {
                 let holders: Vec<(Member, String)> = good.map(|m| (m, name.to_string())).collect();
-                rebuild_shard(self.node, self.pg, &holders, m, codec, name, keep.version).await?
+                let targets = [m];
+                let shards = rebuild_shards(
+                    self.node,
+                    self.pg,
+                    &holders,
+                    &targets,
+                    codec,
+                    name,
+                    keep.version,
+                );
+                shards.await?.pop().unwrap_or_default()
             }
             None => {
                 let source = good.clone().next().ok_or("no good copy to repair from")?;
@@ -467,6 +479,7 @@ impl Scrub<'_> {
             self.epoch,
         )
         .await
+        .map(|_| ())
     }
 }
 
@@ -565,7 +578,7 @@ fn due(node: &OsdNode, light_ms: u64, deep_ms: u64) -> Option<(PgId, bool)> {
                 .iter()
                 .all(|o| *o != cairn_common::placement::NO_OSD)
         });
-        if !report.active || !clean {
+        if !report.active || !clean || report.recovery_left > 0 {
             continue;
         }
         let spread = |interval: u64| {

@@ -1,6 +1,7 @@
 //! Self-healing through real OSDs: an erasure-coded 2+1 PG that loses two members stops
 //! serving rather than answer wrong, says which OSD it waits for, and comes back clean when
-//! that OSD returns; a member that missed writes is brought up to date.
+//! that OSD returns; a member that missed writes is brought up to date, in the background
+//! while its PGs serve, and never passes for holding what it has not received yet.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -11,7 +12,7 @@ use cairn_client::dev::Kind;
 use cairn_client::Rados;
 use cairn_tests::{seed, wait_for};
 
-use crate::rados::{cluster_with_pools, payload, EC_POOL};
+use crate::rados::{cluster_with_pools, payload, EC_POOL, POOL};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_failures_in_an_ec_pool_stop_it_and_one_return_heals_it() {
@@ -90,5 +91,87 @@ async fn two_failures_in_an_ec_pool_stop_it_and_one_return_heals_it() {
     for (name, want) in &written {
         let got = rados.read_all(EC_POOL, name, 1 << 20).await.expect("read");
         assert!(got == *want, "seed {seed}: {name} differs with osd.2 down");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_returning_member_catches_up_in_the_background_and_is_never_taken_for_current() {
+    let seed =
+        seed("a_returning_member_catches_up_in_the_background_and_is_never_taken_for_current");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    // 128 KiB/s: what osd.0 misses (about 4 MB) takes half a minute to recover, long enough
+    // to watch the PGs serve meanwhile and to fail another OSD half-way.
+    let (c, rados) = cluster_with_pools(&[
+        "osd.recovery_max_bytes_per_sec=131072",
+        "osd.recovery_idle_max_bytes_per_sec=131072",
+    ])
+    .await;
+    assert!(c.cluster.kill(Kind::Osd, "0").unwrap());
+    let mut missed = BTreeMap::new();
+    for i in 0..24 {
+        for pool in [POOL, EC_POOL] {
+            let data = payload(&mut rng, 100_000 + i * 1000);
+            let name = format!("missed-{i}");
+            rados.write_full(pool, &name, data.clone()).await.unwrap();
+            missed.insert((pool, name), data);
+        }
+    }
+    c.cluster.start(Kind::Osd, "0").unwrap();
+    wait_for(
+        Duration::from_secs(30),
+        "a PG serving while it recovers",
+        || async {
+            let rows = c.admin().pg_list().await.ok()?;
+            rows.iter()
+                .any(|r| r.state == "active+recovering+degraded")
+                .then_some(())
+        },
+    )
+    .await;
+    // Reads of what osd.0 lacks recover those objects first: right, long before the rest.
+    for ((pool, name), want) in missed.iter().step_by(7) {
+        let got = rados.read_all(pool, name, 1 << 20).await.expect("read");
+        assert!(
+            got == *want,
+            "seed {seed}: {pool}/{name} read wrong while recovering"
+        );
+    }
+    // A second failure half-way: osd.0's copies that recovery has not reached yet must not
+    // be taken for current. Replicated PGs recover from osd.2; erasure-coded ones have one
+    // current shard left and must not answer wrong.
+    let left = c.status().await.redundancy.recovering;
+    assert!(
+        left > 0,
+        "seed {seed}: recovery finished before the second failure"
+    );
+    assert!(c.cluster.kill(Kind::Osd, "1").unwrap());
+    for ((pool, name), want) in missed.iter().filter(|((p, _), _)| *p == POOL) {
+        let got = rados.read_all(pool, name, 1 << 20).await.expect("read");
+        assert!(
+            got == *want,
+            "seed {seed}: {pool}/{name} read wrong with osd.1 down"
+        );
+    }
+    let mut config = c.config();
+    config.client.op_timeout_ms = 2000;
+    let impatient = Rados::connect(&config).await.unwrap();
+    for ((pool, name), want) in missed.iter().filter(|((p, _), _)| *p == EC_POOL).step_by(6) {
+        if let Ok(got) = impatient.read_all(pool, name, 1 << 20).await {
+            assert!(
+                got == *want,
+                "seed {seed}: {pool}/{name} read wrong with osd.1 down"
+            );
+        }
+    }
+    c.cluster.start(Kind::Osd, "1").unwrap();
+    c.wait_healthy(Duration::from_secs(120)).await;
+    // osd.0 holds everything now: with osd.2 gone, its copies serve.
+    assert!(c.cluster.kill(Kind::Osd, "2").unwrap());
+    for ((pool, name), want) in &missed {
+        let got = rados.read_all(pool, name, 1 << 20).await.expect("read");
+        assert!(
+            got == *want,
+            "seed {seed}: {pool}/{name} differs with osd.2 down"
+        );
     }
 }

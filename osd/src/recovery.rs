@@ -1,0 +1,231 @@
+//! Recovery in the background. Activation decides, per object, the version the PG keeps and
+//! which members' copies differ (`Plan`), tells each member what it lacks, and the PG serves
+//! at once. The objects are then brought in line one at a time, each under the PG's lock —
+//! a client op waits for one object at most — paced by `osd.recovery_max_bytes_per_sec`
+//! while clients use the OSD, at full speed while they do not. A client op on an object still
+//! to recover recovers that object first, so no op ever sees or changes a stale copy.
+//!
+//! Each member keeps the list of what it lacks (`PgState::missing`), replaced by activation
+//! and shortened by each recovery in the same transaction as the data: a member at the newest
+//! activation thus never passes for holding the PG's version of an object it has not
+//! received, and a later peering takes its list as its word on those objects.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::ec::Codec;
+use crate::members::Member;
+use crate::node::OsdNode;
+use crate::pg::{Pg, PgState};
+
+/// One object's recovery, as activation decided it.
+#[derive(Clone, Debug)]
+pub struct Pending {
+    /// The version the PG keeps (`None`: the object goes).
+    pub chosen: Option<u64>,
+    /// Who holds the chosen version, and where: the object itself or a rollback stash.
+    pub holders: Vec<(Member, String)>,
+    /// Members whose copy differs, with the version each holds.
+    pub targets: Vec<(Member, Option<u64>)>,
+}
+
+/// Object → what is left to do for it, in the active interval.
+pub type Plan = BTreeMap<String, Pending>;
+
+/// Object copies (shards) still to bring in line.
+pub fn copies_left(plan: &Plan) -> u64 {
+    plan.values().map(|p| p.targets.len() as u64).sum()
+}
+
+/// Attempts at one object before a background pass gives up (a source that keeps failing
+/// is down; the map change that says so starts a new pass).
+const ATTEMPTS_MAX: u32 = 10;
+const RETRY_PAUSE: Duration = Duration::from_secs(1);
+
+/// Brings `object` in line on every member, if recovery has not yet: an op must see and
+/// change the PG's version of it. Runs under the PG's lock.
+pub async fn before_op(
+    node: &OsdNode,
+    pg: &Pg,
+    st: &mut PgState,
+    codec: Option<&Codec>,
+    object: &str,
+    epoch: u64,
+) -> Result<(), String> {
+    if !st.recovery.contains_key(object) {
+        return Ok(());
+    }
+    tracing::debug!(pg = %pg.id, object, "recovering an object a client op needs");
+    recover_object(node, pg, st, codec, object, epoch)
+        .await
+        .map(|_| ())
+}
+
+/// Brings every object in line now (a listing must see the PG's objects as they are).
+pub async fn recover_all(
+    node: &OsdNode,
+    pg: &Pg,
+    st: &mut PgState,
+    codec: Option<&Codec>,
+    epoch: u64,
+) -> Result<(), String> {
+    while let Some(object) = st.recovery.keys().next().cloned() {
+        recover_object(node, pg, st, codec, &object, epoch).await?;
+    }
+    Ok(())
+}
+
+/// Recovers one object of the plan on every member whose copy differs; answers the bytes
+/// moved. What fails stays in the plan.
+async fn recover_object(
+    node: &OsdNode,
+    pg: &Pg,
+    st: &mut PgState,
+    codec: Option<&Codec>,
+    object: &str,
+    epoch: u64,
+) -> Result<u64, String> {
+    let Some(mut pending) = st.recovery.remove(object) else {
+        return Ok(0);
+    };
+    let result =
+        crate::activate::bring_object_in_line(node, pg, st, &mut pending, object, codec, epoch)
+            .await;
+    if !pending.targets.is_empty() {
+        st.recovery.insert(object.to_string(), pending);
+    }
+    let left = copies_left(&st.recovery);
+    node.pg_records.update(pg.id, |r| r.recovery_left = left);
+    result
+}
+
+/// Recovers the PG's objects one at a time, each under the PG's lock, until none is left,
+/// the PG is re-activated or the map moves on. Paced by the OSD's throttle.
+pub async fn drain(node: &OsdNode, pg: &Pg, codec: Option<&Codec>, epoch: u64) {
+    let mut attempts = 0;
+    loop {
+        if node.maps().osdmap.epoch != epoch {
+            return;
+        }
+        let started = Instant::now();
+        let mut st = pg.state.lock().await;
+        if st.active != Some(epoch) {
+            return;
+        }
+        let Some(object) = st.recovery.keys().next().cloned() else {
+            return;
+        };
+        let result = recover_object(node, pg, &mut st, codec, &object, epoch).await;
+        drop(st);
+        match result {
+            Ok(bytes) => {
+                attempts = 0;
+                node.recovery_throttle.pace(started, bytes).await;
+            }
+            Err(why) => {
+                attempts += 1;
+                tracing::warn!(pg = %pg.id, object, %why, attempts, "cannot recover an object yet");
+                if attempts >= ATTEMPTS_MAX {
+                    return;
+                }
+                tokio::time::sleep(RETRY_PAUSE).await;
+            }
+        }
+    }
+}
+
+/// Client I/O this recent makes recovery keep to its rate.
+const CLIENTS_RECENT: Duration = Duration::from_secs(1);
+
+/// Paces recovery to a byte rate over the whole OSD: each object recovered moves the earliest
+/// start of the next one later by its bytes over the rate. The rate is `busy` while clients
+/// use the OSD and `idle` after `CLIENTS_RECENT` without client I/O (0: unpaced; by default
+/// an idle cluster heals at full speed). Client ops are never paced (one that needs an object
+/// recovered recovers it at once).
+pub struct Throttle {
+    busy: u64,
+    idle: u64,
+    next: Mutex<Instant>,
+    epoch: Instant,
+    /// When client I/O (ops, or writes a primary sent here) last came, since `epoch`, in ms.
+    client_io_ms: AtomicU64,
+}
+
+impl Throttle {
+    /// Rates in bytes per second; 0 is no limit.
+    pub fn new(busy: u64, idle: u64) -> Throttle {
+        let now = Instant::now();
+        Throttle {
+            busy,
+            idle,
+            next: Mutex::new(now),
+            epoch: now,
+            client_io_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// Notes client I/O on this OSD.
+    pub fn client_io(&self) {
+        let ms = self.epoch.elapsed().as_millis() as u64;
+        self.client_io_ms.fetch_max(ms.max(1), Ordering::Relaxed);
+    }
+
+    fn clients_active(&self) -> bool {
+        let last = self.client_io_ms.load(Ordering::Relaxed);
+        let now = self.epoch.elapsed().as_millis() as u64;
+        last > 0 && now.saturating_sub(last) < CLIENTS_RECENT.as_millis() as u64
+    }
+
+    /// Waits until recovering `bytes`, begun at `started`, fits the rate (when clients are
+    /// active).
+    pub async fn pace(&self, started: Instant, bytes: u64) {
+        let rate = if self.clients_active() {
+            self.busy
+        } else {
+            self.idle
+        };
+        if rate == 0 {
+            return;
+        }
+        let until = {
+            let mut next = self.next.lock().unwrap_or_else(|p| p.into_inner());
+            let start = (*next).max(started);
+            *next = start + Duration::from_secs_f64(bytes as f64 / rate as f64);
+            *next
+        };
+        tokio::time::sleep_until(until.into()).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_throttle_holds_recovery_to_its_rate_while_clients_are_active() {
+        let t = Throttle::new(10 << 20, 0);
+        // No client I/O: full speed.
+        let begin = Instant::now();
+        t.pace(Instant::now(), 1 << 30).await;
+        assert!(begin.elapsed() < Duration::from_millis(50));
+        t.client_io();
+        let begin = Instant::now();
+        // 4 MiB at 10 MiB/s is 0.4 s each: three take 1.2 s, however fast they were read.
+        for _ in 0..3 {
+            t.pace(Instant::now(), 4 << 20).await;
+        }
+        let took = begin.elapsed();
+        assert!(
+            took >= Duration::from_millis(1150) && took < Duration::from_millis(2000),
+            "{took:?}"
+        );
+        // No limit: no wait.
+        let begin = Instant::now();
+        let unlimited = Throttle::new(0, 0);
+        unlimited.client_io();
+        unlimited.pace(Instant::now(), 1 << 30).await;
+        assert!(begin.elapsed() < Duration::from_millis(50));
+    }
+}
