@@ -157,7 +157,7 @@ fn pg_degraded(pgs: &PgSummary) -> Option<HealthCheck> {
             "PG_DEGRADED",
             Severity::Warn,
             format!(
-                "Degraded data redundancy: {}/{} object copies degraded ({:.3}%), {n} pgs undersized",
+                "Degraded data redundancy: {}/{} object copies degraded ({:.3}%), {n} pgs degraded",
                 r.degraded,
                 r.copies,
                 r.degraded_percent()

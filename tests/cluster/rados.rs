@@ -266,12 +266,15 @@ async fn a_killed_osd_is_marked_down_and_loses_nothing() {
     let killed_at = Instant::now();
     assert!(c.cluster.kill(Kind::Osd, "1").unwrap());
     let admin = c.admin();
-    wait_for(Duration::from_secs(10), "osd.1 marked down", || async {
-        let maps = admin.maps().await.ok()?;
-        (!maps.osdmap.osds.get(&1)?.up).then_some(())
-    })
-    .await;
-    let detect = killed_at.elapsed();
+    let detection = async {
+        wait_for(Duration::from_secs(10), "osd.1 marked down", || async {
+            let maps = admin.maps().await.ok()?;
+            (!maps.osdmap.osds.get(&1)?.up).then_some(())
+        })
+        .await;
+        killed_at.elapsed()
+    };
+    let (detect, ()) = tokio::join!(detection, first_writes_after(&rados, killed_at));
     eprintln!("osd.1 marked down {} ms after kill -9", detect.as_millis());
     // The goal is 1 s; a little room for a loaded CI machine.
     assert!(detect < Duration::from_millis(1500), "took {detect:?}");
@@ -529,20 +532,40 @@ async fn deleting_a_pool_frees_its_space() {
     .await;
 }
 
+/// Writes one new object to each pool, started at once after an OSD failed at `failed_at`
+/// (with 3 OSDs every PG has it as a member), and prints how long after the failure each
+/// was acknowledged: the failure's cost to a client (BENCHMARKS.md).
+async fn first_writes_after(rados: &Rados, failed_at: Instant) {
+    let write = |pool: &'static str| async move {
+        rados
+            .write_full(pool, "first-after-failure", vec![7; 4096])
+            .await
+            .expect("write after a failure");
+        eprintln!(
+            "first write to pool {pool} acknowledged {} ms after the failure",
+            failed_at.elapsed().as_millis()
+        );
+    };
+    tokio::join!(write(POOL), write(EC_POOL));
+}
+
 /// A hung OSD (SIGSTOP) is marked down from its peers' reports within the goal of 4 s, and
 /// boots again by itself once it runs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_hung_osd_is_marked_down() {
-    let (c, _rados) = cluster_with_pool().await;
+    let (c, rados) = cluster_with_pool().await;
     let admin = c.admin();
     let stopped_at = Instant::now();
     assert!(c.cluster.pause(Kind::Osd, "2", true).unwrap());
-    wait_for(Duration::from_secs(10), "osd.2 marked down", || async {
-        let maps = admin.maps().await.ok()?;
-        (!maps.osdmap.osds.get(&2)?.up).then_some(())
-    })
-    .await;
-    let detect = stopped_at.elapsed();
+    let detection = async {
+        wait_for(Duration::from_secs(10), "osd.2 marked down", || async {
+            let maps = admin.maps().await.ok()?;
+            (!maps.osdmap.osds.get(&2)?.up).then_some(())
+        })
+        .await;
+        stopped_at.elapsed()
+    };
+    let (detect, ()) = tokio::join!(detection, first_writes_after(&rados, stopped_at));
     eprintln!("osd.2 marked down {} ms after SIGSTOP", detect.as_millis());
     assert!(detect < Duration::from_secs(4), "took {detect:?}");
     c.cluster.pause(Kind::Osd, "2", false).unwrap();
