@@ -241,7 +241,8 @@ async fn follow_maps(node: Arc<OsdNode>, boot: Command, mut stop: watch::Receive
 /// subscription's copy then looked old, and the PGs of that change were never activated.)
 ///
 /// Every `PEERING_SWEEP` the PGs are gone over again too: a PG whose activation failed (a
-/// member did not answer) is retried, and one a client op activated gets its recovery.
+/// member did not answer) is retried, one a client op activated gets its recovery, and stray
+/// copies of PGs clean elsewhere are removed.
 async fn act_on_map_changes(node: Arc<OsdNode>, mut stop: watch::Receiver<bool>) {
     let background = Arc::new(Background::default());
     let mut maps = node.subscribe_maps();
@@ -255,7 +256,11 @@ async fn act_on_map_changes(node: Arc<OsdNode>, mut stop: watch::Receiver<bool>)
                 }
                 after_map_change(&node, &background);
             }
-            _ = sweep.tick() => activate_in_background(&node, &background),
+            _ = sweep.tick() => {
+                activate_in_background(&node, &background);
+                let (n, b) = (node.clone(), background.clone());
+                tokio::spawn(async move { crate::cleanup::remove_strays(&n, &b.removing_strays).await });
+            }
             _ = stop.changed() => return,
         }
     }
@@ -269,6 +274,7 @@ struct Background {
     activating: AtomicBool,
     activate_again: AtomicBool,
     cleaning: AtomicBool,
+    removing_strays: AtomicBool,
 }
 
 fn after_map_change(node: &Arc<OsdNode>, background: &Arc<Background>) {

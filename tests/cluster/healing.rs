@@ -1,7 +1,8 @@
 //! Self-healing through real OSDs: an erasure-coded 2+1 PG that loses two members stops
 //! serving rather than answer wrong, says which OSD it waits for, and comes back clean when
 //! that OSD returns; a member that missed writes is brought up to date, in the background
-//! while its PGs serve, and never passes for holding what it has not received yet.
+//! while its PGs serve, and never passes for holding what it has not received yet; an OSD
+//! marked out gives its space back once its PGs are clean on the others.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -10,9 +11,10 @@ use rand::SeedableRng;
 
 use cairn_client::dev::Kind;
 use cairn_client::Rados;
-use cairn_tests::{seed, wait_for};
+use cairn_common::command::Command;
+use cairn_tests::{seed, wait_for, TestCluster};
 
-use crate::rados::{cluster_with_pools, payload, EC_POOL, POOL};
+use crate::rados::{cluster_with_pools, create_replicated_pool, payload, EC_POOL, POOL};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_failures_in_an_ec_pool_stop_it_and_one_return_heals_it() {
@@ -173,5 +175,59 @@ async fn a_returning_member_catches_up_in_the_background_and_is_never_taken_for_
             got == *want,
             "seed {seed}: {pool}/{name} differs with osd.2 down"
         );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_out_osd_gives_its_space_back_once_its_pgs_are_clean_elsewhere() {
+    let seed = seed("an_out_osd_gives_its_space_back_once_its_pgs_are_clean_elsewhere");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let c = TestCluster::start_with_osds(3, 4, &[]).await;
+    let admin = c.admin();
+    create_replicated_pool(&admin, 16).await;
+    let rados = Rados::connect(&c.config()).await.expect("connect");
+    let used_by_3 = || async {
+        let status = admin.status().await.ok()?;
+        status.osd_usage.get(&3).map(|u| u.used_bytes)
+    };
+    let empty = wait_for(Duration::from_secs(10), "osd.3's usage", used_by_3).await;
+    let mut written = BTreeMap::new();
+    for i in 0..24 {
+        let data = payload(&mut rng, 1 << 20);
+        let name = format!("obj-{i}");
+        rados.write_full(POOL, &name, data.clone()).await.unwrap();
+        written.insert(name, data);
+    }
+    // With 4 OSDs and 3 copies, osd.3 holds about three quarters of the objects.
+    let grown = wait_for(Duration::from_secs(10), "osd.3 to hold data", || async {
+        used_by_3().await.filter(|u| *u >= empty + (8 << 20))
+    })
+    .await;
+    eprintln!("osd.3 uses {} MiB more than empty", (grown - empty) >> 20);
+    admin
+        .command(Command::OsdOut { ids: vec![3] })
+        .await
+        .expect("mark out");
+    c.wait_healthy(Duration::from_secs(60)).await;
+    wait_for(
+        Duration::from_secs(30),
+        "osd.3's stray copies to be removed",
+        || async { used_by_3().await.filter(|u| *u < empty + (4 << 20)) },
+    )
+    .await;
+    for (name, want) in &written {
+        let got = rados.read_all(POOL, name, 2 << 20).await.expect("read");
+        assert!(
+            got == *want,
+            "seed {seed}: {name} differs after osd.3 went out"
+        );
+    }
+    // The copies the others hold are complete: with osd.3 stopped and one more down, every
+    // object still reads back.
+    assert!(c.cluster.kill(Kind::Osd, "3").unwrap());
+    assert!(c.cluster.kill(Kind::Osd, "0").unwrap());
+    for (name, want) in &written {
+        let got = rados.read_all(POOL, name, 2 << 20).await.expect("read");
+        assert!(got == *want, "seed {seed}: {name} differs with osd.0 down");
     }
 }

@@ -23,18 +23,7 @@ async fn cluster_with_pool() -> (TestCluster, Rados) {
 pub async fn cluster_with_pools(overrides: &[&str]) -> (TestCluster, Rados) {
     let c = TestCluster::start_with_osds(3, 3, overrides).await;
     let admin = c.admin();
-    admin
-        .command(Command::PoolCreate {
-            name: POOL.into(),
-            pg_num: 32,
-            kind: PoolKind::Replicated {
-                size: 3,
-                min_size: 2,
-            },
-            failure_domain: FailureDomain::Osd,
-        })
-        .await
-        .expect("create pool");
+    create_replicated_pool(&admin, 32).await;
     admin
         .command(Command::PoolCreate {
             name: EC_POOL.into(),
@@ -51,6 +40,22 @@ pub async fn cluster_with_pools(overrides: &[&str]) -> (TestCluster, Rados) {
         .expect("create ec pool");
     let rados = Rados::connect(&c.config()).await.expect("connect");
     (c, rados)
+}
+
+/// Pool `rep`: replicated, size 3, min_size 2, failure domain osd.
+pub async fn create_replicated_pool(admin: &cairn_client::MonClient, pg_num: u32) {
+    admin
+        .command(Command::PoolCreate {
+            name: POOL.into(),
+            pg_num,
+            kind: PoolKind::Replicated {
+                size: 3,
+                min_size: 2,
+            },
+            failure_domain: FailureDomain::Osd,
+        })
+        .await
+        .expect("create pool");
 }
 
 fn random_len(rng: &mut impl Rng, range: std::ops::Range<usize>) -> Vec<u8> {
