@@ -89,6 +89,12 @@ pub enum Command {
     OsdIn {
         ids: Vec<u32>,
     },
+    /// Sets an OSD's placement weight (its share of data; it starts as its capacity in TiB):
+    /// data moves to or from that OSD only.
+    OsdReweight {
+        id: u32,
+        weight: f64,
+    },
     PoolCreate {
         name: String,
         pg_num: u32,
@@ -168,6 +174,7 @@ impl Command {
             Command::OsdDown { .. } => "osd down",
             Command::OsdOut { .. } => "osd out",
             Command::OsdIn { .. } => "osd in",
+            Command::OsdReweight { .. } => "osd reweight",
             Command::PoolCreate { .. } => "osd pool create",
             Command::PoolSet { .. } => "osd pool set",
             Command::PoolRm { .. } => "osd pool rm",

@@ -20,6 +20,7 @@ pub fn is_osdmap_command(cmd: &Command) -> bool {
             | Command::OsdDown { .. }
             | Command::OsdOut { .. }
             | Command::OsdIn { .. }
+            | Command::OsdReweight { .. }
             | Command::PoolCreate { .. }
             | Command::PoolSet { .. }
             | Command::PoolRm { .. }
@@ -37,6 +38,10 @@ pub fn check(map: &OsdMap, cmd: &Command) -> Result<(), String> {
         } => check_boot(*id, addr, host, *weight),
         Command::OsdDown { ids, .. } | Command::OsdOut { ids } | Command::OsdIn { ids } => {
             require_osds(map, ids)
+        }
+        Command::OsdReweight { id, weight } => {
+            require_osds(map, &[*id])?;
+            check_weight(*weight)
         }
         Command::PoolCreate {
             name,
@@ -85,6 +90,10 @@ pub fn apply(map: &mut OsdMap, cmd: Command) -> CommandOutcome {
         Command::OsdIn { ids } => {
             set_in(map, &ids, true);
             format!("marked in osd {}", list(&ids))
+        }
+        Command::OsdReweight { id, weight } => {
+            map.osds.get_mut(&id).expect("checked").weight = weight;
+            format!("reweighted osd.{id} to {weight}")
         }
         Command::PoolCreate {
             name,
@@ -149,6 +158,10 @@ fn check_boot(id: u32, addr: &str, host: &str, weight: f64) -> Result<(), String
     if !host_ok {
         return Err(format!("invalid host name {host:?}"));
     }
+    check_weight(weight)
+}
+
+fn check_weight(weight: f64) -> Result<(), String> {
     if !(weight.is_finite() && (0.0..=1.0e6).contains(&weight)) {
         return Err(format!("invalid weight {weight}: use 0 to 1000000"));
     }
@@ -379,6 +392,28 @@ mod tests {
         assert_eq!(map.hosts["h3"], vec![1]);
         let refused = apply(&mut map, Command::OsdIn { ids: vec![9] });
         assert!(matches!(refused, CommandOutcome::Refused { .. }));
+    }
+
+    #[test]
+    fn a_reweight_outlasts_reboots_and_bad_weights_are_refused() {
+        let mut map = cluster(&["h1", "h2"]);
+        let reweight = |id, weight| Command::OsdReweight { id, weight };
+        let epoch = map.epoch;
+        apply(&mut map, reweight(1, 0.25));
+        assert_eq!((map.osds[&1].weight, map.epoch), (0.25, epoch + 1));
+        apply(&mut map, boot_cmd(1, "h2"));
+        assert_eq!(
+            map.osds[&1].weight, 0.25,
+            "a reboot keeps the admin's weight"
+        );
+        for bad in [reweight(1, -1.0), reweight(1, f64::NAN), reweight(7, 1.0)] {
+            let before = map.clone();
+            assert!(matches!(
+                apply(&mut map, bad),
+                CommandOutcome::Refused { .. }
+            ));
+            assert_eq!(map, before);
+        }
     }
 
     #[test]

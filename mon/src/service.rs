@@ -137,6 +137,7 @@ fn authorize_command(ticket: &Ticket, cmd: &Command) -> Result<(), Status> {
         | Command::OsdDown { .. }
         | Command::OsdOut { .. }
         | Command::OsdIn { .. }
+        | Command::OsdReweight { .. }
         | Command::PoolCreate { .. }
         | Command::PoolSet { .. }
         | Command::PoolRm { .. }

@@ -205,6 +205,12 @@ fn dev_cluster_and_admin_commands_work_from_the_command_line() {
     assert_eq!(osd2(&dir)["in"], false);
     ok(&dir, &["osd", "in", "2"]);
     assert_eq!(osd2(&dir)["in"], true);
+    let weight = osd2(&dir)["weight"].clone();
+    ok(&dir, &["osd", "reweight", "2", "0.5"]);
+    assert_eq!(osd2(&dir)["weight"], 0.5);
+    assert!(fails(&dir, &["osd", "reweight", "2", "1e9"]).contains("invalid weight"));
+    ok(&dir, &["osd", "reweight", "2", &weight.to_string()]);
+    assert_eq!(osd2(&dir)["weight"], weight);
     ok(&dir, &["dev", "start", "osd", "2"]);
     while osd2(&dir)["status"] != "up" {
         std::thread::sleep(std::time::Duration::from_millis(100));

@@ -179,8 +179,8 @@ async fn a_returning_member_catches_up_in_the_background_and_is_never_taken_for_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn an_out_osd_gives_its_space_back_once_its_pgs_are_clean_elsewhere() {
-    let seed = seed("an_out_osd_gives_its_space_back_once_its_pgs_are_clean_elsewhere");
+async fn an_osd_weighted_to_zero_or_out_gives_its_space_back_once_clean_elsewhere() {
+    let seed = seed("an_osd_weighted_to_zero_or_out_gives_its_space_back_once_clean_elsewhere");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let c = TestCluster::start_with_osds(3, 4, &[]).await;
     let admin = c.admin();
@@ -198,29 +198,38 @@ async fn an_out_osd_gives_its_space_back_once_its_pgs_are_clean_elsewhere() {
         rados.write_full(POOL, &name, data.clone()).await.unwrap();
         written.insert(name, data);
     }
-    // With 4 OSDs and 3 copies, osd.3 holds about three quarters of the objects.
+    // With 4 OSDs and 3 copies, osd.3 holds about three quarters of the objects. Weight 0
+    // moves them off, weight 1 back (recovered onto it in the background), out off again;
+    // each time the copies left behind go once the PGs are clean elsewhere.
+    let holds_data = |u: &u64| *u >= empty + (8 << 20);
     let grown = wait_for(Duration::from_secs(10), "osd.3 to hold data", || async {
-        used_by_3().await.filter(|u| *u >= empty + (8 << 20))
+        used_by_3().await.filter(holds_data)
     })
     .await;
     eprintln!("osd.3 uses {} MiB more than empty", (grown - empty) >> 20);
-    admin
-        .command(Command::OsdOut { ids: vec![3] })
-        .await
-        .expect("mark out");
-    c.wait_healthy(Duration::from_secs(60)).await;
-    wait_for(
-        Duration::from_secs(30),
-        "osd.3's stray copies to be removed",
-        || async { used_by_3().await.filter(|u| *u < empty + (4 << 20)) },
-    )
-    .await;
-    for (name, want) in &written {
-        let got = rados.read_all(POOL, name, 2 << 20).await.expect("read");
-        assert!(
-            got == *want,
-            "seed {seed}: {name} differs after osd.3 went out"
-        );
+    let moves = [
+        (Command::OsdReweight { id: 3, weight: 0.0 }, false),
+        (Command::OsdReweight { id: 3, weight: 1.0 }, true),
+        (Command::OsdOut { ids: vec![3] }, false),
+    ];
+    for (cmd, filled) in moves {
+        let what = format!("{} ({cmd:?})", cmd.label());
+        admin.command(cmd).await.expect("move data");
+        c.wait_healthy(Duration::from_secs(60)).await;
+        wait_for(
+            Duration::from_secs(30),
+            &format!("osd.3's usage after {what}"),
+            || async {
+                used_by_3()
+                    .await
+                    .filter(|u| holds_data(u) == filled && (filled || *u < empty + (4 << 20)))
+            },
+        )
+        .await;
+        for (name, want) in &written {
+            let got = rados.read_all(POOL, name, 2 << 20).await.expect("read");
+            assert!(got == *want, "seed {seed}: {name} differs after {what}");
+        }
     }
     // The copies the others hold are complete: with osd.3 stopped and one more down, every
     // object still reads back.

@@ -24,6 +24,9 @@ pub enum OsdCmd {
     Out { ids: Vec<u32> },
     /// Mark OSDs in again.
     In { ids: Vec<u32> },
+    /// Set an OSD's placement weight (its share of data; new OSDs start at their capacity in
+    /// TiB): data moves to or from that OSD only.
+    Reweight { id: u32, weight: f64 },
     /// Pools.
     #[command(subcommand)]
     Pool(PoolCmd),
@@ -146,6 +149,13 @@ pub async fn run(
         }
         OsdCmd::Out { ids } => change(client, Command::OsdOut { ids: ids.clone() }, format).await,
         OsdCmd::In { ids } => change(client, Command::OsdIn { ids: ids.clone() }, format).await,
+        OsdCmd::Reweight { id, weight } => {
+            let cmd = Command::OsdReweight {
+                id: *id,
+                weight: *weight,
+            };
+            change(client, cmd, format).await
+        }
         OsdCmd::Pool(p) => pool(client, p, default_domain, format).await,
     }
 }
