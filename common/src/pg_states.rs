@@ -6,7 +6,8 @@
 //! whose members it has not brought in line yet is `peering` (with why), or
 //! `activating+recovering+degraded` while it rolls back what only a stash holds (ops wait),
 //! then `active+recovering+degraded` while it copies or rebuilds what members lack in the
-//! background (ops are served; the report counts the copies left), one whose past
+//! background (ops are served; the report counts the copies left) — `active+backfilling+
+//! degraded` when a member that held nothing of the PG is being filled —, one whose past
 //! members that may hold the newest writes are all down is `down` (naming them), one being
 //! scrubbed gains `+scrubbing`, one whose last scrub left errors gains `+inconsistent`. A
 //! report counts only when it comes from the PG's primary in the current map; one from an
@@ -29,6 +30,9 @@ pub const RECOVERING: &str = "activating+recovering+degraded";
 /// A PG serving while its primary brings members' copies in line in the background.
 pub const ACTIVE_RECOVERING: &str = "active+recovering+degraded";
 pub const ACTIVE_RECOVERING_UNDERSIZED: &str = "active+recovering+undersized+degraded";
+/// The same while a member that held nothing of the PG is filled.
+pub const ACTIVE_BACKFILLING: &str = "active+backfilling+degraded";
+pub const ACTIVE_BACKFILLING_UNDERSIZED: &str = "active+backfilling+undersized+degraded";
 /// A PG whose past members that may hold the newest writes are all down.
 pub const DOWN: &str = "down";
 /// How a primary's `blocked` reason starts when the PG is down (waiting for past members).
@@ -54,6 +58,9 @@ pub struct PgReport {
     /// Object copies (shards) still to bring in line in this epoch.
     #[serde(default)]
     pub recovery_left: u64,
+    /// Some go to a member that held nothing of the PG (filled by scanning it).
+    #[serde(default)]
+    pub backfilling: bool,
 }
 
 pub type PgReports = BTreeMap<PgId, PgReport>;
@@ -138,10 +145,14 @@ pub fn row(map: &OsdMap, pool: &Pool, pg: PgId, reports: &PgReports) -> PgRow {
                 }
             }
         }
-    } else if report.recovery_left > 0 && up >= pool.width() {
-        ACTIVE_RECOVERING.to_string()
     } else if report.recovery_left > 0 {
-        ACTIVE_RECOVERING_UNDERSIZED.to_string()
+        let state = match (report.backfilling, up >= pool.width()) {
+            (false, true) => ACTIVE_RECOVERING,
+            (false, false) => ACTIVE_RECOVERING_UNDERSIZED,
+            (true, true) => ACTIVE_BACKFILLING,
+            (true, false) => ACTIVE_BACKFILLING_UNDERSIZED,
+        };
+        state.to_string()
     } else if up >= pool.width() {
         ACTIVE_CLEAN.to_string()
     } else {
@@ -372,6 +383,15 @@ mod tests {
         assert_eq!(
             row(&map, pool, pg, &reports).state,
             ACTIVE_RECOVERING_UNDERSIZED
+        );
+        let filling = PgReport {
+            backfilling: true,
+            ..reports[&pg].clone()
+        };
+        reports.insert(pg, filling);
+        assert_eq!(
+            row(&map, pool, pg, &reports).state,
+            ACTIVE_BACKFILLING_UNDERSIZED
         );
         let s = summarize(&map, &reports);
         assert_eq!((s.redundancy.degraded, s.redundancy.recovering), (92, 12));

@@ -172,6 +172,7 @@ fn pg_report(osd: u32, r: &PgReport) -> (PgId, cairn_common::pg_states::PgReport
         last_scrub_ms: r.last_scrub_ms,
         last_deep_scrub_ms: r.last_deep_scrub_ms,
         recovery_left: r.recovery_left,
+        backfilling: r.backfilling,
     };
     (pg, report)
 }

@@ -27,7 +27,7 @@ use crate::mutation;
 use crate::node::OsdNode;
 use crate::peering::{self, Probe};
 use crate::pg::{Pg, PgState, LOG_ENTRIES_KEPT};
-use crate::recovery::{copies_left, Pending, Plan};
+use crate::recovery::{Pending, Plan};
 use crate::stash::STASH;
 
 /// Rounds of asking past members: each round's answers may reveal a newer activation.
@@ -50,17 +50,14 @@ pub async fn ensure_active(
     st.active = None;
     st.recovery.clear();
     let outcome = activate(node, pg, st, members, codec, epoch).await;
-    let left = copies_left(&st.recovery);
-    node.pg_records.update(pg.id, |r| {
-        r.recovery_left = left;
-        match &outcome {
-            Ok(objects) => {
-                r.active_epoch = epoch;
-                r.blocked.clear();
-                r.objects = *objects;
-            }
-            Err(why) => r.blocked = why.clone(),
+    crate::recovery::report_progress(node, pg, st);
+    node.pg_records.update(pg.id, |r| match &outcome {
+        Ok(objects) => {
+            r.active_epoch = epoch;
+            r.blocked.clear();
+            r.objects = *objects;
         }
+        Err(why) => r.blocked = why.clone(),
     });
     outcome.map(|_| ())
 }
@@ -84,6 +81,11 @@ async fn activate(
         heard.push((*m, members::query(node, pg, st, *m, epoch).await?));
     }
     let last_members = hear_past_members(node, pg, st, &mut heard, epoch).await?;
+    st.empty_members = heard
+        .iter()
+        .filter(|(m, info)| members.contains(m) && info.last_update == 0)
+        .map(|(m, _)| *m)
+        .collect();
     let (_, auth) = heard
         .iter()
         .max_by_key(|(_, info)| info.last_update)
@@ -150,7 +152,8 @@ async fn activate(
     // member's next change, and a later peering asks past members only of the last
     // activation, so such a source could be gone for good once the PG moves on.
     node.pg_records.update(pg.id, |r| {
-        r.recovery_left = copies_left(&plan) + copies_left(&now_plan)
+        r.recovery_left =
+            crate::recovery::copies_left(&plan) + crate::recovery::copies_left(&now_plan)
     });
     for (name, mut pending) in now_plan {
         bring_object_in_line(node, pg, st, &mut pending, &name, codec, epoch).await?;

@@ -74,6 +74,9 @@ pub struct PgState {
     pub missing: BTreeMap<String, u64>,
     /// On the primary: what recovery still has to bring in line in the active interval.
     pub recovery: crate::recovery::Plan,
+    /// On the primary: members that held nothing of the PG when it activated (new or emptied
+    /// OSDs), whose filling is backfill.
+    pub empty_members: std::collections::BTreeSet<crate::members::Member>,
 }
 
 pub struct Pg {

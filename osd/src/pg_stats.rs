@@ -24,6 +24,8 @@ pub struct PgRecord {
     /// Object copies (shards) still to bring in line: in the activation under way, then in
     /// the background.
     pub recovery_left: u64,
+    /// Some of those copies go to a member that held nothing of the PG.
+    pub backfilling: bool,
 }
 
 #[derive(Default)]
@@ -70,6 +72,7 @@ impl PgRecords {
                     last_scrub_ms: r.last_scrub_ms,
                     last_deep_scrub_ms: r.last_deep_scrub_ms,
                     recovery_left: r.recovery_left,
+                    backfilling: r.backfilling,
                 });
             }
         }

@@ -96,9 +96,22 @@ async fn recover_object(
     if !pending.targets.is_empty() {
         st.recovery.insert(object.to_string(), pending);
     }
-    let left = copies_left(&st.recovery);
-    node.pg_records.update(pg.id, |r| r.recovery_left = left);
+    report_progress(node, pg, st);
     result
+}
+
+/// Tells the PG's report what the plan has left, and whether some of it fills a member that
+/// held nothing of the PG (`backfilling`).
+pub fn report_progress(node: &OsdNode, pg: &Pg, st: &PgState) {
+    let left = copies_left(&st.recovery);
+    let backfilling = st
+        .recovery
+        .values()
+        .any(|p| p.targets.iter().any(|(m, _)| st.empty_members.contains(m)));
+    node.pg_records.update(pg.id, |r| {
+        r.recovery_left = left;
+        r.backfilling = backfilling;
+    });
 }
 
 /// Recovers the PG's objects one at a time, each under the PG's lock, until none is left,

@@ -182,7 +182,9 @@ async fn a_returning_member_catches_up_in_the_background_and_is_never_taken_for_
 async fn an_osd_weighted_to_zero_or_out_gives_its_space_back_once_clean_elsewhere() {
     let seed = seed("an_osd_weighted_to_zero_or_out_gives_its_space_back_once_clean_elsewhere");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let c = TestCluster::start_with_osds(3, 4, &[]).await;
+    // Recovery at 1 MiB/s per OSD, so that filling osd.3 lasts long enough to be seen.
+    let slow = "osd.recovery_idle_max_bytes_per_sec=1048576";
+    let c = TestCluster::start_with_osds(3, 4, &[slow]).await;
     let admin = c.admin();
     create_replicated_pool(&admin, 16).await;
     let rados = Rados::connect(&c.config()).await.expect("connect");
@@ -215,7 +217,21 @@ async fn an_osd_weighted_to_zero_or_out_gives_its_space_back_once_clean_elsewher
     for (cmd, filled) in moves {
         let what = format!("{} ({cmd:?})", cmd.label());
         admin.command(cmd).await.expect("move data");
-        c.wait_healthy(Duration::from_secs(60)).await;
+        if filled {
+            // osd.3 gave everything away before: its PGs are filled by backfill.
+            wait_for(
+                Duration::from_secs(20),
+                "a PG backfilling osd.3",
+                || async {
+                    let rows = admin.pg_list().await.ok()?;
+                    rows.iter()
+                        .any(|r| r.state == "active+backfilling+degraded")
+                        .then_some(())
+                },
+            )
+            .await;
+        }
+        c.wait_healthy(Duration::from_secs(90)).await;
         wait_for(
             Duration::from_secs(30),
             &format!("osd.3's usage after {what}"),
