@@ -15,19 +15,16 @@
 //! rollbacks to a stashed state (the next write replaces a stash, so those cannot wait).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::Ordering;
 
 use cairn_common::pg_states::DOWN_REASON_PREFIX;
-use cairn_common::proto::{LogEntry, Mutation, PgQueryReply, SubOpRequest};
+use cairn_common::proto::{LogEntry, PgQueryReply, SubOpRequest};
 
 use crate::ec::Codec;
-use crate::erasure;
 use crate::members::{self, Member};
-use crate::mutation;
 use crate::node::OsdNode;
 use crate::peering::{self, Probe};
 use crate::pg::{Pg, PgState, LOG_ENTRIES_KEPT};
-use crate::recovery::{Pending, Plan};
+use crate::recovery::{bring_object_in_line, Pending, Plan};
 use crate::stash::STASH;
 
 /// Rounds of asking past members: each round's answers may reveal a newer activation.
@@ -342,166 +339,4 @@ fn log_of_interval(heard: &Heard, auth: &PgQueryReply, codec: Option<&Codec>) ->
     .into_iter()
     .map(|(version, reqid)| LogEntry { version, reqid })
     .collect()
-}
-
-/// Makes every target's copy of `name` the chosen version: removed, copied from a holder, or
-/// its shard rebuilt from k holders (decoded once for all targets). Each target done leaves
-/// `pending`; answers the bytes written.
-pub async fn bring_object_in_line(
-    node: &OsdNode,
-    pg: &Pg,
-    st: &mut PgState,
-    pending: &mut Pending,
-    name: &str,
-    codec: Option<&Codec>,
-    epoch: u64,
-) -> Result<u64, String> {
-    let chosen = pending.chosen;
-    tracing::debug!(pg = %pg.id, object = %name, targets = ?pending.targets, want = ?chosen, "bringing copies in line");
-    let targets: Vec<Member> = pending.targets.iter().map(|(m, _)| *m).collect();
-    let states: Vec<Option<Vec<Mutation>>> = match (chosen, codec) {
-        (None, _) => vec![None; targets.len()],
-        (Some(v), Some(codec)) => {
-            rebuild_shards(node, pg, &pending.holders, &targets, codec, name, v)
-                .await?
-                .into_iter()
-                .map(Some)
-                .collect()
-        }
-        (Some(v), None) => {
-            let state = pull_copy(node, pg, &pending.holders, v, name).await?;
-            vec![Some(state); targets.len()]
-        }
-    };
-    let mut bytes = 0;
-    for ((m, have), state) in pending.targets.clone().into_iter().zip(states) {
-        let muts = mutation::replace_with(have.is_some(), state);
-        if !muts.is_empty() {
-            bytes += recover(node, pg, st, m, name, muts, chosen.unwrap_or(0), epoch).await?;
-        }
-        pending.targets.retain(|(t, _)| *t != m);
-    }
-    Ok(bytes)
-}
-
-/// The state of replicated `object` at `version`, from the first of its `holders` that can
-/// give it.
-async fn pull_copy(
-    node: &OsdNode,
-    pg: &Pg,
-    holders: &[(Member, String)],
-    version: u64,
-    object: &str,
-) -> Result<Vec<Mutation>, String> {
-    let mut last = String::from("no member holds the chosen copy");
-    for (m, source) in holders {
-        match members::pull(node, pg, *m, source).await {
-            Ok(reply) if reply.exists && reply.version == version => return Ok(reply.mutations),
-            Ok(_) => last = format!("osd.{} no longer holds {object} at {version:#x}", m.osd),
-            Err(e) => last = e,
-        }
-    }
-    Err(last)
-}
-
-/// The `targets`' shards of `object` at `version`, decoded from k distinct shards of the
-/// `holders` (responders holding that version, and the object to read it from there: the
-/// object or a stash; the next is tried when one cannot be read).
-pub async fn rebuild_shards(
-    node: &OsdNode,
-    pg: &Pg,
-    holders: &[(Member, String)],
-    targets: &[Member],
-    codec: &Codec,
-    object: &str,
-    version: u64,
-) -> Result<Vec<Vec<Mutation>>, String> {
-    let mut shards: Vec<Option<Vec<u8>>> = vec![None; codec.shard_count()];
-    let mut attrs = Vec::new();
-    let mut found = 0;
-    // The targets' own copies are what is being replaced; their stashes may serve.
-    for (m, source) in holders
-        .iter()
-        .filter(|(m, source)| !(targets.contains(m) && source == object))
-    {
-        if found == codec.k() {
-            break;
-        }
-        // Two holders of one shard (a past member and the current one) count once.
-        if shards.get(m.shard as usize).is_none_or(Option::is_some) {
-            continue;
-        }
-        match members::pull(node, pg, *m, source).await {
-            Ok(reply) if reply.exists && reply.version == version => {
-                shards[m.shard as usize] = Some(erasure::state_data(&reply.mutations));
-                attrs = reply.mutations;
-                found += 1;
-            }
-            Ok(_) => {
-                tracing::warn!(pg = %pg.id, object, osd = m.osd, "shard changed while rebuilding")
-            }
-            Err(e) => {
-                tracing::warn!(pg = %pg.id, object, osd = m.osd, error = %e, "cannot read a shard to rebuild from")
-            }
-        }
-    }
-    if found < codec.k() {
-        return Err(format!(
-            "object {object}: {found} readable shards at version {version:#x}, {} needed to rebuild",
-            codec.k()
-        ));
-    }
-    codec
-        .decode(&mut shards)
-        .map_err(|e| format!("cannot rebuild {object}: {e}"))?;
-    Ok(targets
-        .iter()
-        .map(|t| {
-            let shard = shards
-                .get(t.shard as usize)
-                .cloned()
-                .flatten()
-                .unwrap_or_default();
-            erasure::with_shard_data(&attrs, shard)
-        })
-        .collect())
-}
-
-/// Makes member `m`'s copy of `object` what `mutations` say, at `version`; answers the
-/// bytes of data written.
-#[allow(clippy::too_many_arguments)]
-pub async fn recover(
-    node: &OsdNode,
-    pg: &Pg,
-    st: &mut PgState,
-    m: Member,
-    object: &str,
-    mutations: Vec<Mutation>,
-    version: u64,
-    epoch: u64,
-) -> Result<u64, String> {
-    let bytes: usize = mutations
-        .iter()
-        .map(|m| match &m.m {
-            Some(cairn_common::proto::mutation::M::Write(w)) => w.data.len(),
-            _ => 0,
-        })
-        .sum();
-    let req = SubOpRequest {
-        osdmap_epoch: epoch,
-        pool: pg.id.pool,
-        pg: pg.id.seed,
-        shard: m.shard,
-        object: object.to_string(),
-        version,
-        mutations,
-        recovery: true,
-        ..SubOpRequest::default()
-    };
-    members::sub_op(node, pg, st, m, req).await?;
-    node.io.recovered_objects.fetch_add(1, Ordering::Relaxed);
-    node.io
-        .recovered_bytes
-        .fetch_add(bytes as u64, Ordering::Relaxed);
-    Ok(bytes as u64)
 }

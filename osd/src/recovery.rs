@@ -9,14 +9,21 @@
 //! and shortened by each recovery in the same transaction as the data: a member at the newest
 //! activation thus never passes for holding the PG's version of an object it has not
 //! received, and a later peering takes its list as its word on those objects.
+//!
+//! The copying itself (`bring_object_in_line`, `rebuild_shards`, `recover`) also serves
+//! activation's rollbacks and scrub's repairs.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use cairn_common::proto::{Mutation, SubOpRequest};
+
 use crate::ec::Codec;
-use crate::members::Member;
+use crate::erasure;
+use crate::members::{self, Member};
+use crate::mutation;
 use crate::node::OsdNode;
 use crate::pg::{Pg, PgState};
 
@@ -90,9 +97,7 @@ async fn recover_object(
     let Some(mut pending) = st.recovery.remove(object) else {
         return Ok(0);
     };
-    let result =
-        crate::activate::bring_object_in_line(node, pg, st, &mut pending, object, codec, epoch)
-            .await;
+    let result = bring_object_in_line(node, pg, st, &mut pending, object, codec, epoch).await;
     if !pending.targets.is_empty() {
         st.recovery.insert(object.to_string(), pending);
     }
@@ -147,6 +152,168 @@ pub async fn drain(node: &OsdNode, pg: &Pg, codec: Option<&Codec>, epoch: u64) {
             }
         }
     }
+}
+
+/// Makes every target's copy of `name` the chosen version: removed, copied from a holder, or
+/// its shard rebuilt from k holders (decoded once for all targets). Each target done leaves
+/// `pending`; answers the bytes written.
+pub async fn bring_object_in_line(
+    node: &OsdNode,
+    pg: &Pg,
+    st: &mut PgState,
+    pending: &mut Pending,
+    name: &str,
+    codec: Option<&Codec>,
+    epoch: u64,
+) -> Result<u64, String> {
+    let chosen = pending.chosen;
+    tracing::debug!(pg = %pg.id, object = %name, targets = ?pending.targets, want = ?chosen, "bringing copies in line");
+    let targets: Vec<Member> = pending.targets.iter().map(|(m, _)| *m).collect();
+    let states: Vec<Option<Vec<Mutation>>> = match (chosen, codec) {
+        (None, _) => vec![None; targets.len()],
+        (Some(v), Some(codec)) => {
+            rebuild_shards(node, pg, &pending.holders, &targets, codec, name, v)
+                .await?
+                .into_iter()
+                .map(Some)
+                .collect()
+        }
+        (Some(v), None) => {
+            let state = pull_copy(node, pg, &pending.holders, v, name).await?;
+            vec![Some(state); targets.len()]
+        }
+    };
+    let mut bytes = 0;
+    for ((m, have), state) in pending.targets.clone().into_iter().zip(states) {
+        let muts = mutation::replace_with(have.is_some(), state);
+        if !muts.is_empty() {
+            bytes += recover(node, pg, st, m, name, muts, chosen.unwrap_or(0), epoch).await?;
+        }
+        pending.targets.retain(|(t, _)| *t != m);
+    }
+    Ok(bytes)
+}
+
+/// The state of replicated `object` at `version`, from the first of its `holders` that can
+/// give it.
+async fn pull_copy(
+    node: &OsdNode,
+    pg: &Pg,
+    holders: &[(Member, String)],
+    version: u64,
+    object: &str,
+) -> Result<Vec<Mutation>, String> {
+    let mut last = String::from("no member holds the chosen copy");
+    for (m, source) in holders {
+        match members::pull(node, pg, *m, source).await {
+            Ok(reply) if reply.exists && reply.version == version => return Ok(reply.mutations),
+            Ok(_) => last = format!("osd.{} no longer holds {object} at {version:#x}", m.osd),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
+/// The `targets`' shards of `object` at `version`, decoded from k distinct shards of the
+/// `holders` (responders holding that version, and the object to read it from there: the
+/// object or a stash; the next is tried when one cannot be read).
+pub async fn rebuild_shards(
+    node: &OsdNode,
+    pg: &Pg,
+    holders: &[(Member, String)],
+    targets: &[Member],
+    codec: &Codec,
+    object: &str,
+    version: u64,
+) -> Result<Vec<Vec<Mutation>>, String> {
+    let mut shards: Vec<Option<Vec<u8>>> = vec![None; codec.shard_count()];
+    let mut attrs = Vec::new();
+    let mut found = 0;
+    // The targets' own copies are what is being replaced; their stashes may serve.
+    for (m, source) in holders
+        .iter()
+        .filter(|(m, source)| !(targets.contains(m) && source == object))
+    {
+        if found == codec.k() {
+            break;
+        }
+        // Two holders of one shard (a past member and the current one) count once.
+        if shards.get(m.shard as usize).is_none_or(Option::is_some) {
+            continue;
+        }
+        match members::pull(node, pg, *m, source).await {
+            Ok(reply) if reply.exists && reply.version == version => {
+                shards[m.shard as usize] = Some(erasure::state_data(&reply.mutations));
+                attrs = reply.mutations;
+                found += 1;
+            }
+            Ok(_) => {
+                tracing::warn!(pg = %pg.id, object, osd = m.osd, "shard changed while rebuilding")
+            }
+            Err(e) => {
+                tracing::warn!(pg = %pg.id, object, osd = m.osd, error = %e, "cannot read a shard to rebuild from")
+            }
+        }
+    }
+    if found < codec.k() {
+        return Err(format!(
+            "object {object}: {found} readable shards at version {version:#x}, {} needed to rebuild",
+            codec.k()
+        ));
+    }
+    codec
+        .decode(&mut shards)
+        .map_err(|e| format!("cannot rebuild {object}: {e}"))?;
+    // Each target has its own shard position: its decoded shard is moved out, not copied.
+    Ok(targets
+        .iter()
+        .map(|t| {
+            let shard = shards
+                .get_mut(t.shard as usize)
+                .and_then(Option::take)
+                .unwrap_or_default();
+            erasure::with_shard_data(&attrs, shard)
+        })
+        .collect())
+}
+
+/// Makes member `m`'s copy of `object` what `mutations` say, at `version`; answers the
+/// bytes of data written.
+#[allow(clippy::too_many_arguments)]
+pub async fn recover(
+    node: &OsdNode,
+    pg: &Pg,
+    st: &mut PgState,
+    m: Member,
+    object: &str,
+    mutations: Vec<Mutation>,
+    version: u64,
+    epoch: u64,
+) -> Result<u64, String> {
+    let bytes: usize = mutations
+        .iter()
+        .map(|m| match &m.m {
+            Some(cairn_common::proto::mutation::M::Write(w)) => w.data.len(),
+            _ => 0,
+        })
+        .sum();
+    let req = SubOpRequest {
+        osdmap_epoch: epoch,
+        pool: pg.id.pool,
+        pg: pg.id.seed,
+        shard: m.shard,
+        object: object.to_string(),
+        version,
+        mutations,
+        recovery: true,
+        ..SubOpRequest::default()
+    };
+    members::sub_op(node, pg, st, m, req).await?;
+    node.io.recovered_objects.fetch_add(1, Ordering::Relaxed);
+    node.io
+        .recovered_bytes
+        .fetch_add(bytes as u64, Ordering::Relaxed);
+    Ok(bytes as u64)
 }
 
 /// Client I/O this recent makes recovery keep to its rate.

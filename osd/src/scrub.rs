@@ -19,7 +19,6 @@ use cairn_common::proto::{
     OpResult, ScrubMapReply, ScrubMapRequest, ScrubObject, ScrubOp, ScrubResult,
 };
 
-use crate::activate::{rebuild_shards, recover};
 use crate::ec::Codec;
 use crate::error::StoreError;
 use crate::members::{self, Member};
@@ -27,6 +26,7 @@ use crate::mutation::{self, decode_u64, ATTR_VERSION};
 use crate::node::OsdNode;
 use crate::pg::{is_internal, Pg, PgState};
 use crate::pg_stats::now_ms;
+use crate::recovery::{rebuild_shards, recover};
 use crate::replica::{pulled_state, result_of};
 use crate::ObjectStore;
 

@@ -271,15 +271,7 @@ async fn a_killed_osd_is_marked_down_and_loses_nothing() {
     let killed_at = Instant::now();
     assert!(c.cluster.kill(Kind::Osd, "1").unwrap());
     let admin = c.admin();
-    let detection = async {
-        wait_for(Duration::from_secs(10), "osd.1 marked down", || async {
-            let maps = admin.maps().await.ok()?;
-            (!maps.osdmap.osds.get(&1)?.up).then_some(())
-        })
-        .await;
-        killed_at.elapsed()
-    };
-    let (detect, ()) = tokio::join!(detection, first_writes_after(&rados, killed_at));
+    let detect = down_and_first_writes(&admin, &rados, 1, killed_at).await;
     eprintln!("osd.1 marked down {} ms after kill -9", detect.as_millis());
     // The goal is 1 s; a little room for a loaded CI machine.
     assert!(detect < Duration::from_millis(1500), "took {detect:?}");
@@ -537,9 +529,31 @@ async fn deleting_a_pool_frees_its_space() {
     .await;
 }
 
-/// Writes one new object to each pool, started at once after an OSD failed at `failed_at`
-/// (with 3 OSDs every PG has it as a member), and prints how long after the failure each
-/// was acknowledged: the failure's cost to a client (BENCHMARKS.md).
+/// How long after `failed_at` OSD `osd` was marked down. Meanwhile one new object is written
+/// to each pool (with 3 OSDs every PG has the failed one as a member), and how long after the
+/// failure each was acknowledged is printed: the failure's cost to a client (BENCHMARKS.md).
+async fn down_and_first_writes(
+    admin: &cairn_client::MonClient,
+    rados: &Rados,
+    osd: u32,
+    failed_at: Instant,
+) -> Duration {
+    let detection = async {
+        wait_for(
+            Duration::from_secs(10),
+            &format!("osd.{osd} marked down"),
+            || async {
+                let maps = admin.maps().await.ok()?;
+                (!maps.osdmap.osds.get(&osd)?.up).then_some(())
+            },
+        )
+        .await;
+        failed_at.elapsed()
+    };
+    let (detect, ()) = tokio::join!(detection, first_writes_after(rados, failed_at));
+    detect
+}
+
 async fn first_writes_after(rados: &Rados, failed_at: Instant) {
     let write = |pool: &'static str| async move {
         rados
@@ -562,15 +576,7 @@ async fn a_hung_osd_is_marked_down() {
     let admin = c.admin();
     let stopped_at = Instant::now();
     assert!(c.cluster.pause(Kind::Osd, "2", true).unwrap());
-    let detection = async {
-        wait_for(Duration::from_secs(10), "osd.2 marked down", || async {
-            let maps = admin.maps().await.ok()?;
-            (!maps.osdmap.osds.get(&2)?.up).then_some(())
-        })
-        .await;
-        stopped_at.elapsed()
-    };
-    let (detect, ()) = tokio::join!(detection, first_writes_after(&rados, stopped_at));
+    let detect = down_and_first_writes(&admin, &rados, 2, stopped_at).await;
     eprintln!("osd.2 marked down {} ms after SIGSTOP", detect.as_millis());
     assert!(detect < Duration::from_secs(4), "took {detect:?}");
     c.cluster.pause(Kind::Osd, "2", false).unwrap();
