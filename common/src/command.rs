@@ -95,6 +95,19 @@ pub enum Command {
         id: u32,
         weight: f64,
     },
+    /// Fences a client or daemon instance (`entity/nonce`): OSDs refuse its ops until
+    /// `expire_secs` after `at_ms` (stamped by the mon leader). An MDS issues it for a client
+    /// it evicts, so writes that client still holds back can never land behind others'.
+    BlocklistAdd {
+        instance: String,
+        expire_secs: u64,
+        #[serde(default)]
+        at_ms: u64,
+    },
+    /// Lifts the fence on an instance.
+    BlocklistRm {
+        instance: String,
+    },
     PoolCreate {
         name: String,
         pg_num: u32,
@@ -175,6 +188,8 @@ impl Command {
             Command::OsdOut { .. } => "osd out",
             Command::OsdIn { .. } => "osd in",
             Command::OsdReweight { .. } => "osd reweight",
+            Command::BlocklistAdd { .. } => "osd blocklist add",
+            Command::BlocklistRm { .. } => "osd blocklist rm",
             Command::PoolCreate { .. } => "osd pool create",
             Command::PoolSet { .. } => "osd pool set",
             Command::PoolRm { .. } => "osd pool rm",

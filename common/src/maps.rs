@@ -99,7 +99,7 @@ pub struct OsdMap {
     pub pools: BTreeMap<u32, Pool>,
     /// Placement hierarchy: host name → OSD ids (under the single root `default`).
     pub hosts: BTreeMap<String, Vec<u32>>,
-    /// Fenced client or daemon instances (`entity@nonce`) and when the fence lapses (ms).
+    /// Fenced client or daemon instances (`entity/nonce`) and when the fence lapses (ms).
     pub blocklist: BTreeMap<String, u64>,
     /// The highest pool id ever used: ids are never reused, so an OSD can never mistake a
     /// removed pool's leftovers for a new pool's data.
@@ -107,7 +107,26 @@ pub struct OsdMap {
     pub pool_id_max: u32,
 }
 
+/// Most live entries the blocklist holds: each eviction adds one, and they lapse.
+pub const BLOCKLIST_MAX: usize = 65_536;
+
 impl OsdMap {
+    /// Fences `instance` until `until_ms`, first dropping the entries lapsed by `at_ms` (the
+    /// command's time, so every mon drops the same ones). A fence in place is never
+    /// shortened: an MDS's long fence outlives a later, shorter one.
+    pub fn fence(&mut self, instance: &str, at_ms: u64, until_ms: u64) {
+        self.blocklist.retain(|_, until| *until > at_ms);
+        let until = self.blocklist.entry(instance.to_string()).or_insert(0);
+        *until = (*until).max(until_ms);
+    }
+
+    /// Whether `instance` is fenced at `now_ms`.
+    pub fn is_blocklisted(&self, instance: &str, now_ms: u64) -> bool {
+        self.blocklist
+            .get(instance)
+            .is_some_and(|until| *until > now_ms)
+    }
+
     pub fn pool_by_name(&self, name: &str) -> Option<(u32, &Pool)> {
         self.pools
             .iter()

@@ -305,10 +305,7 @@ fn remove_daemon(maps: &mut ClusterMaps, name: &str, at_ms: u64) -> bool {
 /// Blocklists `instance` for `MDS_BLOCKLIST_MS`, dropping the entries lapsed by `at_ms` (the
 /// command's time, so every mon drops the same ones).
 fn fence(osdmap: &mut OsdMap, instance: &str, at_ms: u64) {
-    osdmap.blocklist.retain(|_, until| *until > at_ms);
-    osdmap
-        .blocklist
-        .insert(instance.to_string(), at_ms.saturating_add(MDS_BLOCKLIST_MS));
+    osdmap.fence(instance, at_ms, at_ms.saturating_add(MDS_BLOCKLIST_MS));
 }
 
 /// The rank holder `instance` has replayed its journal: it is `up:active` from now on.

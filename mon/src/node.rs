@@ -267,7 +267,9 @@ impl MonNode {
             Command::AuthAdd { key, .. } => {
                 key.get_or_insert_with(SecretKey::generate);
             }
-            Command::FsRm { at_ms, .. } => *at_ms = cairn_common::now_ms(),
+            Command::FsRm { at_ms, .. } | Command::BlocklistAdd { at_ms, .. } => {
+                *at_ms = cairn_common::now_ms()
+            }
             _ => {}
         }
         if self.shared.read(|a| a.state.check(&p.command)).is_err() {

@@ -21,6 +21,8 @@ pub fn is_osdmap_command(cmd: &Command) -> bool {
             | Command::OsdOut { .. }
             | Command::OsdIn { .. }
             | Command::OsdReweight { .. }
+            | Command::BlocklistAdd { .. }
+            | Command::BlocklistRm { .. }
             | Command::PoolCreate { .. }
             | Command::PoolSet { .. }
             | Command::PoolRm { .. }
@@ -42,6 +44,18 @@ pub fn check(map: &OsdMap, cmd: &Command) -> Result<(), String> {
         Command::OsdReweight { id, weight } => {
             require_osds(map, &[*id])?;
             check_weight(*weight)
+        }
+        Command::BlocklistAdd {
+            instance,
+            expire_secs,
+            at_ms,
+        } => check_blocklist_add(map, instance, *expire_secs, *at_ms),
+        Command::BlocklistRm { instance } => {
+            if map.blocklist.contains_key(instance) {
+                Ok(())
+            } else {
+                Err(format!("{instance} is not blocklisted"))
+            }
         }
         Command::PoolCreate {
             name,
@@ -94,6 +108,19 @@ pub fn apply(map: &mut OsdMap, cmd: Command) -> CommandOutcome {
         Command::OsdReweight { id, weight } => {
             map.osds.get_mut(&id).expect("checked").weight = weight;
             format!("reweighted osd.{id} to {weight}")
+        }
+        Command::BlocklistAdd {
+            instance,
+            expire_secs,
+            at_ms,
+        } => {
+            let until = at_ms.saturating_add(expire_secs.saturating_mul(1000));
+            map.fence(&instance, at_ms, until);
+            format!("blocklisting {instance} for {expire_secs} s")
+        }
+        Command::BlocklistRm { instance } => {
+            map.blocklist.remove(&instance);
+            format!("un-blocklisted {instance}")
         }
         Command::PoolCreate {
             name,
@@ -159,6 +186,41 @@ fn check_boot(id: u32, addr: &str, host: &str, weight: f64) -> Result<(), String
         return Err(format!("invalid host name {host:?}"));
     }
     check_weight(weight)
+}
+
+/// Longest a blocklist entry may last: ten years.
+const BLOCKLIST_EXPIRE_SECS_MAX: u64 = 10 * 365 * 24 * 3600;
+/// Longest instance name (`entity/nonce`).
+const INSTANCE_BYTES_MAX: usize = 256;
+
+fn check_blocklist_add(
+    map: &OsdMap,
+    instance: &str,
+    expire_secs: u64,
+    at_ms: u64,
+) -> Result<(), String> {
+    let well_formed = instance.len() <= INSTANCE_BYTES_MAX
+        && instance
+            .split_once('/')
+            .is_some_and(|(entity, nonce)| !entity.is_empty() && !nonce.is_empty())
+        && !instance.contains(['|', ':']);
+    if !well_formed {
+        return Err(format!(
+            "invalid instance {instance:?}: expected ENTITY/NONCE, e.g. client.admin/5eed"
+        ));
+    }
+    if !(1..=BLOCKLIST_EXPIRE_SECS_MAX).contains(&expire_secs) {
+        return Err(format!(
+            "invalid expiry {expire_secs} s: use 1 to {BLOCKLIST_EXPIRE_SECS_MAX}"
+        ));
+    }
+    let live = map.blocklist.values().filter(|u| **u > at_ms).count();
+    if live >= cairn_common::maps::BLOCKLIST_MAX && !map.blocklist.contains_key(instance) {
+        return Err(format!(
+            "the blocklist is full ({live} entries): remove some or wait for them to lapse"
+        ));
+    }
+    Ok(())
 }
 
 fn check_weight(weight: f64) -> Result<(), String> {
@@ -392,6 +454,51 @@ mod tests {
         assert_eq!(map.hosts["h3"], vec![1]);
         let refused = apply(&mut map, Command::OsdIn { ids: vec![9] });
         assert!(matches!(refused, CommandOutcome::Refused { .. }));
+    }
+
+    #[test]
+    fn blocklist_entries_lapse_are_never_shortened_and_bad_ones_are_refused() {
+        let mut map = cluster(&["h1"]);
+        let add = |instance: &str, expire_secs, at_ms| Command::BlocklistAdd {
+            instance: instance.into(),
+            expire_secs,
+            at_ms,
+        };
+        let epoch = map.epoch;
+        apply(&mut map, add("client.admin/1f", 60, 1_000));
+        assert_eq!(map.epoch, epoch + 1);
+        assert!(map.is_blocklisted("client.admin/1f", 60_999));
+        assert!(!map.is_blocklisted("client.admin/1f", 61_000));
+        // A shorter fence leaves the longer one in place.
+        apply(&mut map, add("client.admin/1f", 1, 2_000));
+        assert_eq!(map.blocklist["client.admin/1f"], 61_000);
+        // A later fence drops the lapsed entries.
+        apply(&mut map, add("client.b/2", 10, 70_000));
+        assert_eq!(map.blocklist.keys().collect::<Vec<_>>(), ["client.b/2"]);
+        for bad in [
+            add("client.admin", 60, 0),
+            add("/x", 60, 0),
+            add("client.a/x:1", 60, 0),
+            add("client.a/x", 0, 0),
+            Command::BlocklistRm {
+                instance: "client.none/1".into(),
+            },
+        ] {
+            let before = map.clone();
+            let out = apply(&mut map, bad.clone());
+            assert!(
+                matches!(out, CommandOutcome::Refused { .. }),
+                "{bad:?} was accepted"
+            );
+            assert_eq!(map, before, "a refused command changes nothing");
+        }
+        apply(
+            &mut map,
+            Command::BlocklistRm {
+                instance: "client.b/2".into(),
+            },
+        );
+        assert!(map.blocklist.is_empty());
     }
 
     #[test]

@@ -138,6 +138,8 @@ fn authorize_command(ticket: &Ticket, cmd: &Command) -> Result<(), Status> {
         | Command::OsdOut { .. }
         | Command::OsdIn { .. }
         | Command::OsdReweight { .. }
+        | Command::BlocklistAdd { .. }
+        | Command::BlocklistRm { .. }
         | Command::PoolCreate { .. }
         | Command::PoolSet { .. }
         | Command::PoolRm { .. }

@@ -144,7 +144,7 @@ async fn handle_op_inner(node: &OsdNode, req: OpRequest) -> OpReply {
     if let Some(instance) = fenced_instance(&maps.osdmap, &req.reqid) {
         let mut out = reply(
             OpResult::Blocklisted,
-            format!("{instance} is blocklisted: its role was given to another daemon"),
+            format!("{instance} is blocklisted: it was fenced (its role or its files were given to another)"),
         );
         out.osdmap_epoch = maps.osdmap.epoch;
         return out;
@@ -167,8 +167,9 @@ async fn handle_op_inner(node: &OsdNode, req: OpRequest) -> OpReply {
 fn fenced_instance<'a>(osdmap: &cairn_common::maps::OsdMap, reqid: &'a str) -> Option<&'a str> {
     let (_, rest) = reqid.split_once('|')?;
     let (instance, _) = rest.rsplit_once(':')?;
-    let until = osdmap.blocklist.get(instance)?;
-    (*until > cairn_common::now_ms()).then_some(instance)
+    osdmap
+        .is_blocklisted(instance, cairn_common::now_ms())
+        .then_some(instance)
 }
 
 /// Checks the op belongs here, now: the pool exists, this OSD is the PG's primary, enough

@@ -211,6 +211,24 @@ fn dev_cluster_and_admin_commands_work_from_the_command_line() {
     assert!(fails(&dir, &["osd", "reweight", "2", "1e9"]).contains("invalid weight"));
     ok(&dir, &["osd", "reweight", "2", &weight.to_string()]);
     assert_eq!(osd2(&dir)["weight"], weight);
+    // A fenced instance is listed until it is lifted; a malformed one is refused.
+    ok(
+        &dir,
+        &[
+            "osd",
+            "blocklist",
+            "add",
+            "client.x/5eed",
+            "--expire",
+            "600",
+        ],
+    );
+    let listed = ok(&dir, &["osd", "blocklist", "ls"]);
+    assert!(listed.contains("client.x/5eed  expires in "), "{listed}");
+    assert!(fails(&dir, &["osd", "blocklist", "add", "client.x"]).contains("ENTITY/NONCE"));
+    ok(&dir, &["osd", "blocklist", "rm", "client.x/5eed"]);
+    assert_eq!(ok(&dir, &["osd", "blocklist", "ls"]), "listed 0 entries\n");
+    assert!(fails(&dir, &["osd", "blocklist", "rm", "client.x/5eed"]).contains("not blocklisted"));
     ok(&dir, &["dev", "start", "osd", "2"]);
     while osd2(&dir)["status"] != "up" {
         std::thread::sleep(std::time::Duration::from_millis(100));

@@ -27,9 +27,27 @@ pub enum OsdCmd {
     /// Set an OSD's placement weight (its share of data; new OSDs start at their capacity in
     /// TiB): data moves to or from that OSD only.
     Reweight { id: u32, weight: f64 },
+    /// Fenced client and daemon instances: OSDs refuse their ops.
+    #[command(subcommand)]
+    Blocklist(BlocklistCmd),
     /// Pools.
     #[command(subcommand)]
     Pool(PoolCmd),
+}
+
+#[derive(Subcommand)]
+pub enum BlocklistCmd {
+    /// List the fenced instances and when each fence lapses.
+    Ls,
+    /// Fence an instance (`ENTITY/NONCE`; `cairn fs status` names a client `ENTITY|ENTITY/NONCE`).
+    Add {
+        instance: String,
+        /// Seconds until the fence lapses.
+        #[arg(long, default_value_t = 3600)]
+        expire: u64,
+    },
+    /// Lift the fence on an instance.
+    Rm { instance: String },
 }
 
 #[derive(Subcommand)]
@@ -156,7 +174,49 @@ pub async fn run(
             };
             change(client, cmd, format).await
         }
+        OsdCmd::Blocklist(b) => blocklist(client, b, format).await,
         OsdCmd::Pool(p) => pool(client, p, default_domain, format).await,
+    }
+}
+
+async fn blocklist(client: &MonClient, cmd: &BlocklistCmd, format: Format) -> anyhow::Result<()> {
+    match cmd {
+        BlocklistCmd::Ls => {
+            let osdmap = client.maps().await?.osdmap;
+            let now = cairn_common::now_ms();
+            let live: Vec<(&String, u64)> = osdmap
+                .blocklist
+                .iter()
+                .filter(|(_, until)| **until > now)
+                .map(|(i, until)| (i, until.saturating_sub(now) / 1000))
+                .collect();
+            let rows: Vec<_> = live
+                .iter()
+                .map(|(i, left)| json!({ "instance": i, "expires_in_secs": left }))
+                .collect();
+            emit(format, &json!(rows), || {
+                let mut out = String::new();
+                for (i, left) in &live {
+                    let _ = writeln!(out, "{i}  expires in {left} s");
+                }
+                let _ = writeln!(out, "listed {} entries", live.len());
+                out
+            })
+        }
+        BlocklistCmd::Add { instance, expire } => {
+            let cmd = Command::BlocklistAdd {
+                instance: instance.clone(),
+                expire_secs: *expire,
+                at_ms: 0,
+            };
+            change(client, cmd, format).await
+        }
+        BlocklistCmd::Rm { instance } => {
+            let cmd = Command::BlocklistRm {
+                instance: instance.clone(),
+            };
+            change(client, cmd, format).await
+        }
     }
 }
 
