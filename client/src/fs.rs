@@ -316,15 +316,22 @@ impl FsClient {
         if let Ok(v) = bearer.parse() {
             req.metadata_mut().insert("authorization", v);
         }
-        match MdsClient::new(channel).call(req).await {
-            Ok(reply) => serde_json::from_slice(&reply.into_inner().reply_json).map_err(|e| {
-                Retry::Fail(fs_error(
-                    fsops::EIO,
-                    format!("mds.{name} answered garbage: {e}"),
-                ))
-            }),
-            Err(status) => Err(self.failure(&name, &status)),
-        }
+        let reply = match MdsClient::new(channel).call(req).await {
+            Ok(reply) => reply.into_inner(),
+            Err(status) => return Err(self.failure(&name, &status)),
+        };
+        // Data ops after this answer must reach OSDs that know of every client the MDS
+        // fenced before it (their late writes are refused, never applied after ours).
+        self.rados
+            .wait_for_osdmap(reply.osdmap_barrier)
+            .await
+            .map_err(|e| Retry::Later(e.to_string()))?;
+        serde_json::from_slice(&reply.reply_json).map_err(|e| {
+            Retry::Fail(fs_error(
+                fsops::EIO,
+                format!("mds.{name} answered garbage: {e}"),
+            ))
+        })
     }
 
     /// The active MDS (from the mons' current maps when `ask_mons`), a channel to it and the
@@ -357,13 +364,14 @@ impl FsClient {
     }
 
     /// Opens the session stream at the active MDS, stating the files open here.
+    /// `Retry::Fail` means the MDS fenced this client: no session will open again.
     async fn open_session(
         &self,
         ask_mons: bool,
-    ) -> Result<tonic::Streaming<MdsSessionEvent>, String> {
+    ) -> Result<tonic::Streaming<MdsSessionEvent>, Retry> {
         let (name, channel, bearer) = self.active(ask_mons).await.map_err(|r| match r {
-            Retry::Later(why) => why,
-            Retry::Fail(e) => e.to_string(),
+            Retry::Fail(e) => Retry::Later(e.to_string()),
+            later => later,
         })?;
         let _quiet = self.opens_in_flight.write().await;
         // A new session starts without capabilities (the MDS forgets the old ones too).
@@ -388,17 +396,22 @@ impl FsClient {
         let opened =
             tokio::time::timeout(SESSION_OPEN_TIMEOUT, MdsClient::new(channel).session(req))
                 .await
-                .map_err(|_| format!("mds.{name} did not open the session in time"))?;
+                .map_err(|_| {
+                    Retry::Later(format!("mds.{name} did not open the session in time"))
+                })?;
         match opened {
             Ok(stream) => {
                 tracing::debug!(mds = %name, "session stream open");
                 Ok(stream.into_inner())
             }
+            Err(status) if status.code() == Code::FailedPrecondition => {
+                Err(self.failure(&name, &status))
+            }
             Err(status) => {
                 if status.code() == Code::Unauthenticated {
                     self.rados.monc().forget_ticket();
                 }
-                Err(format!("mds.{name}: {}", status.message()))
+                Err(Retry::Later(format!("mds.{name}: {}", status.message())))
             }
         }
     }
@@ -429,6 +442,8 @@ impl FsClient {
         let why = format!("mds.{name}: {}", status.message());
         match status.code() {
             Code::PermissionDenied => Retry::Fail(fs_error(fsops::EACCES, why)),
+            // This client was evicted and fenced: nothing it asks will succeed again.
+            Code::FailedPrecondition => Retry::Fail(fs_error(fsops::EIO, why)),
             Code::InvalidArgument => Retry::Fail(fs_error(fsops::EINVAL, why)),
             Code::Unauthenticated => {
                 self.rados.monc().forget_ticket();
@@ -1132,7 +1147,11 @@ async fn run_session(client: Weak<FsClient>) {
                 }
                 tracing::info!("the MDS session stream ended; reconnecting");
             }
-            Err(why) => {
+            Err(Retry::Fail(e)) => {
+                tracing::error!(error = %e, "the MDS evicted this client: its session is over, and reads and writes fail until it is mounted again");
+                return;
+            }
+            Err(Retry::Later(why)) => {
                 failures += 1;
                 tracing::debug!(error = %why, "cannot open the MDS session yet");
             }

@@ -136,6 +136,33 @@ impl Rados {
         &self.shared.monc
     }
 
+    /// Waits until this client holds OSD map `epoch` or newer (asking the mons), so the ops
+    /// it sends next make OSDs check them against that map: one that fenced another client
+    /// keeps that client's late writes from landing behind these.
+    pub async fn wait_for_osdmap(&self, epoch: u64) -> Result<(), ClientError> {
+        let s = &self.shared;
+        let deadline = Instant::now() + Duration::from_millis(s.settings.op_timeout_ms);
+        let mut backoff = Duration::from_millis(s.settings.retry_backoff_ms.max(1));
+        while s.maps().osdmap.epoch < epoch {
+            if Instant::now() >= deadline {
+                return Err(ClientError::TimedOut(format!(
+                    "the mons did not show OSD map epoch {epoch} within {} ms",
+                    s.settings.op_timeout_ms
+                )));
+            }
+            match s.monc.maps().await {
+                Ok(maps) => s.update(maps),
+                Err(e) if e.is_retryable() => {}
+                Err(e) => return Err(e),
+            }
+            if s.maps().osdmap.epoch < epoch {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+            }
+        }
+        Ok(())
+    }
+
     fn pool(&self, name: &str) -> Result<(u32, Pool), ClientError> {
         self.maps()
             .osdmap

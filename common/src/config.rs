@@ -140,9 +140,13 @@ pub struct MdsSettings {
     /// state their open files as they reconnect.
     pub reconnect_timeout_ms: u64,
     /// How long a request waits for other clients to report their writes to the file it
-    /// shows (a stat while another client writes); past it, the MDS answers with what it
-    /// knows and logs which clients did not answer.
+    /// shows (a stat while another client writes); past it, a client that has the file open
+    /// for writing and did not answer is evicted and blocklisted (its held-back writes must
+    /// never land behind later ones), and the MDS answers with what it knows.
     pub recall_timeout_ms: u64,
+    /// How long an evicted client stays blocklisted: OSDs refuse its ops, and it must mount
+    /// again.
+    pub evicted_blocklist_secs: u64,
     /// Client sessions (streams) served at once; more are refused.
     pub sessions_max: usize,
     /// Requests answered at once; more wait.
@@ -168,6 +172,8 @@ impl Default for MdsSettings {
             reconnect_timeout_ms: 45_000,
             // Well inside a client's 30 s per-attempt deadline.
             recall_timeout_ms: 5_000,
+            // An hour, as Ceph: far past any pause of a process or a network.
+            evicted_blocklist_secs: 3600,
             sessions_max: 4096,
             requests_in_flight_max: 1024,
             replay_poll_ms: 100,

@@ -72,6 +72,22 @@ pub struct MdsNode {
     /// Recalls sent and not yet answered, by number: the client asked and the waiter.
     recalls: std::sync::Mutex<HashMap<u64, (String, oneshot::Sender<()>)>>,
     next_recall: AtomicU64,
+    /// The OSD map epoch clients must hold before their next data op (sent with every
+    /// reply): at least the map this daemon took the rank in, raised by each client it
+    /// fences. OSDs refuse a fenced client's ops only once they have the map that fences it.
+    osdmap_barrier: AtomicU64,
+}
+
+/// How long a recall waits for a client that has the file open for writing but whose
+/// session stream is down to reconnect: a live client drops a silent stream after 1.5 s and
+/// opens a new one at once. Past it the client is fenced.
+const RECONNECT_WAIT: Duration = Duration::from_secs(2);
+
+/// The instance (what the OSD blocklist names) of a session `entity|instance`.
+fn instance_of(client: &str) -> &str {
+    client
+        .split_once('|')
+        .map_or(client, |(_, instance)| instance)
 }
 
 impl MdsNode {
@@ -98,7 +114,29 @@ impl MdsNode {
             closing: watch::channel(0).0,
             recalls: std::sync::Mutex::new(HashMap::new()),
             next_recall: AtomicU64::new(1),
+            osdmap_barrier: AtomicU64::new(0),
         }
+    }
+
+    pub fn osdmap_barrier(&self) -> u64 {
+        self.osdmap_barrier.load(Ordering::SeqCst)
+    }
+
+    /// Refuses a client this cluster has fenced: the MDS evicted it (its files went to
+    /// others), and what it still holds must not come back.
+    fn refuse_fenced(&self, client: &str) -> Result<(), Status> {
+        let instance = instance_of(client);
+        if self
+            .rados
+            .maps()
+            .osdmap
+            .is_blocklisted(instance, cairn_common::now_ms())
+        {
+            return Err(Status::failed_precondition(format!(
+                "{instance} was evicted and is blocklisted: unmount and mount again"
+            )));
+        }
+        Ok(())
     }
 
     /// The mons answered a beacon sent at `sent`: the lease runs from the sending, since
@@ -159,6 +197,7 @@ impl MdsNode {
             self.recall_answered(client, recall);
             return Ok(FsReply::Done);
         }
+        self.refuse_fenced(client)?;
         let _permit = self
             .admitted
             .try_acquire()
@@ -172,7 +211,7 @@ impl MdsNode {
             {
                 Answer::Reply(reply) => break reply,
                 Answer::Recall { recalls, revoked } => {
-                    self.recall(&recalls).await;
+                    self.recall(&recalls).await?;
                     after_recall = Some(revoked);
                 }
             }
@@ -220,61 +259,139 @@ impl MdsNode {
 
     /// Asks each client of `recalls` to report its writes to the file and drop its
     /// capability, and waits until they have, or until `recall_timeout_ms`. A client that
-    /// cannot be asked or does not answer has its stream ended (no more heartbeats), and
-    /// the request waits out the lease it may still trust a capability for. What such a
-    /// client did not report was never acknowledged by an fsync.
-    async fn recall(&self, recalls: &[(u64, String)]) {
-        let mut waiting = Vec::new();
+    /// does not answer has its stream ended (no more heartbeats), and the request waits out
+    /// the lease it may still trust a capability for. One that has the file open for writing
+    /// may also hold writes back, which would land behind the writes of whoever uses the
+    /// file next: it is fenced (blocklisted and evicted) first. An error means it could not
+    /// be fenced: the request must not go on.
+    async fn recall(&self, recalls: &[(u64, String)]) -> Result<(), Status> {
+        let writes: Vec<bool> = {
+            let rank = self.rank.lock().await;
+            recalls
+                .iter()
+                .map(|(ino, client)| {
+                    rank.as_ref()
+                        .is_some_and(|r| r.sessions.writes(*ino, client))
+                })
+                .collect()
+        };
+        let now = tokio::time::Instant::now();
+        let deadline = now + Duration::from_millis(self.settings.recall_timeout_ms);
+        let answered = futures::future::join_all(recalls.iter().zip(&writes).map(
+            |((ino, client), writes)| {
+                // A client without a stream dropped its capabilities; one that writes gets a
+                // moment to come back before it is fenced.
+                let reconnect_by = if *writes { now + RECONNECT_WAIT } else { now };
+                self.recall_one(*ino, client, reconnect_by.min(deadline), deadline)
+            },
+        ))
+        .await;
         let mut unanswered = false;
-        for (ino, client) in recalls {
-            let ino = *ino;
-            let Some(events) = self.stream_of(client) else {
+        let mut to_fence = std::collections::BTreeSet::new();
+        for (((_, client), writes), answered) in recalls.iter().zip(writes).zip(answered) {
+            if !answered {
                 unanswered = true;
-                continue;
-            };
-            let recall = self.next_recall.fetch_add(1, Ordering::Relaxed);
-            let (done, answered) = oneshot::channel();
-            self.recalls
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(recall, (client.clone(), done));
-            let event = MdsSessionEvent {
-                recall,
-                ino,
-                lease_ms: 0,
-            };
-            if events.try_send(Ok(event)).is_ok() {
-                waiting.push((recall, ino, client, answered));
-            } else {
-                self.recalls
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .remove(&recall);
-                self.end_stream(client);
-                unanswered = true;
+                if writes {
+                    to_fence.insert(client.as_str());
+                }
             }
         }
-        metrics::counter!("cairn_mds_recalls_total").increment(waiting.len() as u64);
-        let timeout = Duration::from_millis(self.settings.recall_timeout_ms);
-        let deadline = tokio::time::Instant::now() + timeout;
-        for (recall, ino, client, answered) in waiting {
-            if tokio::time::timeout_at(deadline, answered).await.is_err() {
-                tracing::warn!(
-                    client = %client,
-                    ino,
-                    "a client did not answer a recall within recall_timeout_ms; ending its stream"
-                );
-                self.end_stream(client);
-                unanswered = true;
-            }
-            self.recalls
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&recall);
+        for client in to_fence {
+            self.fence_client(client, "it did not answer a recall of a file it writes")
+                .await?;
         }
         if unanswered {
             tokio::time::sleep(self.client_lease() + Duration::from_millis(250)).await;
         }
+        Ok(())
+    }
+
+    /// Recalls `client`'s writes to `ino` and its capability; whether it answered by
+    /// `deadline`. Waits until `reconnect_by` for a client whose stream is down.
+    async fn recall_one(
+        &self,
+        ino: u64,
+        client: &str,
+        reconnect_by: tokio::time::Instant,
+        deadline: tokio::time::Instant,
+    ) -> bool {
+        let events = loop {
+            if let Some(events) = self.stream_of(client) {
+                break events;
+            }
+            if tokio::time::Instant::now() >= reconnect_by {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let recall = self.next_recall.fetch_add(1, Ordering::Relaxed);
+        let (done, answered) = oneshot::channel();
+        self.recalls
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(recall, (client.to_string(), done));
+        let event = MdsSessionEvent {
+            recall,
+            ino,
+            lease_ms: 0,
+        };
+        metrics::counter!("cairn_mds_recalls_total").increment(1);
+        let ok = events.try_send(Ok(event)).is_ok()
+            && matches!(
+                tokio::time::timeout_at(deadline, answered).await,
+                Ok(Ok(()))
+            );
+        self.recalls
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&recall);
+        if !ok {
+            tracing::warn!(
+                client,
+                ino,
+                "a client did not answer a recall within recall_timeout_ms; ending its stream"
+            );
+            self.end_stream(client);
+        }
+        ok
+    }
+
+    /// Blocklists `client`'s instance in the OSD map, waits until this daemon holds that
+    /// map (so it refuses the client too), raises the barrier every later reply carries,
+    /// then evicts the session and ends its stream.
+    async fn fence_client(&self, client: &str, why: &str) -> Result<(), Status> {
+        let instance = instance_of(client);
+        let fence = cairn_common::command::Command::BlocklistAdd {
+            instance: instance.to_string(),
+            expire_secs: self.settings.evicted_blocklist_secs,
+            at_ms: 0,
+        };
+        let unavailable = |e: cairn_client::ClientError| {
+            Status::unavailable(format!("cannot fence {instance}: {e}"))
+        };
+        let (epoch, _) = self
+            .rados
+            .monc()
+            .command(fence)
+            .await
+            .map_err(unavailable)?;
+        self.rados
+            .wait_for_osdmap(epoch)
+            .await
+            .map_err(unavailable)?;
+        self.osdmap_barrier.fetch_max(epoch, Ordering::SeqCst);
+        if let Some(r) = self.rank.lock().await.as_mut() {
+            r.evict(client);
+        }
+        self.end_stream(client);
+        tracing::warn!(
+            client,
+            osdmap_epoch = epoch,
+            reason = why,
+            "client evicted and blocklisted"
+        );
+        metrics::counter!("cairn_mds_clients_fenced_total").increment(1);
+        Ok(())
     }
 
     fn end_stream(&self, client: &str) {
@@ -326,6 +443,7 @@ impl MdsNode {
         let has_room = |streams: &HashMap<String, Stream>| {
             streams.contains_key(client) || streams.len() < self.settings.sessions_max
         };
+        self.refuse_fenced(client)?;
         // Checked before waiting for the rank, and again under it.
         if !has_room(&self.streams.lock().unwrap_or_else(|e| e.into_inner())) {
             return Err(full());
@@ -360,7 +478,11 @@ impl MdsNode {
         );
         if !revoked.is_empty() {
             let node = self.clone();
-            tokio::spawn(async move { node.recall(&revoked).await });
+            tokio::spawn(async move {
+                if let Err(e) = node.recall(&revoked).await {
+                    tracing::warn!(error = %e.message(), "a recall for a reconnecting client failed");
+                }
+            });
         }
         Ok(())
     }
@@ -559,6 +681,9 @@ impl MdsNode {
         for (ino, size) in purges {
             crate::rank::spawn_purge(self.rados.clone(), &data_pool, ino, 0, size);
         }
+        // Clients a predecessor fenced are in the maps this daemon took the rank in.
+        self.osdmap_barrier
+            .fetch_max(self.rados.maps().osdmap.epoch, Ordering::SeqCst);
         *self.rank.lock().await = Some(rank);
         self.serving.store(true, Ordering::Relaxed);
         tracing::info!(
@@ -580,6 +705,7 @@ impl MdsNode {
                 _ = tokio::time::sleep(Duration::from_millis(100)) => {}
                 _ = stop.changed() => return,
             }
+            self.fence_expired_sessions().await;
             let mut rank = self.rank.lock().await;
             // Writing back without the lease could overwrite a successor's writes.
             let Some(r) = rank.as_mut().filter(|_| self.leased()) else {
@@ -604,6 +730,24 @@ impl MdsNode {
             if let Err(e) = r.write_back().await {
                 // Nothing is lost (the journal still holds it); try again next time.
                 tracing::warn!(error = %format!("{e:#}"), "write-back failed");
+            }
+        }
+    }
+
+    /// Fences and evicts the sessions disconnected past the session timeout: the client may
+    /// be alive, cut off, with writes held back. One that cannot be fenced now (the mons
+    /// unreachable) keeps its session until the next pass.
+    async fn fence_expired_sessions(&self) {
+        let expired = match self.rank.lock().await.as_ref() {
+            Some(r) if self.leased() => r.expired_sessions(),
+            _ => return,
+        };
+        for client in expired {
+            if let Err(e) = self
+                .fence_client(&client, "disconnected past the session timeout")
+                .await
+            {
+                tracing::warn!(client, error = %e.message(), "cannot evict a silent session yet");
             }
         }
     }

@@ -89,6 +89,8 @@ pub struct Rank {
     purges_deferred_until: Instant,
     /// Files kept by the reconnect window, checked again when it ends.
     deferred: Vec<u64>,
+    /// Files open no more because their clients were evicted, checked at the next tending.
+    evicted_files: Vec<u64>,
     settings: MdsSettings,
 }
 
@@ -126,6 +128,7 @@ impl Rank {
             first_segment: replayed.first_segment,
             purges_deferred_until: Instant::now() + reconnect,
             deferred: Vec::new(),
+            evicted_files: Vec::new(),
             settings,
         }
     }
@@ -379,17 +382,26 @@ impl Rank {
         revoked
     }
 
-    /// Evicts sessions disconnected for longer than the session timeout (their opens end,
-    /// their replies are forgotten), then removes the files that lost their last name while
-    /// open and are open no more, and those the reconnect window kept once it is over.
+    /// The sessions disconnected for longer than the session timeout: to fence and evict.
+    pub fn expired_sessions(&self) -> Vec<String> {
+        self.sessions
+            .expired(Duration::from_millis(self.settings.session_timeout_ms))
+    }
+
+    /// Ends `client`'s session (the node fenced it first): its opens and capabilities end,
+    /// its remembered replies are forgotten, and the files it alone held open go at the next
+    /// tending if they have no name left.
+    pub fn evict(&mut self, client: &str) {
+        let closed = self.sessions.evict(client);
+        self.completed.remove(client);
+        self.evicted_files.extend(closed);
+        metrics::counter!("cairn_mds_sessions_evicted_total").increment(1);
+    }
+
+    /// Removes the files that lost their last name while open and are open no more (after
+    /// an eviction), and those the reconnect window kept once it is over.
     pub async fn tend_sessions(&mut self) -> anyhow::Result<()> {
-        let timeout = Duration::from_millis(self.settings.session_timeout_ms);
-        let (evicted, mut closed) = self.sessions.evict_expired(timeout);
-        for client in &evicted {
-            tracing::info!(client = %client, "session evicted: disconnected past the session timeout");
-            self.completed.remove(client);
-        }
-        metrics::counter!("cairn_mds_sessions_evicted_total").increment(evicted.len() as u64);
+        let mut closed = std::mem::take(&mut self.evicted_files);
         if Instant::now() >= self.purges_deferred_until {
             closed.append(&mut self.deferred);
         }

@@ -92,6 +92,8 @@ impl Mds for MdsService {
         Ok(Response::new(MdsReply {
             reply_json: serde_json::to_vec(&reply)
                 .map_err(|e| Status::internal(format!("cannot encode the reply: {e}")))?,
+            // Read after the answer: a client fenced before it is in this epoch.
+            osdmap_barrier: self.node.osdmap_barrier(),
         }))
     }
 

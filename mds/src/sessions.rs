@@ -251,22 +251,29 @@ impl Sessions {
             .collect()
     }
 
-    /// Evicts the sessions disconnected for longer than `timeout`. Returns the evicted
-    /// clients and the files no longer open anywhere because of it.
-    pub fn evict_expired(&mut self, timeout: Duration) -> (Vec<String>, Vec<u64>) {
-        let expired: Vec<String> = self
-            .sessions
+    /// Whether `client` has `ino` open for writing (it may hold writes back).
+    pub fn writes(&self, ino: u64, client: &str) -> bool {
+        self.opens
+            .get(&ino)
+            .and_then(|by_client| by_client.get(client))
+            .is_some_and(|o| o.writers > 0)
+    }
+
+    /// The sessions disconnected for longer than `timeout`: to evict.
+    pub fn expired(&self, timeout: Duration) -> Vec<String> {
+        self.sessions
             .iter()
             .filter(|(_, s)| !s.connected && s.since.elapsed() > timeout)
             .map(|(c, _)| c.clone())
-            .collect();
-        let mut closed = Vec::new();
-        for client in &expired {
-            self.sessions.remove(client);
-            closed.extend(self.forget_opens(client));
-            self.cached_by.retain(|_, c| c != client);
-        }
-        (expired, closed)
+            .collect()
+    }
+
+    /// Ends `client`'s session and every open and capability it had. Returns the files no
+    /// longer open anywhere because of it.
+    pub fn evict(&mut self, client: &str) -> Vec<u64> {
+        self.sessions.remove(client);
+        self.cached_by.retain(|_, c| c != client);
+        self.forget_opens(client)
     }
 
     /// Drops every open of `client`; returns the files no longer open anywhere.
@@ -429,11 +436,13 @@ mod tests {
         s.connected("live", [(1, opens(0, 1))]);
         s.connected("gone", [(1, opens(1, 0)), (2, opens(1, 0))]);
         s.disconnected("gone");
-        let (evicted, closed) = s.evict_expired(Duration::from_secs(3600));
-        assert!(evicted.is_empty() && closed.is_empty());
+        assert!(s.expired(Duration::from_secs(3600)).is_empty());
         std::thread::sleep(Duration::from_millis(5));
-        let (evicted, closed) = s.evict_expired(Duration::from_millis(1));
-        assert_eq!(evicted, vec!["gone".to_string()]);
+        let expired = s.expired(Duration::from_millis(1));
+        assert_eq!(expired, vec!["gone".to_string()]);
+        assert!(s.writes(1, "live") && !s.writes(1, "gone") && !s.writes(2, "live"));
+        let mut closed = s.evict("gone");
+        closed.sort_unstable();
         // File 1 is still open by the live client.
         assert_eq!(closed, vec![2]);
         assert!(s.is_open(1) && !s.is_open(2));
@@ -449,7 +458,6 @@ mod tests {
         s.heard_from("old");
         std::thread::sleep(Duration::from_millis(50));
         s.heard_from("old");
-        let (evicted, _) = s.evict_expired(Duration::from_millis(40));
-        assert!(evicted.is_empty());
+        assert!(s.expired(Duration::from_millis(40)).is_empty());
     }
 }

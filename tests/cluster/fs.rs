@@ -1,7 +1,7 @@
 //! The shared filesystem through real FUSE mounts (`cairn mount`, a separate process) on a
 //! cluster of real mons, OSDs and MDSs: POSIX behaviour, two mounts seeing each other (also
 //! while one writes), kill -9 of the active MDS under a metadata workload with files held
-//! open across it, kill -9 of a client, and a restart of every daemon.
+//! open across it, kill -9 of a client, a stalled client fenced, and a restart of every daemon.
 
 use std::ffi::CString;
 use std::fs;
@@ -752,8 +752,10 @@ async fn a_killed_client_is_evicted_and_its_open_files_released() {
     let s = survivor.path.clone();
     let started = Instant::now();
     blocking(move || fs::metadata(s.join("writing")).expect("stat")).await;
+    // It gets 2 s to reconnect (a live client would), then is fenced; never the 20 s a
+    // connected client gets to answer.
     assert!(
-        started.elapsed() < Duration::from_secs(5),
+        started.elapsed() < Duration::from_secs(8),
         "a stat waited {:?} for a dead client",
         started.elapsed()
     );
@@ -765,6 +767,112 @@ async fn a_killed_client_is_evicted_and_its_open_files_released() {
     .await;
     wait_purged(&rados, ino, "the file the dead client held open to go").await;
     drop(handles);
+}
+
+/// A client cut off (SIGSTOP) while it holds writes back does not answer the recall another
+/// client's open causes: it is evicted and blocklisted, so its held-back write, sent when it
+/// wakes, is refused rather than landing over the other client's acknowledged write; its
+/// fsync fails and it stays out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_client_that_does_not_answer_a_recall_is_fenced() {
+    let t = fs_cluster(&["a"], &["mds.recall_timeout_ms=2000"]).await;
+    let config = t.config();
+    let base = t.dir().join("mnt");
+    let stalled = Mount::new(&t, &base.join("stalled")).await;
+    let other = Mount::new(&t, &base.join("other")).await;
+    wait_for(Duration::from_secs(20), "two client sessions", || async {
+        (sessions(&config).await? == (2, 2)).then_some(())
+    })
+    .await;
+    const LEN: usize = 64 << 10;
+    let st = stalled.path.clone();
+    let (held, ino) = blocking(move || {
+        let mut h = fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .open(st.join("shared"))
+            .expect("create");
+        h.write_all(&pattern(1, LEN)).expect("write");
+        let ino = h.metadata().expect("fstat").ino();
+        (h, ino)
+    })
+    .await;
+    let pid = stalled.child.id() as i32;
+    // SAFETY: signals the mount process this test started.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let rados = Rados::connect(&config).await.expect("rados");
+    let object = data_object(ino, 0);
+    assert!(
+        matches!(
+            rados.stat("data", &object).await,
+            Err(ClientError::NotFound(_))
+        ),
+        "the file's only opener buffers its writes (or this test shows nothing)"
+    );
+
+    let o = other.path.clone();
+    let started = Instant::now();
+    blocking(move || {
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .open(o.join("shared"))
+            .expect("open past the stalled client");
+        f.write_all(&pattern(2, LEN)).expect("write");
+        f.sync_all().expect("fsync");
+    })
+    .await;
+    println!(
+        "open, write and fsync past a stalled writer took {:?}",
+        started.elapsed()
+    );
+    let blocklist = t.admin().maps().await.expect("maps").osdmap.blocklist;
+    assert_eq!(
+        blocklist.len(),
+        1,
+        "the stalled client is fenced: {blocklist:?}"
+    );
+    wait_for(
+        Duration::from_secs(20),
+        "the stalled client's session to be evicted",
+        || async { (sessions(&config).await? == (1, 1)).then_some(()) },
+    )
+    .await;
+
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    let synced = blocking(move || {
+        let r = held.sync_all();
+        drop(held);
+        r
+    })
+    .await;
+    assert!(
+        synced.is_err(),
+        "the fenced client's fsync of its held-back write must fail"
+    );
+    let s = stalled.path.clone();
+    assert!(
+        blocking(move || fs::metadata(s.join("shared")))
+            .await
+            .is_err(),
+        "the fenced client stays out"
+    );
+    // Past the age at which a client sends what it buffered, only the acknowledged write
+    // is there.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let data = rados
+        .read("data", &object, 0, LEN as u64)
+        .await
+        .expect("read");
+    assert!(
+        data == pattern(2, LEN),
+        "the fenced client's late write landed over the acknowledged one"
+    );
+    let o = other.path.clone();
+    drop_page_cache();
+    let through_mount = blocking(move || fs::read(o.join("shared")).expect("read")).await;
+    assert!(through_mount == pattern(2, LEN));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
