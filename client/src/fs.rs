@@ -260,6 +260,14 @@ impl FsClient {
         }
     }
 
+    /// Has the active MDS check the namespace (`cairn fs fsck`).
+    pub async fn fsck(&self) -> FsResult<fsops::FsckReport> {
+        match self.call(FsOp::Fsck).await? {
+            FsReply::Fsck(r) => Ok(r),
+            other => Err(unexpected(other)),
+        }
+    }
+
     pub fn root(&self) -> u64 {
         self.root
     }

@@ -178,6 +178,8 @@ pub enum FsOp {
     },
     /// The active MDS's sessions, journal and cache (`cairn fs status`).
     Status,
+    /// Checks the namespace is consistent (`cairn fs fsck`).
+    Fsck,
 }
 
 impl FsOp {
@@ -208,6 +210,7 @@ impl FsOp {
             FsOp::Release { .. } => "release",
             FsOp::Recalled { .. } => "recalled",
             FsOp::Status => "status",
+            FsOp::Fsck => "fsck",
         }
     }
 
@@ -225,6 +228,7 @@ impl FsOp {
                 | FsOp::Open { .. }
                 | FsOp::Recalled { .. }
                 | FsOp::Status
+                | FsOp::Fsck
         )
     }
 }
@@ -239,6 +243,7 @@ pub enum FsReply {
     Names(Vec<String>),
     Count(u64),
     Status(MdsStatus),
+    Fsck(FsckReport),
     /// A file opened; with `exclusive`, this client is its only opener and may answer stats
     /// of it from `attr` (and its own changes) until the MDS recalls the file.
     Opened {
@@ -278,6 +283,18 @@ pub struct MdsStatus {
     /// About how much memory they take (`mds.cache_memory_bytes` bounds it).
     pub cache_bytes: u64,
     pub cache_dirty: u64,
+}
+
+/// What `cairn fs fsck` found.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FsckReport {
+    pub directories: u64,
+    pub inodes: u64,
+    pub entries: u64,
+    /// Every problem found, and the first of them (at most 1000) described.
+    pub problems_total: u64,
+    pub problems: Vec<String>,
+    pub took_ms: u64,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

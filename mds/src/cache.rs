@@ -201,6 +201,14 @@ impl Cache {
         }
     }
 
+    /// The inodes the cache holds as present (loaded, or created by the journal).
+    pub fn cached_inodes(&self) -> impl Iterator<Item = u64> + '_ {
+        self.inodes
+            .iter()
+            .filter(|(_, slot)| slot.value.is_some())
+            .map(|(ino, _)| *ino)
+    }
+
     pub fn dirty_count(&self) -> usize {
         self.inodes.values().filter(|s| s.dirty.is_some()).count()
             + self

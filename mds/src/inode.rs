@@ -99,6 +99,17 @@ impl Dentry {
     }
 }
 
+/// The stray directory: one entry per file that lost its last name while open (named by
+/// its inode number), removed with the inode. A new active, once the clients of its
+/// predecessor had their reconnect window, removes the strays nobody has open: without it a
+/// file whose last opener never came back would stay stored, unnamed, for ever. It has no
+/// inode and no name (no client can reach it); the number is never handed out.
+pub const STRAY_INO: u64 = u64::MAX - 1;
+
+pub fn stray_name(ino: u64) -> String {
+    format!("{ino:x}")
+}
+
 pub fn dir_object(ino: u64) -> String {
     format!("dir.{ino:x}")
 }

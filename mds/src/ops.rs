@@ -8,7 +8,7 @@ use cairn_common::fsops::{
     S_IFCHR, S_IFDIR, S_IFIFO, S_IFLNK, S_IFMT, S_IFREG, S_IFSOCK, XATTR_VALUE_BYTES_MAX,
 };
 
-use crate::inode::{Dentry, Inode};
+use crate::inode::{stray_name, Dentry, Inode, STRAY_INO};
 use crate::journal::Event;
 use crate::rank::{posix, Fail, Plan, Rank};
 
@@ -123,6 +123,7 @@ impl Rank {
                 })
             }
             FsOp::Status => Ok(FsReply::Status(self.status())),
+            FsOp::Fsck => Ok(FsReply::Fsck(crate::fsck::run(self).await?)),
             change => Err(posix(EINVAL, format!("{change:?} is not a query"))),
         }
     }
@@ -560,15 +561,32 @@ fn drop_link(mut inode: Inode, now: i64, open: bool) -> Vec<Event> {
     }
     inode.nlink = inode.nlink.saturating_sub(1);
     inode.ctime_ns = now;
-    vec![Event::Inode(inode)]
+    let mut events = Vec::new();
+    if inode.nlink == 0 {
+        events.push(stray_entry(&inode, true));
+    }
+    events.push(Event::Inode(inode));
+    events
 }
 
-/// The inode goes, with its data.
+/// Adds (or removes) the stray entry of a file without a name.
+fn stray_entry(inode: &Inode, present: bool) -> Event {
+    Event::Dentry {
+        dir: STRAY_INO,
+        name: stray_name(inode.ino),
+        entry: present.then(|| Dentry::of(inode)),
+    }
+}
+
+/// The inode goes, with its data (and its stray entry, if it had lost its names).
 pub fn gone(inode: &Inode) -> Vec<Event> {
     let mut events = vec![Event::InodeGone {
         ino: inode.ino,
         was_dir: inode.is_dir(),
     }];
+    if inode.nlink == 0 && !inode.is_dir() {
+        events.push(stray_entry(inode, false));
+    }
     if inode.mode & S_IFMT == S_IFREG && inode.size > 0 {
         events.push(Event::Purge {
             ino: inode.ino,

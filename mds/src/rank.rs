@@ -18,6 +18,7 @@ use cairn_common::config::MdsSettings;
 use cairn_common::fsops::{data_object, FsOp, FsReply, MdsStatus, OBJECT_BYTES};
 
 use crate::cache::Cache;
+use crate::inode::STRAY_INO;
 use crate::journal::{self, Completed, Entry, Event, Head, Position, Writer};
 use crate::sessions::{Opens, Sessions};
 
@@ -91,6 +92,8 @@ pub struct Rank {
     deferred: Vec<u64>,
     /// Files open no more because their clients were evicted, checked at the next tending.
     evicted_files: Vec<u64>,
+    /// The stray directory was checked once the reconnect window ended.
+    strays_checked: bool,
     settings: MdsSettings,
 }
 
@@ -129,6 +132,7 @@ impl Rank {
             purges_deferred_until: Instant::now() + reconnect,
             deferred: Vec::new(),
             evicted_files: Vec::new(),
+            strays_checked: false,
             settings,
         }
     }
@@ -313,6 +317,16 @@ impl Rank {
         Ok(())
     }
 
+    /// Files kept without a name: open, kept by the reconnect window, or open no more
+    /// after an eviction and not yet removed.
+    pub fn kept_without_name(&self) -> std::collections::BTreeSet<u64> {
+        self.sessions
+            .open_inos()
+            .chain(self.deferred.iter().copied())
+            .chain(self.evicted_files.iter().copied())
+            .collect()
+    }
+
     /// Whether a file losing its last name must be kept (nlink 0) rather than removed: it
     /// is open, or may be (the reconnect window after a takeover).
     pub fn keeps_unlinked(&mut self, ino: u64) -> bool {
@@ -404,6 +418,12 @@ impl Rank {
         let mut closed = std::mem::take(&mut self.evicted_files);
         if Instant::now() >= self.purges_deferred_until {
             closed.append(&mut self.deferred);
+            if !self.strays_checked {
+                // Files a predecessor kept for clients that never came back.
+                let strays = self.cache.dir(&self.rados, STRAY_INO).await?;
+                closed.extend(strays.listing("").map(|(_, d)| d.ino));
+                self.strays_checked = true;
+            }
         }
         closed.sort_unstable();
         closed.dedup();

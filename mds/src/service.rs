@@ -77,7 +77,10 @@ impl Mds for MdsService {
             FsOp::Open { write, .. } | FsOp::Release { write, .. } => *write,
             other => other.is_change(),
         };
-        let (need, action) = if writes {
+        let (need, action) = if matches!(op, FsOp::Fsck) {
+            // It walks the whole namespace while every other request waits.
+            (Need::All, "check the filesystem")
+        } else if writes {
             (Need::Write, "change filesystem metadata")
         } else {
             (Need::Read, "read filesystem metadata")

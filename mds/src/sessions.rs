@@ -236,6 +236,11 @@ impl Sessions {
         true
     }
 
+    /// Every file open anywhere.
+    pub fn open_inos(&self) -> impl Iterator<Item = u64> + '_ {
+        self.opens.keys().copied()
+    }
+
     pub fn is_open(&self, ino: u64) -> bool {
         self.opens.contains_key(&ino)
     }

@@ -1,7 +1,8 @@
 //! The shared filesystem through real FUSE mounts (`cairn mount`, a separate process) on a
 //! cluster of real mons, OSDs and MDSs: POSIX behaviour, two mounts seeing each other (also
 //! while one writes), kill -9 of the active MDS under a metadata workload with files held
-//! open across it, kill -9 of a client, a stalled client fenced, and a restart of every daemon.
+//! open across it, kill -9 of a client, a stalled client fenced, fsck, and a restart of every
+//! daemon.
 
 use std::ffi::CString;
 use std::fs;
@@ -873,6 +874,117 @@ async fn a_client_that_does_not_answer_a_recall_is_fenced() {
     drop_page_cache();
     let through_mount = blocking(move || fs::read(o.join("shared")).expect("read")).await;
     assert!(through_mount == pattern(2, LEN));
+}
+
+/// `cairn fs fsck`: whether it exited cleanly, and what it printed.
+fn fsck(t: &TestCluster) -> (bool, String) {
+    let out = Process::new(bin_dir().join("cairn"))
+        .arg("--conf")
+        .arg(t.cluster.config_path())
+        .args(["fs", "fsck", FS])
+        .output()
+        .expect("run cairn fs fsck");
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+/// A namespace built through a mount (directories, hard links, a symlink, renames, a file
+/// removed while open) checks clean. The MDS stops while that file is still open and its
+/// client never returns: the next active removes it from the stray directory once the
+/// reconnect window is over. Damage written into the metadata pool behind the MDS's back (a
+/// name of a missing inode, a wrong link count) is reported, and only that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fsck_passes_a_sound_namespace_and_names_damage() {
+    let t = fs_cluster(&["a"], &["mds.reconnect_timeout_ms=3000"]).await;
+    let config = t.config();
+    let mut mount = Mount::new(&t, &t.dir().join("mnt")).await;
+    let root = mount.path.clone();
+    let (file_ino, gone_ino, held) = blocking(move || {
+        fs::create_dir_all(root.join("d/e/f")).expect("mkdir");
+        fs::write(root.join("d/file"), b"data").expect("write");
+        fs::hard_link(root.join("d/file"), root.join("d/e/link")).expect("link");
+        std::os::unix::fs::symlink("d/file", root.join("sym")).expect("symlink");
+        fs::create_dir(root.join("moved")).expect("mkdir");
+        fs::rename(root.join("moved"), root.join("d/e/f/moved")).expect("rename a directory");
+        fs::write(root.join("gone"), b"x").expect("write");
+        let held = fs::File::open(root.join("gone")).expect("open");
+        let gone_ino = held.metadata().expect("fstat").ino();
+        fs::remove_file(root.join("gone")).expect("unlink while open");
+        let ino = fs::metadata(root.join("d/file")).expect("stat").ino();
+        (ino, gone_ino, held)
+    })
+    .await;
+    let (clean, report) = fsck(&t);
+    println!("{report}");
+    assert!(clean && report.contains("clean"), "{report}");
+
+    // The MDS stops with the file open; its client dies and never comes back.
+    assert!(t
+        .cluster
+        .stop(Kind::Mds, "a", Duration::from_secs(10))
+        .expect("stop mds"));
+    mount.child.kill().expect("kill -9 the client");
+    drop(held);
+    drop(mount);
+    // Damage the stored namespace while no MDS runs (a clean stop writes everything back).
+    let rados = Rados::connect(&config).await.expect("rados");
+    let ghost = serde_json::json!({ "ino": 0xdead0, "kind": 0o100000 });
+    rados
+        .omap_set(
+            "meta",
+            "dir.1",
+            vec![(b"ghost".to_vec(), serde_json::to_vec(&ghost).expect("json"))],
+        )
+        .await
+        .expect("add an entry naming nothing");
+    let object = format!("inode.{file_ino:x}");
+    let mut inode: serde_json::Value = serde_json::from_slice(
+        &rados
+            .read_all("meta", &object, 1 << 20)
+            .await
+            .expect("read"),
+    )
+    .expect("an inode record");
+    assert_eq!(inode["nlink"], 2);
+    inode["nlink"] = 5.into();
+    rados
+        .write_full("meta", &object, serde_json::to_vec(&inode).expect("json"))
+        .await
+        .expect("write a wrong link count");
+    assert!(
+        rados
+            .stat("meta", &format!("inode.{gone_ino:x}"))
+            .await
+            .is_ok(),
+        "the open file outlived the MDS"
+    );
+    t.cluster.start(Kind::Mds, "a").expect("start mds");
+    wait_for_active(&t, false).await;
+    wait_for(
+        Duration::from_secs(30),
+        "the stray nobody came back for to be removed",
+        || async {
+            matches!(
+                rados.stat("meta", &format!("inode.{gone_ino:x}")).await,
+                Err(ClientError::NotFound(_))
+            )
+            .then_some(())
+        },
+    )
+    .await;
+    let (clean, report) = fsck(&t);
+    println!("{report}");
+    assert!(!clean, "fsck must fail on damage: {report}");
+    assert!(
+        report.contains("\"ghost\" in directory 0x1 names inode 0xdead0, which does not exist"),
+        "{report}"
+    );
+    assert!(
+        report.contains(&format!("inode {file_ino:#x} has link count 5 but 2 names")),
+        "{report}"
+    );
+    assert!(report.contains("has 2 problems"), "{report}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -14,7 +14,7 @@ use cairn_client::MonClient;
 use cairn_common::command::{validate_pool_name, Command};
 use cairn_common::config::Config;
 use cairn_common::fsmap::{validate_fs_name, FsId, FsMap, MdsInfo, MdsRole};
-use cairn_common::fsops::MdsStatus;
+use cairn_common::fsops::{FsckReport, MdsStatus};
 use cairn_common::maps::{ClusterMaps, FailureDomain, OsdMap};
 use cairn_common::status::{human_bytes, human_duration};
 
@@ -52,6 +52,10 @@ pub enum FsCmd {
         /// One filesystem (default: all).
         name: Option<String>,
     },
+    /// Check the namespace hangs together: entries, link counts, directory parents, the
+    /// inode table, inodes no name reaches. Other requests wait while it walks; it exits
+    /// non-zero when it finds a problem.
+    Fsck { name: String },
     /// Create or update a filesystem and its pools from a spec (YAML, or JSON for a `.json`
     /// file) shaped like Rook's CephFilesystem; only what differs is changed.
     Apply {
@@ -125,8 +129,40 @@ pub async fn run(
             }
             emit(format, &report, || report.render())
         }
+        FsCmd::Fsck { name } => {
+            let report = cairn_client::fs::FsClient::connect(config, name)
+                .await?
+                .fsck()
+                .await?;
+            emit(format, &report, || render_fsck(name, &report))?;
+            if report.problems_total > 0 {
+                bail!("filesystem {name} has {} problems", report.problems_total);
+            }
+            Ok(())
+        }
         FsCmd::Apply { file } => apply(client, file, default_domain, format).await,
     }
+}
+
+fn render_fsck(name: &str, r: &FsckReport) -> String {
+    let mut out = format!(
+        "filesystem {name}: {} directories, {} entries, {} inodes checked in {} ms\n",
+        r.directories, r.entries, r.inodes, r.took_ms
+    );
+    for p in &r.problems {
+        let _ = writeln!(out, "  {p}");
+    }
+    if r.problems_total > r.problems.len() as u64 {
+        let _ = writeln!(
+            out,
+            "  ... and {} more",
+            r.problems_total - r.problems.len() as u64
+        );
+    }
+    if r.problems_total == 0 {
+        out.push_str("clean\n");
+    }
+    out
 }
 
 fn ls_json(fsmap: &FsMap) -> Value {
