@@ -1,8 +1,9 @@
-//! Block I/O on the data file: io_uring with O_DIRECT, or, where io_uring is not allowed (a
-//! seccomp profile, an old kernel), a pool of threads doing pread/pwrite. Both run batches: all
-//! I/Os of a batch are in flight together, and the call returns when every one completed.
+//! Block I/O on the data file: io_uring with O_DIRECT (a ring per calling thread), or, where
+//! io_uring is not allowed (a seccomp profile, an old kernel), a pool of threads doing
+//! pread/pwrite. Both run batches: all I/Os of a batch are in flight together, and the call
+//! returns when every one completed.
 
-use std::collections::{HashMap, VecDeque};
+use std::cell::RefCell;
 use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
@@ -149,20 +150,6 @@ impl Batch {
     }
 }
 
-fn submit_and_wait(tx: &Sender<Request>, ops: Vec<IoOp>) -> io::Result<Vec<AlignedBuf>> {
-    if ops.is_empty() {
-        return Ok(Vec::new());
-    }
-    let (reply_tx, reply_rx) = sync_channel(1);
-    tx.send((ops, reply_tx))
-        .map_err(|_| io::Error::other("the I/O engine has stopped"))?;
-    reply_rx
-        .recv()
-        .map_err(|_| io::Error::other("the I/O engine dropped a batch"))?
-}
-
-type Request = (Vec<IoOp>, SyncSender<io::Result<Vec<AlignedBuf>>>);
-
 /// The engine's request channel, unless it has been shut down.
 fn sender<T>(slot: &Mutex<Option<Sender<T>>>) -> io::Result<Sender<T>> {
     slot.lock()
@@ -171,11 +158,18 @@ fn sender<T>(slot: &Mutex<Option<Sender<T>>>) -> io::Result<Sender<T>> {
         .ok_or_else(|| io::Error::other("the I/O engine has stopped"))
 }
 
-/// io_uring: one thread owns the ring, keeps up to `queue_depth` I/Os of any number of batches
-/// in flight, and completes batches as their last I/O finishes.
+/// io_uring without a hand-off: each thread that does I/O owns a ring (made by its first
+/// batch, dropped when the thread ends) and submits and waits on it itself. A batch's I/Os
+/// are in flight together, up to the ring's `queue_depth`. Two context switches per batch
+/// through a shared engine thread cost more than the I/O itself on a loaded machine.
 pub struct UringBackend {
-    tx: Mutex<Option<Sender<Request>>>,
-    thread: Mutex<Option<JoinHandle<()>>>,
+    file: Arc<File>,
+    queue_depth: u32,
+}
+
+thread_local! {
+    /// This thread's ring, made on first use.
+    static RING: RefCell<Option<IoUring>> = const { RefCell::new(None) };
 }
 
 impl UringBackend {
@@ -206,57 +200,24 @@ impl UringBackend {
         };
         ring.submit_and_wait(1)?;
         ring.completion().for_each(drop);
-        let (tx, rx) = channel::<Request>();
-        let thread = std::thread::Builder::new()
-            .name("cairn-uring".into())
-            .spawn(move || uring_loop(ring, file, rx))?;
         Ok(UringBackend {
-            tx: Mutex::new(Some(tx)),
-            thread: Mutex::new(Some(thread)),
+            file,
+            queue_depth: queue_depth.max(2),
         })
     }
 }
 
-const INDEX_BITS: u32 = 24;
-
-fn uring_loop(mut ring: IoUring, file: Arc<File>, rx: Receiver<Request>) {
-    let fd = types::Fd(file.as_raw_fd());
-    let mut batches: HashMap<u64, Batch> = HashMap::new();
-    let mut queued: VecDeque<(u64, usize)> = VecDeque::new();
-    let mut next_id: u64 = 0;
+/// Runs every op of `ops` on `ring`, at most the ring's size in flight at once. `Err(Lost)`
+/// means submission failed with I/O possibly still in flight: the kernel may yet write into
+/// the buffers, so neither they nor the ring may be freed.
+fn run_on_ring(ring: &mut IoUring, fd: types::Fd, ops: &mut [IoOp]) -> Result<(), RingError> {
+    let capacity = ring.params().sq_entries() as usize;
+    let mut next = 0;
     let mut in_flight = 0usize;
-    let in_flight_max = ring.params().sq_entries() as usize;
-    loop {
-        // Take new batches: block only when there is nothing else to do.
-        let mut take = |req: Request,
-                        batches: &mut HashMap<u64, Batch>,
-                        queued: &mut VecDeque<(u64, usize)>| {
-            let (ops, reply) = req;
-            let id = next_id;
-            next_id += 1;
-            queued.extend((0..ops.len()).map(|i| (id, i)));
-            batches.insert(id, Batch::new(ops, reply));
-        };
-        if in_flight == 0 && queued.is_empty() {
-            match rx.recv() {
-                Ok(req) => take(req, &mut batches, &mut queued),
-                Err(_) => return,
-            }
-        }
-        while let Ok(req) = rx.try_recv() {
-            take(req, &mut batches, &mut queued);
-        }
-        // Fill the submission queue, never beyond what the completion queue can hold.
-        while let Some(&(id, index)) = queued.front() {
-            if in_flight >= in_flight_max {
-                break;
-            }
-            let Some(op) = batches.get_mut(&id).and_then(|b| b.ops[index].as_mut()) else {
-                queued.pop_front();
-                continue;
-            };
-            let user_data = (id << INDEX_BITS) | index as u64;
-            let sqe = match op {
+    let mut error: Option<io::Error> = None;
+    while next < ops.len() || in_flight > 0 {
+        while next < ops.len() && in_flight < capacity {
+            let sqe = match &mut ops[next] {
                 IoOp::Read { buf, offset } => {
                     opcode::Read::new(fd, buf.as_mut_ptr(), buf.len() as u32)
                         .offset(*offset)
@@ -271,61 +232,49 @@ fn uring_loop(mut ring: IoUring, file: Arc<File>, rx: Receiver<Request>) {
                     .flags(types::FsyncFlags::DATASYNC)
                     .build(),
             }
-            .user_data(user_data);
-            // SAFETY: the buffer lives in `batches` until its completion is reaped below.
+            .user_data(next as u64);
+            // SAFETY: the buffer stays in `ops` until its completion is reaped below (or is
+            // leaked if the ring fails).
             if unsafe { ring.submission().push(&sqe) }.is_err() {
                 break;
             }
-            queued.pop_front();
+            next += 1;
             in_flight += 1;
-        }
-        if in_flight == 0 {
-            continue;
         }
         if let Err(e) = ring.submit_and_wait(1) {
             match e.raw_os_error() {
                 // Interrupted, or the kernel is busy: reap what completed, then try again.
                 Some(libc::EINTR) | Some(libc::EBUSY) | Some(libc::EAGAIN) => {}
-                _ => {
-                    tracing::error!(error = %e, "io_uring submission failed; the I/O engine stops");
-                    // The kernel may still use the buffers of submitted I/O: leak them rather
-                    // than free memory a DMA could still write.
-                    for (_, mut b) in batches.drain() {
-                        for op in b.ops.iter_mut() {
-                            if let Some(op) = op.take() {
-                                std::mem::forget(op);
-                            }
-                        }
-                        b.error = Some(io::Error::new(e.kind(), e.to_string()));
-                        b.finish();
-                    }
-                    std::mem::forget(ring);
-                    return;
-                }
+                _ => return Err(RingError::Lost(e)),
             }
         }
-        let completions: Vec<(u64, i32)> = ring
-            .completion()
-            .map(|c| (c.user_data(), c.result()))
-            .collect();
-        for (user_data, res) in completions {
+        for cqe in ring.completion() {
             in_flight -= 1;
-            let id = user_data >> INDEX_BITS;
-            let index = (user_data & ((1 << INDEX_BITS) - 1)) as usize;
-            let result = if res < 0 {
-                Err(io::Error::from_raw_os_error(-res))
-            } else {
-                Ok(res as usize)
+            let Some(op) = ops.get(cqe.user_data() as usize) else {
+                continue;
             };
-            if let Some(b) = batches.get_mut(&id) {
-                if b.complete(index, result) {
-                    if let Some(b) = batches.remove(&id) {
-                        b.finish();
-                    }
-                }
+            let expected = op.expected_len();
+            let res = cqe.result();
+            if res < 0 {
+                error.get_or_insert(io::Error::from_raw_os_error(-res));
+            } else if res as usize != expected {
+                error.get_or_insert_with(|| {
+                    io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        format!("short I/O: {res} of {expected} bytes"),
+                    )
+                });
             }
         }
     }
+    error.map_or(Ok(()), |e| Err(RingError::Io(e)))
+}
+
+enum RingError {
+    /// An op failed; every op has completed.
+    Io(io::Error),
+    /// The ring itself failed with ops maybe still in flight.
+    Lost(io::Error),
 }
 
 impl Backend for UringBackend {
@@ -333,24 +282,33 @@ impl Backend for UringBackend {
         "io_uring"
     }
 
-    fn run(&self, ops: Vec<IoOp>) -> io::Result<Vec<AlignedBuf>> {
-        if ops.len() >= 1 << INDEX_BITS {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "batch too large",
-            ));
+    fn run(&self, mut ops: Vec<IoOp>) -> io::Result<Vec<AlignedBuf>> {
+        if ops.is_empty() {
+            return Ok(Vec::new());
         }
-        let tx = sender(&self.tx)?;
-        submit_and_wait(&tx, ops)
-    }
-}
-
-impl Drop for UringBackend {
-    fn drop(&mut self) {
-        self.tx.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(t) = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take() {
-            let _ = t.join();
-        }
+        let fd = types::Fd(self.file.as_raw_fd());
+        RING.with(|slot| {
+            let mut slot = slot.borrow_mut();
+            if slot.is_none() {
+                *slot = Some(IoUring::new(self.queue_depth)?);
+            }
+            let ring = slot.as_mut().expect("made above");
+            match run_on_ring(ring, fd, &mut ops) {
+                Ok(()) => Ok(ops.into_iter().filter_map(IoOp::into_buf).collect()),
+                Err(RingError::Io(e)) => Err(e),
+                Err(RingError::Lost(e)) => {
+                    tracing::error!(error = %e, "io_uring submission failed; this thread's ring is abandoned");
+                    // The kernel may still use these buffers and this ring: leak both rather
+                    // than free memory a DMA could still write. The thread's next batch makes
+                    // a new ring.
+                    std::mem::forget(ops);
+                    if let Some(ring) = slot.take() {
+                        std::mem::forget(ring);
+                    }
+                    Err(e)
+                }
+            }
+        })
     }
 }
 

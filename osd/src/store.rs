@@ -32,6 +32,8 @@ pub const DB_DIR: &str = "db";
 #[serde(default, deny_unknown_fields)]
 pub struct StoreConfig {
     pub backend: BackendChoice,
+    /// I/Os in flight at once on each thread's io_uring ring (each thread that does I/O has
+    /// one: a few KiB of kernel memory).
     pub uring_queue_depth: u32,
     pub io_threads: usize,
     /// O_DIRECT on the data file (falls back to buffered I/O where the file system refuses it).
@@ -49,7 +51,7 @@ impl Default for StoreConfig {
         // the store may use in all.
         StoreConfig {
             backend: BackendChoice::Auto,
-            uring_queue_depth: 256,
+            uring_queue_depth: 64,
             io_threads: 16,
             direct_io: true,
             rocksdb_block_cache_bytes: 64 << 20,
