@@ -127,7 +127,9 @@ pub fn row(map: &OsdMap, pool: &Pool, pg: PgId, reports: &PgReports) -> PgRow {
             pool.min_size()
         );
         INACTIVE.to_string()
-    } else if stale.is_some() {
+    } else if stale.is_some() || from_primary.is_none() {
+        // No report from this primary (it just became one, or the mons just changed leader):
+        // nothing says the PG serves yet.
         blocked = format!("the primary has not reported on epoch {} yet", map.epoch);
         PEERING.to_string()
     } else if let Some(r) = blocked_report {
@@ -279,7 +281,8 @@ mod tests {
         let pool = &map.pools[&1];
         let pg = PgId { pool: 1, seed: 0 };
         let mut reports = PgReports::new();
-        assert_eq!(row(&map, pool, pg, &reports).state, ACTIVE_CLEAN);
+        // Without a report from its primary nothing says the PG serves.
+        assert_eq!(row(&map, pool, pg, &reports).state, PEERING);
         let primary = row(&map, pool, pg, &reports).primary.unwrap();
         let report = PgReport {
             osd: primary,
@@ -302,7 +305,7 @@ mod tests {
                 ..report
             },
         );
-        assert_eq!(row(&map, pool, pg, &reports).state, ACTIVE_CLEAN);
+        assert_eq!(row(&map, pool, pg, &reports).state, PEERING);
         reports.insert(
             pg,
             PgReport {
@@ -317,7 +320,12 @@ mod tests {
             (r.state.as_str(), r.blocked.as_str()),
             (PEERING, "waiting for osd.1")
         );
-        assert_eq!(summarize(&map, &reports).inactive_count, 1);
+        let s = summarize(&map, &reports);
+        assert!(
+            s.inactive.iter().any(|l| l.contains("waiting for osd.1")),
+            "{:?}",
+            s.inactive
+        );
         // An active report of an older map does not make the PG active in a newer one.
         reports.insert(
             pg,
@@ -406,8 +414,24 @@ mod tests {
     #[test]
     fn the_map_says_degraded_and_inactive() {
         let map = cluster(&[true, true, false]);
-        let s = summarize(&map, &PgReports::new());
+        let pool = &map.pools[&1];
+        let active: PgReports = all_pgs(1, pool)
+            .map(|pg| {
+                let osd = row(&map, pool, pg, &PgReports::new()).primary.unwrap();
+                let report = PgReport {
+                    osd,
+                    active: true,
+                    ..PgReport::default()
+                };
+                (pg, report)
+            })
+            .collect();
+        let s = summarize(&map, &active);
         assert_eq!(s.states.get(DEGRADED), Some(&8));
+        assert_eq!(
+            summarize(&map, &PgReports::new()).states.get(PEERING),
+            Some(&8)
+        );
         let map = cluster(&[true, false, false]);
         let s = summarize(&map, &PgReports::new());
         assert_eq!((s.states.get(INACTIVE), s.inactive_count), (Some(&8), 8));

@@ -73,6 +73,9 @@ pub struct MonNode {
     osd_io: Mutex<BTreeMap<u32, IoSample>>,
     /// The PGs each OSD is the primary of, as its last beacon reported them.
     pg_reports: Mutex<BTreeMap<u32, Vec<(PgId, PgReport)>>>,
+    /// The newest scrub and deep-scrub stamps any primary reported per PG: a new primary has
+    /// not scrubbed yet, but the PG was (kept in memory, like the reports).
+    scrub_stamps: Mutex<HashMap<PgId, (u64, u64)>>,
     /// Signs the second copy of each ticket, the one OSDs verify.
     pub osd_authority: TicketAuthority,
     /// Handed to OSDs (`ServiceKey`) so they can verify tickets.
@@ -104,6 +107,7 @@ impl MonNode {
             osd_usage: Mutex::new(BTreeMap::new()),
             osd_io: Mutex::new(BTreeMap::new()),
             pg_reports: Mutex::new(BTreeMap::new()),
+            scrub_stamps: Mutex::new(HashMap::new()),
             osd_authority: TicketAuthority::from_service_key(osd_service_key.clone()),
             osd_service_key,
             mds_liveness: MdsLiveness::default(),
@@ -225,6 +229,7 @@ impl MonNode {
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .insert(*osd, *usage);
+                self.note_scrub_stamps(pgs);
                 self.pg_reports
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
@@ -539,13 +544,35 @@ impl MonNode {
         q.intersection(&members).copied().collect()
     }
 
-    /// The PG reports of the OSDs up in `osdmap` (a report only counts from a PG's primary).
+    /// Keeps the newest scrub stamps of each PG in `pgs` (bounded by the PGs that exist:
+    /// stamps of removed pools go when the map no longer has them, at the next report).
+    fn note_scrub_stamps(&self, pgs: &[(PgId, PgReport)]) {
+        let mut stamps = self.scrub_stamps.lock().unwrap_or_else(|p| p.into_inner());
+        for (pg, r) in pgs {
+            let s = stamps.entry(*pg).or_default();
+            s.0 = s.0.max(r.last_scrub_ms);
+            s.1 = s.1.max(r.last_deep_scrub_ms);
+        }
+        let pools = self.shared.maps().osdmap.pools.clone();
+        stamps.retain(|pg, _| pools.get(&pg.pool).is_some_and(|p| pg.seed < p.pg_num));
+    }
+
+    /// The PG reports of the OSDs up in `osdmap` (a report only counts from a PG's primary),
+    /// each with the newest scrub stamps the PG has had.
     fn current_pg_reports(&self, osdmap: &OsdMap) -> PgReports {
         let reports = self.pg_reports.lock().unwrap_or_else(|p| p.into_inner());
+        let stamps = self.scrub_stamps.lock().unwrap_or_else(|p| p.into_inner());
         reports
             .iter()
             .filter(|(osd, _)| osdmap.osds.get(osd).is_some_and(|o| o.up))
             .flat_map(|(_, pgs)| pgs.iter().cloned())
+            .map(|(pg, mut r)| {
+                if let Some((light, deep)) = stamps.get(&pg) {
+                    r.last_scrub_ms = r.last_scrub_ms.max(*light);
+                    r.last_deep_scrub_ms = r.last_deep_scrub_ms.max(*deep);
+                }
+                (pg, r)
+            })
             .collect()
     }
 

@@ -19,8 +19,14 @@ pub struct PgRecord {
     pub objects: u64,
     pub scrub_errors: u64,
     pub scrubbing: bool,
+    /// When this OSD last scrubbed (deep-scrubbed) the PG; 0 when it has not, which the
+    /// mons show as the newest stamp any primary reported.
     pub last_scrub_ms: u64,
     pub last_deep_scrub_ms: u64,
+    /// For scheduling only, when the PG was never scrubbed here: the time its intervals run
+    /// from, spread over the interval so PGs do not all fall due at once. Never reported.
+    pub light_due_base_ms: u64,
+    pub deep_due_base_ms: u64,
     /// Object copies (shards) still to bring in line: in the activation under way, then in
     /// the background.
     pub recovery_left: u64,

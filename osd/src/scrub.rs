@@ -519,8 +519,9 @@ pub async fn repair_local_copy(
 const SCHEDULE_TICK: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Scrubs, one PG at a time, the clean PGs this OSD is the primary of once their interval
-/// has passed since the last scrub, deep or light, until `stop`. A PG first seen gets a
-/// last-scrub time spread over the interval, so PGs do not all come due at once.
+/// has passed since the last scrub, deep or light, until `stop`. A PG never scrubbed here
+/// counts its interval from a time spread over the interval, so PGs do not all come due at
+/// once; that time is for the schedule only, never reported as a scrub.
 pub async fn run_schedule(
     node: std::sync::Arc<OsdNode>,
     mut stop: tokio::sync::watch::Receiver<bool>,
@@ -587,13 +588,16 @@ fn due(node: &OsdNode, light_ms: u64, deep_ms: u64) -> Option<(PgId, bool)> {
             now.saturating_sub(h % interval.max(1))
         };
         let (last, last_deep) = node.pg_records.update(pg, |r| {
-            if r.last_scrub_ms == 0 {
-                r.last_scrub_ms = spread(light_ms);
+            if r.light_due_base_ms == 0 {
+                r.light_due_base_ms = spread(light_ms);
             }
-            if r.last_deep_scrub_ms == 0 {
-                r.last_deep_scrub_ms = spread(deep_ms);
+            if r.deep_due_base_ms == 0 {
+                r.deep_due_base_ms = spread(deep_ms);
             }
-            (r.last_scrub_ms, r.last_deep_scrub_ms)
+            (
+                r.last_scrub_ms.max(r.light_due_base_ms),
+                r.last_deep_scrub_ms.max(r.deep_due_base_ms),
+            )
         });
         if deep_ms > 0 && now >= last_deep + deep_ms {
             return Some((pg, true));

@@ -199,3 +199,68 @@ async fn checksum_failures_are_repaired_by_scrub() {
     assert_eq!(scrub_all(&rados, true, false).await.1, 0, "seed {seed}");
     assert!(!health_codes(&c).await.contains(&"PG_DAMAGED".to_string()));
 }
+
+/// Scrub stamps are the times PGs were scrubbed, never made up by the schedule, and a PG
+/// keeps its stamp when another OSD becomes its primary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn scrub_stamps_are_real_and_outlive_a_change_of_primary() {
+    let (c, rados) = cluster_with_pools(&[]).await;
+    let admin = c.admin();
+    let all_clean = || async {
+        let rows = admin.pg_list().await.ok()?;
+        rows.iter()
+            .all(|r| r.state == "active+clean")
+            .then_some(rows)
+    };
+    wait_for(Duration::from_secs(60), "every pg active+clean", all_clean).await;
+    // Past a tick of the schedule (10 s), which must not pass its plan off as scrubs.
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    let rows = admin.pg_list().await.expect("pg list");
+    let made_up: Vec<_> = rows
+        .iter()
+        .filter(|r| r.last_scrub_ms != 0 || r.last_deep_scrub_ms != 0)
+        .map(|r| r.pgid)
+        .collect();
+    assert!(
+        made_up.is_empty(),
+        "never scrubbed, yet stamped: {made_up:?}"
+    );
+
+    let before = cairn_common::now_ms();
+    scrub_all(&rados, true, false).await;
+    let rows = wait_for(Duration::from_secs(30), "every pg stamped", || async {
+        let rows = admin.pg_list().await.ok()?;
+        rows.iter()
+            .all(|r| r.last_scrub_ms >= before && r.last_deep_scrub_ms >= before)
+            .then_some(rows)
+    })
+    .await;
+    let moved: BTreeSet<PgId> = rows
+        .iter()
+        .filter(|r| r.primary == Some(0))
+        .map(|r| r.pgid)
+        .collect();
+    assert!(!moved.is_empty(), "osd.0 is the primary of some pgs");
+    c.cluster
+        .stop(Kind::Osd, "0", Duration::from_secs(10))
+        .expect("stop osd.0");
+    let rows = wait_for(
+        Duration::from_secs(60),
+        "new primaries serving osd.0's pgs",
+        || async {
+            let rows = admin.pg_list().await.ok()?;
+            rows.iter()
+                .filter(|r| moved.contains(&r.pgid))
+                .all(|r| r.primary.is_some_and(|p| p != 0) && r.state.starts_with("active"))
+                .then_some(rows)
+        },
+    )
+    .await;
+    for r in rows.iter().filter(|r| moved.contains(&r.pgid)) {
+        assert!(
+            r.last_deep_scrub_ms >= before,
+            "pg {} lost its scrub stamp with its primary: {r:?}",
+            r.pgid
+        );
+    }
+}
