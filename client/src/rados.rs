@@ -163,6 +163,15 @@ impl Rados {
         Ok(())
     }
 
+    fn pool_name(&self, id: u32) -> Result<String, ClientError> {
+        self.maps()
+            .osdmap
+            .pools
+            .get(&id)
+            .map(|p| p.name.clone())
+            .ok_or_else(|| ClientError::NotFound(format!("pool {id} does not exist")))
+    }
+
     fn pool(&self, name: &str) -> Result<(u32, Pool), ClientError> {
         self.maps()
             .osdmap
@@ -380,14 +389,7 @@ impl Rados {
         deep: bool,
         repair: bool,
     ) -> Result<ScrubResult, ClientError> {
-        let maps = self.maps();
-        let pool = maps
-            .osdmap
-            .pools
-            .get(&pg.pool)
-            .ok_or_else(|| ClientError::NotFound(format!("pool {} does not exist", pg.pool)))?
-            .name
-            .clone();
+        let pool = self.pool_name(pg.pool)?;
         let op = Op::Scrub(ScrubOp {
             pg: pg.seed,
             deep,
@@ -395,6 +397,15 @@ impl Rados {
         });
         let r = self.op_on(&pool, "", Some(pg.seed), op).await?;
         Ok(r.scrub.unwrap_or_default())
+    }
+
+    /// What the primary of `pg` knows of it (`cairn pg query`), as JSON.
+    pub async fn pg_query(&self, pg: PgId) -> Result<serde_json::Value, ClientError> {
+        let pool = self.pool_name(pg.pool)?;
+        let op = Op::PgQuery(PgQueryOp { pg: pg.seed });
+        let r = self.op_on(&pool, "", Some(pg.seed), op).await?;
+        serde_json::from_slice(&r.data)
+            .map_err(|e| ClientError::Protocol(format!("the primary answered garbage: {e}")))
     }
 
     /// The PG an object maps to and its acting OSDs (`cairn pg map`).

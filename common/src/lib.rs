@@ -40,6 +40,7 @@ pub mod proto {
                 Op::OmapGet(_) => "omap_get",
                 Op::List(_) => "list",
                 Op::Scrub(_) => "scrub",
+                Op::PgQuery(_) => "pg_query",
             }
         }
     }

@@ -27,6 +27,7 @@ pub mod node;
 pub mod onode;
 pub mod peering;
 pub mod pg;
+pub mod pg_detail;
 pub mod pg_stats;
 pub mod primary;
 pub mod recovery;

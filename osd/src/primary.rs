@@ -85,7 +85,13 @@ pub fn validate_object_name(name: &str) -> Result<(), String> {
 fn is_write(op: &Op) -> bool {
     !matches!(
         op,
-        Op::Read(_) | Op::Stat(_) | Op::GetXattrs(_) | Op::OmapGet(_) | Op::List(_) | Op::Scrub(_)
+        Op::Read(_)
+            | Op::Stat(_)
+            | Op::GetXattrs(_)
+            | Op::OmapGet(_)
+            | Op::List(_)
+            | Op::Scrub(_)
+            | Op::PgQuery(_)
     )
 }
 
@@ -116,7 +122,7 @@ struct Target {
 
 pub async fn handle_op(node: &OsdNode, req: OpRequest) -> OpReply {
     let writes = op_writes(&req);
-    let client_io = !matches!(op_of(&req), Some(Op::Scrub(_)));
+    let client_io = !matches!(op_of(&req), Some(Op::Scrub(_) | Op::PgQuery(_)));
     if client_io {
         node.recovery_throttle.client_io();
     }
@@ -195,6 +201,7 @@ fn route<'a>(
     let whole_pg = match op_of(req) {
         Some(Op::List(l)) => Some(l.pg),
         Some(Op::Scrub(s)) => Some(s.pg),
+        Some(Op::PgQuery(q)) => Some(q.pg),
         _ => None,
     };
     let pg = match whole_pg {
@@ -222,7 +229,10 @@ fn route<'a>(
             ),
         )
     })?;
-    if target.members.len() < pool.min_size() {
+    // A query is answered however few members are up: a PG that cannot serve is what one
+    // asks about.
+    let query = matches!(op_of(req), Some(Op::PgQuery(_)));
+    if target.members.len() < pool.min_size() && !query {
         return Err(refuse(
             OpResult::Retry,
             format!(
@@ -340,8 +350,18 @@ async fn serve(
         Err(e) => return reply(OpResult::Invalid, e),
     };
     let pg = node.pg(t.pg, t.me.shard);
-    let mut st = pg.state.lock().await;
     let epoch = maps.osdmap.epoch;
+    if let Op::PgQuery(_) = op {
+        let detail = crate::pg_detail::detail(node, &pg, &t.members, epoch).await;
+        return match serde_json::to_vec(&detail) {
+            Ok(data) => OpReply {
+                data,
+                ..reply(OpResult::Ok, "")
+            },
+            Err(e) => reply(OpResult::IoError, format!("cannot encode the answer: {e}")),
+        };
+    }
+    let mut st = pg.state.lock().await;
     // The op was routed with the map of its arrival; a newer one may have moved the PG while
     // it waited for the lock: route it again.
     let now = node.maps();

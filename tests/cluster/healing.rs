@@ -119,7 +119,7 @@ async fn a_returning_member_catches_up_in_the_background_and_is_never_taken_for_
         }
     }
     c.cluster.start(Kind::Osd, "0").unwrap();
-    wait_for(
+    let recovering = wait_for(
         Duration::from_secs(30),
         "a PG serving while it recovers",
         || async {
@@ -127,14 +127,31 @@ async fn a_returning_member_catches_up_in_the_background_and_is_never_taken_for_
             // Backfilling when osd.0 went down before its PGs first activated (it holds
             // nothing of them then).
             rows.iter()
-                .any(|r| {
+                .find(|r| {
                     r.state == "active+recovering+degraded"
                         || r.state == "active+backfilling+degraded"
                 })
-                .then_some(())
+                .map(|r| r.pgid)
         },
     )
     .await;
+    // Its primary says what recovery still owes whom: osd.0, the returning member.
+    let detail = rados.pg_query(recovering).await.expect("pg query");
+    let owed_to_osd0 = detail["members"]
+        .as_array()
+        .expect("members")
+        .iter()
+        .filter(|m| m["osd"] == 0)
+        .map(|m| m["copies_to_recover"].as_u64().unwrap_or(0))
+        .sum::<u64>();
+    assert!(
+        owed_to_osd0 > 0 || detail["state"]["recovery_objects_left"] == 0,
+        "seed {seed}: pg {recovering} recovers, yet its primary owes osd.0 nothing: {detail}"
+    );
+    assert!(
+        detail["activated_epoch"].as_u64().is_some(),
+        "seed {seed}: {detail}"
+    );
     // Reads of what osd.0 lacks recover those objects first: right, long before the rest.
     for ((pool, name), want) in missed.iter().step_by(7) {
         let got = rados.read_all(pool, name, 1 << 20).await.expect("read");

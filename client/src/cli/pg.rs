@@ -9,6 +9,9 @@ use cairn_common::placement::{all_pgs, PgId};
 use cairn_common::proto::ScrubResult;
 
 use super::emit;
+
+/// How long `pg query` waits for the PG's primary.
+const QUERY_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 use crate::Format;
 
 #[derive(Subcommand)]
@@ -20,7 +23,8 @@ pub enum PgCmd {
     /// Every PG with its state, members, objects and scrub times; only those whose state
     /// contains STATE when given (e.g. `inconsistent`, `degraded`, `peering`).
     Ls { state: Option<String> },
-    /// One PG in detail.
+    /// One PG in detail: the mons' row, and what its primary knows (the epoch it activated
+    /// for, its version and log, what recovery still owes each member, why it waits).
     Query { pgid: PgId },
     /// Compare every member's objects (versions, sizes, attributes, omap).
     Scrub {
@@ -63,8 +67,18 @@ pub async fn run(rados: &Rados, cmd: &PgCmd, format: Format) -> anyhow::Result<(
                 .into_iter()
                 .find(|r| r.pgid == *pgid)
                 .ok_or_else(|| anyhow::anyhow!("pg {pgid} does not exist"))?;
-            emit(format, &row, || {
-                serde_json::to_string_pretty(&row).unwrap_or_default() + "\n"
+            // What the primary itself knows; a PG whose primary does not answer still has
+            // the mons' row.
+            let primary = match tokio::time::timeout(QUERY_WAIT, rados.pg_query(*pgid)).await {
+                Ok(Ok(detail)) => detail,
+                Ok(Err(e)) => json!({ "error": e.to_string() }),
+                Err(_) => {
+                    json!({ "error": format!("the primary did not answer within {QUERY_WAIT:?}") })
+                }
+            };
+            let out = json!({ "pg": row, "primary": primary });
+            emit(format, &out, || {
+                serde_json::to_string_pretty(&out).unwrap_or_default() + "\n"
             })
         }
         PgCmd::Scrub { target } => scrub(rados, target, false, false, format).await,

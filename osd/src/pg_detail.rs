@@ -1,0 +1,125 @@
+//! `cairn pg query`: what a PG's primary knows of it — the epoch it activated for, its
+//! version and log, what recovery still has to bring to each member, why it does not serve.
+//! Answered without activating the PG: a stuck PG is what one asks about.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::members::Member;
+use crate::node::OsdNode;
+use crate::pg::{Pg, PgState};
+
+/// How long a query waits for the PG's lock (held by an op, an activation, or one object's
+/// recovery) before it answers with what it knows without it.
+const LOCK_WAIT: Duration = Duration::from_secs(2);
+/// Objects still to recover named in an answer.
+const OBJECTS_LISTED: usize = 20;
+
+#[derive(Debug, Serialize)]
+pub struct Detail {
+    pub primary: u32,
+    pub osdmap_epoch: u64,
+    /// The epoch the PG was activated for; `None` if not for this OSD's current map.
+    pub activated_epoch: Option<u64>,
+    /// Why the last activation failed, if it did.
+    pub blocked: String,
+    pub members: Vec<MemberDetail>,
+    /// The PG's state on the primary; `None` when its lock stayed held (`LOCK_WAIT`).
+    pub state: Option<StateDetail>,
+    pub objects: u64,
+    pub scrub_errors: u64,
+    pub scrubbing: bool,
+    pub last_scrub_ms: u64,
+    pub last_deep_scrub_ms: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct MemberDetail {
+    pub osd: u32,
+    /// The member's position for erasure-coded pools; -1 for replicated ones.
+    pub shard: i32,
+    /// Copies (shards) recovery still has to bring to this member.
+    pub copies_to_recover: u64,
+    /// It held nothing of the PG when the PG activated: it is being backfilled.
+    pub backfilling: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct StateDetail {
+    /// The newest version applied, and the log entries kept.
+    pub last_update: u64,
+    pub log_entries: usize,
+    /// Objects the primary's own copy lacks (recovered first when an op needs them).
+    pub primary_missing: usize,
+    /// Objects recovery still has to bring in line, and the first of them with the members
+    /// each goes to.
+    pub recovery_objects_left: usize,
+    pub recovering: BTreeMap<String, Vec<u32>>,
+    /// The primary holds a rollback stash of the PG's last erasure-coded write.
+    pub stashed: bool,
+}
+
+/// The detail of `pg` (of which this OSD is the primary, with `members`), at `epoch`.
+pub async fn detail(node: &OsdNode, pg: &Pg, members: &[Member], epoch: u64) -> Detail {
+    let record = node.pg_records.get(pg.id).unwrap_or_default();
+    let state = tokio::time::timeout(LOCK_WAIT, pg.state.lock()).await.ok();
+    let per_member = state
+        .as_deref()
+        .map(copies_per_member)
+        .unwrap_or_default();
+    let backfilling = |m: &Member| {
+        state
+            .as_deref()
+            .is_some_and(|st| st.empty_members.contains(m))
+    };
+    Detail {
+        primary: node.id,
+        osdmap_epoch: epoch,
+        activated_epoch: state.as_deref().and_then(|st| st.active),
+        blocked: record.blocked.clone(),
+        members: members
+            .iter()
+            .map(|m| MemberDetail {
+                osd: m.osd,
+                shard: m.shard,
+                copies_to_recover: per_member.get(m).copied().unwrap_or(0),
+                backfilling: backfilling(m),
+            })
+            .collect(),
+        state: state.as_deref().map(state_detail),
+        objects: record.objects,
+        scrub_errors: record.scrub_errors,
+        scrubbing: record.scrubbing,
+        last_scrub_ms: record.last_scrub_ms,
+        last_deep_scrub_ms: record.last_deep_scrub_ms,
+    }
+}
+
+/// Copies recovery still owes each member.
+fn copies_per_member(st: &PgState) -> BTreeMap<Member, u64> {
+    let mut out = BTreeMap::new();
+    for pending in st.recovery.values() {
+        for (m, _) in &pending.targets {
+            *out.entry(*m).or_default() += 1;
+        }
+    }
+    out
+}
+
+fn state_detail(st: &PgState) -> StateDetail {
+    StateDetail {
+        last_update: st.last_update,
+        log_entries: st.entries().count(),
+        primary_missing: st.missing.len(),
+        recovery_objects_left: st.recovery.len(),
+        recovering: st
+            .recovery
+            .iter()
+            .take(OBJECTS_LISTED)
+            .map(|(name, p)| (name.clone(), p.targets.iter().map(|(m, _)| m.osd).collect()))
+            .collect(),
+        stashed: st.stashed,
+    }
+}
