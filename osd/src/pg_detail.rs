@@ -65,10 +65,7 @@ pub struct StateDetail {
 pub async fn detail(node: &OsdNode, pg: &Pg, members: &[Member], epoch: u64) -> Detail {
     let record = node.pg_records.get(pg.id).unwrap_or_default();
     let state = tokio::time::timeout(LOCK_WAIT, pg.state.lock()).await.ok();
-    let per_member = state
-        .as_deref()
-        .map(copies_per_member)
-        .unwrap_or_default();
+    let per_member = state.as_deref().map(copies_per_member).unwrap_or_default();
     let backfilling = |m: &Member| {
         state
             .as_deref()

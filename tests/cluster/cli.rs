@@ -243,6 +243,15 @@ fn dev_cluster_and_admin_commands_work_from_the_command_line() {
         s.starts_with("72 pgs: 72 active+clean; ")
     });
     assert!(stat.starts_with("72 pgs: 72 active+clean; "), "{stat}");
+    // pg query: the mons' row and the primary's own account.
+    let query: serde_json::Value =
+        serde_json::from_str(&ok(&dir, &["pg", "query", "1.0"])).unwrap();
+    assert_eq!(query["pg"]["state"], "active+clean", "{query}");
+    assert!(query["primary"]["activated_epoch"].is_u64(), "{query}");
+    assert_eq!(
+        query["primary"]["state"]["recovery_objects_left"], 0,
+        "{query}"
+    );
 
     // A dead mon shows in health detail; dev start brings it back.
     ok(&dir, &["dev", "kill", "mon", "c"]);
