@@ -314,7 +314,7 @@ async fn up(
     let mut status = wait_healthy(&client, &config, osds, HEALTHY_TIMEOUT).await?;
     if let Some(fs) = add_filesystem(&cluster, &client, &shape, osds).await? {
         wait_fs_active(&client, &fs, HEALTHY_TIMEOUT).await?;
-        status = client.status().await?;
+        status = wait_pgs_active(&client, HEALTHY_TIMEOUT).await?;
     }
     let conf = cluster.config_path();
     emit(
@@ -387,6 +387,29 @@ async fn wait_fs_active(client: &MonClient, name: &str, limit: Duration) -> anyh
             bail!(
                 "filesystem {name} has no serving MDS after {} s",
                 limit.as_secs()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Polls until every PG is active: a new pool's PGs are `peering` until their primaries
+/// report them (a beacon or so).
+async fn wait_pgs_active(
+    client: &MonClient,
+    limit: Duration,
+) -> anyhow::Result<cairn_common::status::ClusterStatus> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let s = client.status().await?;
+        if s.pg_states.keys().all(|state| state.starts_with("active")) {
+            return Ok(s);
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "the PGs did not become active within {} s: {:?}",
+                limit.as_secs(),
+                s.pg_states
             );
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
