@@ -553,8 +553,13 @@ impl MonNode {
             s.0 = s.0.max(r.last_scrub_ms);
             s.1 = s.1.max(r.last_deep_scrub_ms);
         }
-        let pools = self.shared.maps().osdmap.pools.clone();
-        stamps.retain(|pg, _| pools.get(&pg.pool).is_some_and(|p| pg.seed < p.pg_num));
+        let maps = self.shared.maps();
+        stamps.retain(|pg, _| {
+            maps.osdmap
+                .pools
+                .get(&pg.pool)
+                .is_some_and(|p| pg.seed < p.pg_num)
+        });
     }
 
     /// The PG reports of the OSDs up in `osdmap` (a report only counts from a PG's primary),

@@ -290,7 +290,18 @@ impl Backend for UringBackend {
         RING.with(|slot| {
             let mut slot = slot.borrow_mut();
             if slot.is_none() {
-                *slot = Some(IoUring::new(self.queue_depth)?);
+                match IoUring::new(self.queue_depth) {
+                    Ok(ring) => *slot = Some(ring),
+                    Err(e) => {
+                        // Out of ring memory (locked-memory limits on older kernels count
+                        // every ring): this batch runs with pread/pwrite, the next tries again.
+                        tracing::warn!(error = %e, "cannot make this thread's io_uring ring; using pread/pwrite for this batch");
+                        for op in &mut ops {
+                            run_sync(&self.file, op)?;
+                        }
+                        return Ok(ops.into_iter().filter_map(IoOp::into_buf).collect());
+                    }
+                }
             }
             let ring = slot.as_mut().expect("made above");
             match run_on_ring(ring, fd, &mut ops) {
@@ -343,6 +354,15 @@ impl ThreadBackend {
     }
 }
 
+/// Runs one op with pread/pwrite/fdatasync on the calling thread; answers the bytes moved.
+fn run_sync(file: &File, op: &mut IoOp) -> io::Result<usize> {
+    match op {
+        IoOp::Read { buf, offset } => file.read_exact_at(buf, *offset).map(|_| buf.len()),
+        IoOp::Write { buf, offset } => file.write_all_at(buf, *offset).map(|_| buf.len()),
+        IoOp::Sync => file.sync_data().map(|_| 0),
+    }
+}
+
 fn thread_loop(file: &File, rx: &Mutex<Receiver<Job>>) {
     loop {
         let job = match rx.lock().unwrap_or_else(|p| p.into_inner()).recv() {
@@ -352,15 +372,10 @@ fn thread_loop(file: &File, rx: &Mutex<Receiver<Job>>) {
         // Take the op out so the I/O runs without holding the batch lock.
         let op = job.batch.lock().unwrap_or_else(|p| p.into_inner()).ops[job.index].take();
         let (op, result) = match op {
-            Some(IoOp::Read { mut buf, offset }) => {
-                let r = file.read_exact_at(&mut buf, offset).map(|_| buf.len());
-                (Some(IoOp::Read { buf, offset }), r)
+            Some(mut op) => {
+                let r = run_sync(file, &mut op);
+                (Some(op), r)
             }
-            Some(IoOp::Write { buf, offset }) => {
-                let r = file.write_all_at(&buf, offset).map(|_| buf.len());
-                (Some(IoOp::Write { buf, offset }), r)
-            }
-            Some(IoOp::Sync) => (Some(IoOp::Sync), file.sync_data().map(|_| 0)),
             None => (None, Err(io::Error::other("op ran twice"))),
         };
         let mut batch = job.batch.lock().unwrap_or_else(|p| p.into_inner());
