@@ -8,6 +8,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::auth::SecretKey;
 use crate::maps::{FailureDomain, PoolKind};
+use crate::pg_states::ScrubStamps;
+use crate::placement::PgId;
 
 /// Most PGs one pool may have, and most pools: every client computes placement over them.
 pub const POOL_PG_NUM_MAX: u32 = 65_536;
@@ -171,6 +173,11 @@ pub enum Command {
         name: String,
         instance: String,
     },
+    /// Scrub stamps PGs' primaries reported, newer than the committed ones (the mons propose
+    /// it from the OSDs' beacons, never a client). Each PG keeps the newer of its stamps.
+    ScrubStamps {
+        stamps: Vec<(PgId, ScrubStamps)>,
+    },
 }
 
 impl Command {
@@ -200,6 +207,7 @@ impl Command {
             Command::MdsBoot { .. } => "mds boot",
             Command::MdsFailed { .. } => "mds failed",
             Command::MdsServing { .. } => "mds serving",
+            Command::ScrubStamps { .. } => "pg scrub stamps",
         }
     }
 }

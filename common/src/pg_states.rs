@@ -65,6 +65,33 @@ pub struct PgReport {
 
 pub type PgReports = BTreeMap<PgId, PgReport>;
 
+/// When a PG last finished a scrub and a deep scrub (ms since the Unix epoch; 0: never). The
+/// mons commit them, so a PG keeps its stamps when its primary or the mon leader changes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScrubStamps {
+    pub light_ms: u64,
+    pub deep_ms: u64,
+}
+
+impl ScrubStamps {
+    pub fn of(report: &PgReport) -> ScrubStamps {
+        ScrubStamps {
+            light_ms: report.last_scrub_ms,
+            deep_ms: report.last_deep_scrub_ms,
+        }
+    }
+
+    /// Stamps only move forward: each keeps the newer of the two.
+    pub fn merge(&mut self, other: ScrubStamps) {
+        self.light_ms = self.light_ms.max(other.light_ms);
+        self.deep_ms = self.deep_ms.max(other.deep_ms);
+    }
+
+    pub fn is_newer_than(&self, other: &ScrubStamps) -> bool {
+        self.light_ms > other.light_ms || self.deep_ms > other.deep_ms
+    }
+}
+
 /// One line of `cairn pg ls`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PgRow {

@@ -18,7 +18,7 @@ use cairn_common::command::{Command, CommandOutcome, Forwarded, PeerFailureRepor
 use cairn_common::config::MonSettings;
 use cairn_common::health::{self, HealthInput};
 use cairn_common::maps::{mon_node_id, validate_daemon_name, MonInfo, OsdMap};
-use cairn_common::pg_states::{PgReport, PgReports};
+use cairn_common::pg_states::{PgReport, PgReports, ScrubStamps};
 use cairn_common::placement::PgId;
 use cairn_common::proto::mon_client::MonClient as MonRpcClient;
 use cairn_common::proto::mon_peer_client::MonPeerClient;
@@ -73,9 +73,6 @@ pub struct MonNode {
     osd_io: Mutex<BTreeMap<u32, IoSample>>,
     /// The PGs each OSD is the primary of, as its last beacon reported them.
     pg_reports: Mutex<BTreeMap<u32, Vec<(PgId, PgReport)>>>,
-    /// The newest scrub and deep-scrub stamps any primary reported per PG: a new primary has
-    /// not scrubbed yet, but the PG was (kept in memory, like the reports).
-    scrub_stamps: Mutex<HashMap<PgId, (u64, u64)>>,
     /// Signs the second copy of each ticket, the one OSDs verify.
     pub osd_authority: TicketAuthority,
     /// Handed to OSDs (`ServiceKey`) so they can verify tickets.
@@ -107,7 +104,6 @@ impl MonNode {
             osd_usage: Mutex::new(BTreeMap::new()),
             osd_io: Mutex::new(BTreeMap::new()),
             pg_reports: Mutex::new(BTreeMap::new()),
-            scrub_stamps: Mutex::new(HashMap::new()),
             osd_authority: TicketAuthority::from_service_key(osd_service_key.clone()),
             osd_service_key,
             mds_liveness: MdsLiveness::default(),
@@ -229,7 +225,7 @@ impl MonNode {
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .insert(*osd, *usage);
-                self.note_scrub_stamps(pgs);
+                self.commit_scrub_stamps(pgs).await;
                 self.pg_reports
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
@@ -544,41 +540,49 @@ impl MonNode {
         q.intersection(&members).copied().collect()
     }
 
-    /// Keeps the newest scrub stamps of each PG in `pgs` (bounded by the PGs that exist:
-    /// stamps of removed pools go when the map no longer has them, at the next report).
-    fn note_scrub_stamps(&self, pgs: &[(PgId, PgReport)]) {
-        let mut stamps = self.scrub_stamps.lock().unwrap_or_else(|p| p.into_inner());
-        for (pg, r) in pgs {
-            let s = stamps.entry(*pg).or_default();
-            s.0 = s.0.max(r.last_scrub_ms);
-            s.1 = s.1.max(r.last_deep_scrub_ms);
-        }
-        let maps = self.shared.maps();
-        stamps.retain(|pg, _| {
-            maps.osdmap
-                .pools
-                .get(&pg.pool)
-                .is_some_and(|p| pg.seed < p.pg_num)
+    /// Commits the scrub stamps in `pgs` that are newer than the committed ones: a new
+    /// primary has not scrubbed yet, but the PG was, and a new leader must know it too. Only
+    /// scrubs change stamps, so this proposes rarely; a failed proposal is left to the next
+    /// beacon, which reports the same stamps again.
+    async fn commit_scrub_stamps(&self, pgs: &[(PgId, PgReport)]) {
+        let newer: Vec<(PgId, ScrubStamps)> = self.shared.read(|a| {
+            pgs.iter()
+                .map(|(pg, r)| (*pg, ScrubStamps::of(r)))
+                .filter(|(pg, s)| s.is_newer_than(&a.state.scrub_stamps_of(*pg)))
+                .collect()
         });
+        if newer.is_empty() {
+            return;
+        }
+        let why = match self
+            .propose_own(Command::ScrubStamps { stamps: newer })
+            .await
+        {
+            Ok(()) => return,
+            Err(Attempt::Retry(why)) => why,
+            Err(Attempt::Fail(status)) => status.message().to_string(),
+        };
+        tracing::debug!(%why, "scrub stamps not committed; the next beacon reports them again");
     }
 
     /// The PG reports of the OSDs up in `osdmap` (a report only counts from a PG's primary),
     /// each with the newest scrub stamps the PG has had.
     fn current_pg_reports(&self, osdmap: &OsdMap) -> PgReports {
         let reports = self.pg_reports.lock().unwrap_or_else(|p| p.into_inner());
-        let stamps = self.scrub_stamps.lock().unwrap_or_else(|p| p.into_inner());
-        reports
-            .iter()
-            .filter(|(osd, _)| osdmap.osds.get(osd).is_some_and(|o| o.up))
-            .flat_map(|(_, pgs)| pgs.iter().cloned())
-            .map(|(pg, mut r)| {
-                if let Some((light, deep)) = stamps.get(&pg) {
-                    r.last_scrub_ms = r.last_scrub_ms.max(*light);
-                    r.last_deep_scrub_ms = r.last_deep_scrub_ms.max(*deep);
-                }
-                (pg, r)
-            })
-            .collect()
+        self.shared.read(|a| {
+            reports
+                .iter()
+                .filter(|(osd, _)| osdmap.osds.get(osd).is_some_and(|o| o.up))
+                .flat_map(|(_, pgs)| pgs.iter().cloned())
+                .map(|(pg, mut r)| {
+                    let mut stamps = ScrubStamps::of(&r);
+                    stamps.merge(a.state.scrub_stamps_of(pg));
+                    r.last_scrub_ms = stamps.light_ms;
+                    r.last_deep_scrub_ms = stamps.deep_ms;
+                    (pg, r)
+                })
+                .collect()
+        })
     }
 
     async fn status(&self) -> ClusterStatus {

@@ -130,6 +130,11 @@ fn authorize_command(ticket: &Ticket, cmd: &Command) -> Result<(), Status> {
                 cmd.label()
             )))
         }
+        Command::ScrubStamps { .. } => {
+            return Err(Status::permission_denied(
+                "scrub stamps are committed by the monitors from the OSDs' beacons",
+            ))
+        }
         Command::OsdBoot { id, .. } if ticket.entity != format!("osd.{id}") => Need::All,
         Command::OsdBoot { .. }
         | Command::ConfigSet { .. }

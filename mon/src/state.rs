@@ -9,6 +9,8 @@ use cairn_common::command::{
     CONFIG_OPTIONS_MAX, ENTITIES_MAX,
 };
 use cairn_common::maps::{ClusterMaps, EntityInfo, MonInfo, OsdMap};
+use cairn_common::pg_states::ScrubStamps;
+use cairn_common::placement::PgId;
 use serde::{Deserialize, Serialize};
 
 use crate::{fsmap_change, osdmap_change};
@@ -29,7 +31,13 @@ pub struct ClusterState {
     /// past intervals of a PG may have accepted writes (peering).
     #[serde(default)]
     pub osdmap_history: VecDeque<OsdMap>,
+    /// Each PG's newest scrub stamps, by pool then seed (only PGs that exist).
+    #[serde(default)]
+    pub scrub_stamps: BTreeMap<u32, BTreeMap<u32, ScrubStamps>>,
 }
+
+/// Most PGs one `ScrubStamps` command may carry (an OSD's beacon reports at most this many).
+pub const SCRUB_STAMPS_PER_COMMAND_MAX: usize = 65_536;
 
 /// OSD maps the mons keep.
 pub const OSDMAP_HISTORY_MAX: usize = 2000;
@@ -53,6 +61,36 @@ impl ClusterState {
         let key = self.secrets.get(entity)?.clone();
         let caps = self.maps.auth.entities.get(entity)?.caps.clone();
         Some((key, caps))
+    }
+
+    /// A PG's committed scrub stamps (zero when it was never scrubbed).
+    pub fn scrub_stamps_of(&self, pg: PgId) -> ScrubStamps {
+        self.scrub_stamps
+            .get(&pg.pool)
+            .and_then(|seeds| seeds.get(&pg.seed))
+            .copied()
+            .unwrap_or_default()
+    }
+
+    fn pg_exists(&self, pg: PgId) -> bool {
+        self.maps
+            .osdmap
+            .pools
+            .get(&pg.pool)
+            .is_some_and(|p| pg.seed < p.pg_num)
+    }
+
+    /// Drops the stamps of PGs the OSD map no longer has, so they stay bounded by the PGs.
+    fn prune_scrub_stamps(&mut self) {
+        let pools = &self.maps.osdmap.pools;
+        self.scrub_stamps
+            .retain(|pool, seeds| match pools.get(pool) {
+                Some(p) => {
+                    seeds.retain(|seed, _| *seed < p.pg_num);
+                    !seeds.is_empty()
+                }
+                None => false,
+            });
     }
 
     /// The outcome of a request already applied, if it is still remembered.
@@ -152,6 +190,10 @@ impl ClusterState {
                 self.require_entity(entity)
             }
             Command::AuthRm { entity } => self.require_entity(entity),
+            Command::ScrubStamps { stamps } if stamps.len() > SCRUB_STAMPS_PER_COMMAND_MAX => Err(
+                format!("at most {SCRUB_STAMPS_PER_COMMAND_MAX} PGs' stamps per command"),
+            ),
+            Command::ScrubStamps { .. } => Ok(()),
             _ => Err(format!("internal: {} has no check", cmd.label())),
         }
     }
@@ -169,6 +211,7 @@ impl ClusterState {
         let before = self.maps.osdmap.epoch;
         let outcome = self.apply_command(cmd);
         if self.maps.osdmap.epoch != before {
+            self.prune_scrub_stamps();
             self.osdmap_history.push_back(self.maps.osdmap.clone());
             while self.osdmap_history.len() > OSDMAP_HISTORY_MAX {
                 self.osdmap_history.pop_front();
@@ -251,6 +294,21 @@ impl ClusterState {
                 maps.auth.epoch += 1;
                 done(maps.auth.epoch, format!("removed {entity}"))
             }
+            Command::ScrubStamps { stamps } => {
+                let mut noted = 0;
+                for (pg, stamp) in stamps {
+                    // PGs of removed pools (the report crossed the removal) are not kept.
+                    if self.pg_exists(pg) {
+                        let seeds = self.scrub_stamps.entry(pg.pool).or_default();
+                        seeds.entry(pg.seed).or_default().merge(stamp);
+                        noted += 1;
+                    }
+                }
+                done(
+                    self.maps.osdmap.epoch,
+                    format!("noted the scrub stamps of {noted} pgs"),
+                )
+            }
             other => CommandOutcome::Refused {
                 reason: format!("internal: {} is not applied here", other.label()),
             },
@@ -293,6 +351,60 @@ mod tests {
         });
         assert!(matches!(out, CommandOutcome::Done { .. }));
         s
+    }
+
+    /// A bootstrapped state with one OSD and a replicated pool of size 1 named `p` (pool 1, 8 PGs).
+    fn with_pool() -> ClusterState {
+        let mut s = bootstrapped();
+        let boot = s.apply(Command::OsdBoot {
+            id: 0,
+            addr: "127.0.0.1:1".into(),
+            host: "h".into(),
+            weight: 1.0,
+            capacity_bytes: 1 << 30,
+        });
+        assert!(matches!(boot, CommandOutcome::Done { .. }), "{boot:?}");
+        let create = s.apply(Command::PoolCreate {
+            name: "p".into(),
+            pg_num: 8,
+            kind: cairn_common::maps::PoolKind::Replicated {
+                size: 1,
+                min_size: 1,
+            },
+            failure_domain: cairn_common::maps::FailureDomain::Osd,
+        });
+        assert!(matches!(create, CommandOutcome::Done { .. }), "{create:?}");
+        s
+    }
+
+    #[test]
+    fn scrub_stamps_only_move_forward_and_go_with_their_pool() {
+        let mut s = with_pool();
+        let pg = |seed| PgId { pool: 1, seed };
+        let stamp = |light_ms, deep_ms| ScrubStamps { light_ms, deep_ms };
+        let epoch = s.maps.osdmap.epoch;
+        s.apply(Command::ScrubStamps {
+            stamps: vec![(pg(0), stamp(10, 20)), (pg(1), stamp(5, 0))],
+        });
+        assert_eq!(s.maps.osdmap.epoch, epoch, "stamps are not part of the map");
+        // An older report (a primary that has not scrubbed since) changes nothing; PGs that do
+        // not exist are not kept.
+        s.apply(Command::ScrubStamps {
+            stamps: vec![
+                (pg(0), stamp(15, 1)),
+                (pg(8), stamp(1, 1)),
+                (PgId { pool: 9, seed: 0 }, stamp(1, 1)),
+            ],
+        });
+        assert_eq!(s.scrub_stamps_of(pg(0)), stamp(15, 20));
+        assert_eq!(s.scrub_stamps_of(pg(1)), stamp(5, 0));
+        assert_eq!(s.scrub_stamps_of(pg(8)), ScrubStamps::default());
+        assert_eq!(s.scrub_stamps.len(), 1);
+        assert_eq!(s.scrub_stamps[&1].len(), 2);
+
+        let rm = s.apply(Command::PoolRm { name: "p".into() });
+        assert!(matches!(rm, CommandOutcome::Done { .. }), "{rm:?}");
+        assert!(s.scrub_stamps.is_empty(), "{:?}", s.scrub_stamps);
     }
 
     #[test]

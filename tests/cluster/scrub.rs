@@ -201,9 +201,9 @@ async fn checksum_failures_are_repaired_by_scrub() {
 }
 
 /// Scrub stamps are the times PGs were scrubbed, never made up by the schedule, and a PG
-/// keeps its stamp when another OSD becomes its primary.
+/// keeps its stamp when another OSD becomes its primary and when the mon leader changes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn scrub_stamps_are_real_and_outlive_a_change_of_primary() {
+async fn scrub_stamps_are_real_and_outlive_a_change_of_primary_and_of_leader() {
     let (c, rados) = cluster_with_pools(&[]).await;
     let admin = c.admin();
     let all_clean = || async {
@@ -260,6 +260,33 @@ async fn scrub_stamps_are_real_and_outlive_a_change_of_primary() {
         assert!(
             r.last_deep_scrub_ms >= before,
             "pg {} lost its scrub stamp with its primary: {r:?}",
+            r.pgid
+        );
+    }
+
+    // The stamps are committed, not kept in the leader's memory: a new leader has them.
+    let leader = c.leader().await;
+    c.kill(&leader);
+    let rows = wait_for(
+        Duration::from_secs(60),
+        "a new leader reporting osd.0's pgs",
+        || async {
+            let status = admin.status().await.ok()?;
+            if status.leader.as_deref().is_none_or(|l| l == leader) {
+                return None;
+            }
+            let rows = admin.pg_list().await.ok()?;
+            rows.iter()
+                .filter(|r| moved.contains(&r.pgid))
+                .all(|r| r.state.starts_with("active"))
+                .then_some(rows)
+        },
+    )
+    .await;
+    for r in rows.iter().filter(|r| moved.contains(&r.pgid)) {
+        assert!(
+            r.last_deep_scrub_ms >= before,
+            "pg {} lost its scrub stamp with the leader mon: {r:?}",
             r.pgid
         );
     }
