@@ -5,6 +5,7 @@
 //! the store commits them.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use rocksdb::WriteBatch;
 
@@ -13,7 +14,7 @@ use crate::allocator::Run;
 use crate::error::{Result, StoreError};
 use crate::extents::{Extent, Piece};
 use crate::onode::*;
-use crate::store::ObjectStore;
+use crate::store::{put_whole_onode, ObjectStore};
 use crate::txn::Op;
 use crate::BLOCK_BYTES;
 
@@ -36,6 +37,9 @@ pub struct Plan<'a> {
     store: &'a ObjectStore,
     /// Objects touched: `None` once removed.
     onodes: BTreeMap<ObjKey, Option<Onode>>,
+    /// The committed state of each object touched (`None`: it did not exist), which the batch
+    /// compares against so it rewrites only what changed.
+    bases: BTreeMap<ObjKey, Option<Arc<Onode>>>,
     omaps: BTreeMap<ObjKey, OmapOverlay>,
     collections: BTreeMap<String, bool>,
     /// Data to write before commit: first physical block → whole blocks.
@@ -56,6 +60,7 @@ impl<'a> Plan<'a> {
         Plan {
             store,
             onodes: BTreeMap::new(),
+            bases: BTreeMap::new(),
             omaps: BTreeMap::new(),
             collections: BTreeMap::new(),
             pending: HashMap::new(),
@@ -188,8 +193,9 @@ impl<'a> Plan<'a> {
         }
         let k = key(coll, oid);
         if !self.onodes.contains_key(&k) {
-            let onode = self.store.get_onode(coll, oid)?.map(|o| (*o).clone());
-            self.onodes.insert(k.clone(), onode);
+            let base = self.store.get_onode(coll, oid)?;
+            self.onodes.insert(k.clone(), base.as_deref().cloned());
+            self.bases.insert(k.clone(), base);
         }
         Ok(self.onodes.get_mut(&k).and_then(|o| o.as_mut()))
     }
@@ -304,17 +310,22 @@ impl<'a> Plan<'a> {
         let b0 = offset / B;
         let b1 = end.div_ceil(B);
         let n = (b1 - b0) as usize;
-        let mut buf = AlignedBuf::zeroed(n * BLOCK_BYTES);
-        if !offset.is_multiple_of(B) {
-            let head = self.read_block(coll, oid, b0)?;
-            buf[..BLOCK_BYTES].copy_from_slice(&head);
-        }
-        if !end.is_multiple_of(B) && (n > 1 || offset.is_multiple_of(B)) {
-            let tail = self.read_block(coll, oid, b1 - 1)?;
-            buf[(n - 1) * BLOCK_BYTES..].copy_from_slice(&tail);
-        }
         let at = (offset - b0 * B) as usize;
-        buf[at..at + data.len()].copy_from_slice(data);
+        let data_end = at + data.len();
+        let mut buf = AlignedBuf::with_data(n * BLOCK_BYTES, at, data);
+        // Partial first and last blocks keep the bytes around the data (one block may be both).
+        let tail_from = (n - 1) * BLOCK_BYTES;
+        if at > 0 {
+            let head = self.read_block(coll, oid, b0)?;
+            buf[..at].copy_from_slice(&head[..at]);
+            if n == 1 {
+                buf[data_end..].copy_from_slice(&head[data_end..]);
+            }
+        }
+        if data_end < n * BLOCK_BYTES && (n > 1 || at == 0) {
+            let tail = self.read_block(coll, oid, b1 - 1)?;
+            buf[data_end..].copy_from_slice(&tail[data_end - tail_from..]);
+        }
         match self.deferrable(coll, oid, b0, b1, data.len())? {
             Some(pblocks) => self.defer(coll, oid, b0, &pblocks, &buf)?,
             None => self.place(coll, oid, b0, buf)?,
@@ -537,11 +548,8 @@ impl<'a> Plan<'a> {
                 batch.delete(collection_key(coll));
             }
         }
-        for ((coll, oid), onode) in &self.onodes {
-            match onode {
-                Some(o) => batch.put(onode_key(coll, oid), o.encode()),
-                None => batch.delete(onode_key(coll, oid)),
-            }
+        for (k, onode) in &self.onodes {
+            put_onode(&mut batch, k, onode.as_ref(), self.bases.get(k));
         }
         for ((coll, oid), overlay) in &self.omaps {
             if overlay.cleared {
@@ -556,6 +564,38 @@ impl<'a> Plan<'a> {
             }
         }
         Ok((batch, records))
+    }
+}
+
+/// Puts the changes to one object: its record if its size or attributes changed, the extent
+/// shards whose content changed, or the deletion of all of it.
+fn put_onode(
+    batch: &mut WriteBatch,
+    (coll, oid): &ObjKey,
+    onode: Option<&Onode>,
+    base: Option<&Option<Arc<Onode>>>,
+) {
+    let shard_prefix = extent_shard_prefix(coll, oid);
+    let Some(o) = onode else {
+        batch.delete(onode_key(coll, oid));
+        batch.delete_range(&shard_prefix, &prefix_end(&shard_prefix));
+        return;
+    };
+    let Some(base) = base else {
+        // Every object is loaded before it changes; if one were not, replace it whole.
+        put_whole_onode(batch, &onode_key(coll, oid), &shard_prefix, o);
+        return;
+    };
+    let base = base.as_deref();
+    if base.is_none_or(|b| o.meta_differs(b)) {
+        batch.put(onode_key(coll, oid), o.encode_meta());
+    }
+    for (shard, record) in changed_shards(base.map(|b| &b.extents), &o.extents) {
+        let k = extent_shard_key(coll, oid, shard);
+        match record {
+            Some(r) => batch.put(k, r),
+            None => batch.delete(k),
+        }
     }
 }
 

@@ -158,6 +158,23 @@ impl ExtentMap {
     pub fn end(&self) -> u64 {
         self.map.values().next_back().map(Extent::end).unwrap_or(0)
     }
+
+    /// The map cut into shards of `shard_blocks` logical blocks: shard `s` holds the parts of
+    /// extents inside `[s * shard_blocks, (s + 1) * shard_blocks)`. Shards with no data are
+    /// left out.
+    pub fn shards(&self, shard_blocks: u64) -> BTreeMap<u64, Vec<Extent>> {
+        let mut out: BTreeMap<u64, Vec<Extent>> = BTreeMap::new();
+        for e in self.map.values() {
+            let mut at = e.lblock;
+            while at < e.end() {
+                let shard = at / shard_blocks;
+                let part = e.slice(at, (shard + 1) * shard_blocks);
+                at = part.end();
+                out.entry(shard).or_default().push(part);
+            }
+        }
+        out
+    }
 }
 
 #[cfg(test)]
@@ -202,6 +219,20 @@ mod tests {
         assert_eq!(m.end(), 12);
         m.insert(ext(2, 200, 3));
         assert!(matches!(m.pieces(2, 5)[0], Piece::Data(_)));
+    }
+
+    #[test]
+    fn shards_cut_extents_at_shard_boundaries() {
+        let m = ExtentMap::from_extents([ext(2, 100, 12), ext(20, 300, 1)]);
+        let shards = m.shards(8);
+        assert_eq!(shards.keys().copied().collect::<Vec<_>>(), vec![0, 1, 2]);
+        assert_eq!(shards[&0], vec![m.iter().next().unwrap().slice(2, 8)]);
+        assert_eq!(shards[&1][0].lblock, 8);
+        assert_eq!(shards[&1][0].pblock, 106);
+        assert_eq!(shards[&1][0].len(), 6);
+        assert_eq!(shards[&2], vec![ext(20, 300, 1)]);
+        let total: u64 = shards.values().flatten().map(Extent::len).sum();
+        assert_eq!(total, 13);
     }
 
     #[test]

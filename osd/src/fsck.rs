@@ -12,8 +12,8 @@ use crate::allocator::{Allocator, Run};
 use crate::error::{Result, StoreError};
 use crate::extents::Extent;
 use crate::io::IoOp;
-use crate::onode::Onode;
-use crate::store::{verify, ObjectStore};
+use crate::onode::{extent_shard_prefix_of, Onode};
+use crate::store::{extent_shards, verify, ObjectStore};
 use crate::BLOCK_BYTES;
 
 /// A damaged range of an object found by a deep check.
@@ -65,12 +65,14 @@ impl ObjectStore {
             }
             let (coll, oid) = split_key(&k);
             report.objects += 1;
+            objects.insert((coll.clone(), oid.clone()));
             if !collections.contains(&coll) {
                 report
                     .errors
                     .push(format!("object {coll}/{oid} belongs to no collection"));
             }
-            let onode = match Onode::decode(&v, self.total_blocks()) {
+            let shards = extent_shards(&self.db, &extent_shard_prefix_of(&k))?;
+            let onode = match Onode::decode(&v, &shards, self.total_blocks()) {
                 Ok(o) => o,
                 Err(e) => {
                     report.errors.push(format!("object {coll}/{oid}: {e}"));
@@ -95,7 +97,18 @@ impl ObjectStore {
                     to_verify.push((coll.clone(), oid.clone(), e.clone()));
                 }
             }
-            objects.insert((coll, oid));
+        }
+        for item in self.db.prefix_iterator(b"E") {
+            let (k, _) = item?;
+            if !k.starts_with(b"E") {
+                break;
+            }
+            let (coll, oid) = split_key(&k);
+            if !objects.contains(&(coll.clone(), oid.clone())) {
+                report
+                    .errors
+                    .push(format!("extent shard of missing object {coll}/{oid}"));
+            }
         }
         for item in self.db.prefix_iterator(b"M") {
             let (k, _) = item?;

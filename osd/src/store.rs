@@ -23,7 +23,10 @@ use crate::onode::*;
 use crate::txn::{Op, Transaction};
 use crate::BLOCK_BYTES;
 
-const FORMAT_VERSION: u32 = 1;
+/// Format 2 keeps extent maps in shards; a store of format 1 (one record per object) is
+/// converted when mounted.
+const FORMAT_VERSION: u32 = 2;
+const FORMAT_WHOLE_EXTENT_MAPS: u32 = 1;
 pub const DATA_FILE: &str = "block";
 pub const DB_DIR: &str = "db";
 
@@ -198,6 +201,9 @@ fn db_options(config: &StoreConfig, create: bool) -> Options {
     opts
 }
 
+/// Objects converted per batch when a store of format 1 is mounted.
+const CONVERSION_BATCH_OBJECTS: u64 = 1024;
+
 /// Retired records deleted at once at most (bounds memory and replay at mount).
 const RETIRE_BATCH: usize = 4096;
 
@@ -260,6 +266,35 @@ fn replay_deferred(
     batch.delete_range(DEFERRED_PREFIX, &prefix_end(DEFERRED_PREFIX)[..]);
     db.write_opt(batch, &sync_write())?;
     Ok(())
+}
+
+/// The extent-map shards stored under `prefix` (one object's), by shard number.
+pub(crate) fn extent_shards(db: &DB, prefix: &[u8]) -> Result<Vec<(u64, Vec<u8>)>> {
+    let mut out = Vec::new();
+    for item in db.prefix_iterator(prefix) {
+        let (k, v) = item?;
+        if !k.starts_with(prefix) {
+            break;
+        }
+        out.push((shard_of_key(prefix, &k)?, v.to_vec()));
+    }
+    Ok(out)
+}
+
+/// Puts an object's record and its whole extent map, in shards, replacing what was stored.
+pub(crate) fn put_whole_onode(
+    batch: &mut rocksdb::WriteBatch,
+    key: &[u8],
+    shard_prefix: &[u8],
+    o: &Onode,
+) {
+    batch.delete_range(shard_prefix, &prefix_end(shard_prefix)[..]);
+    batch.put(key, o.encode_meta());
+    for (shard, record) in changed_shards(None, &o.extents) {
+        if let Some(record) = record {
+            batch.put([shard_prefix, &shard.to_be_bytes()].concat(), record);
+        }
+    }
 }
 
 fn sync_write() -> WriteOptions {
@@ -336,7 +371,8 @@ impl ObjectStore {
             .ok_or_else(|| StoreError::Corrupt("no superblock: not a store (run mkfs)".into()))?;
         let sb: SuperblockRecord = prost::Message::decode(sb_bytes.as_slice())
             .map_err(|e| StoreError::Corrupt(format!("undecodable superblock: {e}")))?;
-        if sb.format_version != FORMAT_VERSION || sb.block_bytes as usize != BLOCK_BYTES {
+        let known = [FORMAT_VERSION, FORMAT_WHOLE_EXTENT_MAPS].contains(&sb.format_version);
+        if !known || sb.block_bytes as usize != BLOCK_BYTES {
             return Err(StoreError::Corrupt(format!(
                 "store format {} with {}-byte blocks is not supported",
                 sb.format_version, sb.block_bytes
@@ -353,12 +389,24 @@ impl ObjectStore {
         // Checksums the metadata expects for the blocks the records name.
         let mut expected: HashMap<u64, u32> = HashMap::new();
         let mut used = Vec::new();
+        let mut conversion = rocksdb::WriteBatch::default();
+        let mut converted = 0u64;
         for item in db.prefix_iterator(b"O") {
             let (k, v) = item?;
             if !k.starts_with(b"O") {
                 break;
             }
-            let onode = Onode::decode(&v, sb.total_blocks)?;
+            let shard_prefix = extent_shard_prefix_of(&k);
+            let onode = Onode::decode(&v, &extent_shards(&db, &shard_prefix)?, sb.total_blocks)?;
+            if sb.format_version == FORMAT_WHOLE_EXTENT_MAPS {
+                put_whole_onode(&mut conversion, &k, &shard_prefix, &onode);
+                converted += 1;
+                // Bounded batches: a crash part-way leaves format 1, converted again (the
+                // conversion of an object replaces what an earlier one wrote).
+                if converted.is_multiple_of(CONVERSION_BATCH_OBJECTS) {
+                    db.write(std::mem::take(&mut conversion))?;
+                }
+            }
             for e in onode.extents.iter() {
                 for (p, _) in records.range(e.pblock..e.pblock + e.len()) {
                     expected.insert(*p, e.csums[(p - e.pblock) as usize]);
@@ -367,6 +415,18 @@ impl ObjectStore {
             used.extend(onode.extents.used_runs());
         }
         let alloc = Allocator::rebuild(sb.total_blocks, used).map_err(StoreError::Corrupt)?;
+        if sb.format_version == FORMAT_WHOLE_EXTENT_MAPS {
+            tracing::info!(
+                objects = converted,
+                "store converted to sharded extent maps"
+            );
+            let sb = SuperblockRecord {
+                format_version: FORMAT_VERSION,
+                ..sb.clone()
+            };
+            conversion.put(KEY_SUPERBLOCK, prost::Message::encode_to_vec(&sb));
+            db.write_opt(conversion, &sync_write())?;
+        }
         tracing::info!(
             dir = %dir.display(),
             backend = io.name(),
@@ -539,7 +599,8 @@ impl ObjectStore {
         }
         match self.db.get(onode_key(coll, oid))? {
             Some(v) => {
-                let o = Arc::new(Onode::decode(&v, self.total_blocks)?);
+                let shards = extent_shards(&self.db, &extent_shard_prefix(coll, oid))?;
+                let o = Arc::new(Onode::decode(&v, &shards, self.total_blocks)?);
                 self.cache.put(coll, oid, Some(o.clone()));
                 Ok(Some(o))
             }

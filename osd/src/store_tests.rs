@@ -284,3 +284,61 @@ fn attributes_and_omap() {
     assert_eq!(rest.len(), 6);
     assert_eq!(rest[0].0, vec![4]);
 }
+
+/// A store of format 1 (each object's whole extent map in its record) is converted to sharded
+/// extent maps when mounted, and reads back the same.
+#[test]
+fn a_format_1_store_is_converted_at_mount() {
+    use crate::onode::*;
+    let (dir, s) = new_store(BackendChoice::Auto, 64 << 20);
+    let mut t = Transaction::new();
+    t.write(
+        COLLECTION,
+        "big",
+        1000,
+        &crate::torture::pattern(1, 600 * 1024),
+    )
+    .write(COLLECTION, "small", 0, b"abc");
+    s.apply(&t).unwrap();
+    let before = snapshot(&s).unwrap();
+
+    // Rewrite the metadata as format 1 had it.
+    let mut batch = rocksdb::WriteBatch::default();
+    for oid in ["big", "small"] {
+        let o = s.get_onode(COLLECTION, oid).unwrap().unwrap();
+        let record = OnodeRecord {
+            size: o.size,
+            extents: o.extents.iter().map(ExtentRecord::from).collect(),
+            attrs: o.attrs.clone(),
+        };
+        let shards = extent_shard_prefix(COLLECTION, oid);
+        batch.delete_range(&shards, &prefix_end(&shards));
+        batch.put(
+            onode_key(COLLECTION, oid),
+            prost::Message::encode_to_vec(&record),
+        );
+    }
+    let superblock = |s: &ObjectStore| -> SuperblockRecord {
+        prost::Message::decode(s.db.get(KEY_SUPERBLOCK).unwrap().unwrap().as_slice()).unwrap()
+    };
+    let mut sb = superblock(&s);
+    assert_eq!(sb.format_version, 2);
+    sb.format_version = 1;
+    batch.put(KEY_SUPERBLOCK, prost::Message::encode_to_vec(&sb));
+    s.db.write(batch).unwrap();
+    drop(s);
+
+    let s = ObjectStore::open(dir.path(), &config(BackendChoice::Auto)).unwrap();
+    assert_eq!(superblock(&s).format_version, 2);
+    assert_eq!(snapshot(&s).unwrap(), before);
+    let record: OnodeRecord = prost::Message::decode(
+        s.db.get(onode_key(COLLECTION, "big"))
+            .unwrap()
+            .unwrap()
+            .as_slice(),
+    )
+    .unwrap();
+    assert!(record.extents.is_empty(), "the record still holds extents");
+    let report = s.fsck(true).unwrap();
+    assert!(report.is_clean(), "{report:?}");
+}
