@@ -12,7 +12,7 @@ use rocksdb::WriteBatch;
 use crate::aligned::AlignedBuf;
 use crate::allocator::Run;
 use crate::error::{Result, StoreError};
-use crate::extents::{Extent, Piece};
+use crate::extents::{Extent, ExtentMap, Piece};
 use crate::onode::*;
 use crate::store::{put_whole_onode, ObjectStore};
 use crate::txn::Op;
@@ -567,30 +567,38 @@ impl<'a> Plan<'a> {
     }
 }
 
-/// Puts the changes to one object: its record if its size or attributes changed, the extent
-/// shards whose content changed, or the deletion of all of it.
+/// Puts the changes to one object: its record if it is new, removed, or its size or
+/// attributes changed, and the extent shards whose content changed (deleted one key at a time,
+/// as the committed map names them: no range tombstones for RocksDB to skip over later).
 fn put_onode(
     batch: &mut WriteBatch,
     (coll, oid): &ObjKey,
     onode: Option<&Onode>,
     base: Option<&Option<Arc<Onode>>>,
 ) {
-    let shard_prefix = extent_shard_prefix(coll, oid);
-    let Some(o) = onode else {
-        batch.delete(onode_key(coll, oid));
-        batch.delete_range(&shard_prefix, &prefix_end(&shard_prefix));
-        return;
-    };
     let Some(base) = base else {
         // Every object is loaded before it changes; if one were not, replace it whole.
-        put_whole_onode(batch, &onode_key(coll, oid), &shard_prefix, o);
+        let shard_prefix = extent_shard_prefix(coll, oid);
+        match onode {
+            Some(o) => put_whole_onode(batch, &onode_key(coll, oid), &shard_prefix, o),
+            None => {
+                batch.delete(onode_key(coll, oid));
+                batch.delete_range(&shard_prefix, &prefix_end(&shard_prefix));
+            }
+        }
         return;
     };
     let base = base.as_deref();
-    if base.is_none_or(|b| o.meta_differs(b)) {
-        batch.put(onode_key(coll, oid), o.encode_meta());
+    match onode {
+        None => batch.delete(onode_key(coll, oid)),
+        Some(o) if base.is_none_or(|b| o.meta_differs(b)) => {
+            batch.put(onode_key(coll, oid), o.encode_meta())
+        }
+        Some(_) => {}
     }
-    for (shard, record) in changed_shards(base.map(|b| &b.extents), &o.extents) {
+    let removed = ExtentMap::default();
+    let extents = onode.map_or(&removed, |o| &o.extents);
+    for (shard, record) in changed_shards(base.map(|b| &b.extents), extents) {
         let k = extent_shard_key(coll, oid, shard);
         match record {
             Some(r) => batch.put(k, r),
