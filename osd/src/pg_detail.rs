@@ -1,5 +1,6 @@
 //! `cairn pg query`: what a PG's primary knows of it — the epoch it activated for, its
-//! version and log, what recovery still has to bring to each member, why it does not serve.
+//! version and log, what recovery still has to bring to each member, why it does not serve,
+//! and the intervals since the newest activation its copy has seen (what peering weighs).
 //! Answered without activating the PG: a stuck PG is what one asks about.
 
 use std::collections::BTreeMap;
@@ -9,6 +10,7 @@ use serde::Serialize;
 
 use crate::members::Member;
 use crate::node::OsdNode;
+use crate::peering;
 use crate::pg::{Pg, PgState};
 
 /// How long a query waits for the PG's lock (held by an op, an activation, or one object's
@@ -16,6 +18,8 @@ use crate::pg::{Pg, PgState};
 const LOCK_WAIT: Duration = Duration::from_secs(2);
 /// Objects still to recover named in an answer.
 const OBJECTS_LISTED: usize = 20;
+/// Intervals named in an answer (the newest).
+const INTERVALS_LISTED: usize = 32;
 
 #[derive(Debug, Serialize)]
 pub struct Detail {
@@ -33,6 +37,23 @@ pub struct Detail {
     pub scrubbing: bool,
     pub last_scrub_ms: u64,
     pub last_deep_scrub_ms: u64,
+    /// The PG's intervals from the epoch of the primary's newest version to now, oldest
+    /// first: peering must hear from a member of each that may have accepted writes.
+    pub past_intervals: Vec<IntervalDetail>,
+    /// Why they could not be worked out (the state was busy, or the mons did not answer).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub past_intervals_error: Option<String>,
+}
+
+/// A run of map epochs in which the PG's members stayed the same.
+#[derive(Debug, Serialize)]
+pub struct IntervalDetail {
+    pub first: u64,
+    pub last: u64,
+    /// The members up then, in placement order.
+    pub osds: Vec<u32>,
+    /// Enough of them were up for the PG to activate and accept writes.
+    pub maybe_went_rw: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -66,6 +87,14 @@ pub async fn detail(node: &OsdNode, pg: &Pg, members: &[Member], epoch: u64) -> 
     let record = node.pg_records.get(pg.id).unwrap_or_default();
     let state = tokio::time::timeout(LOCK_WAIT, pg.state.lock()).await.ok();
     let per_member = state.as_deref().map(copies_per_member).unwrap_or_default();
+    let intervals = match state.as_deref() {
+        Some(st) => past_intervals(node, pg, peering::epoch_of(st.last_update), epoch).await,
+        None => Err("the PG's state stayed locked".to_string()),
+    };
+    let (past_intervals, past_intervals_error) = match intervals {
+        Ok(list) => (list, None),
+        Err(why) => (Vec::new(), Some(why)),
+    };
     let backfilling = |m: &Member| {
         state
             .as_deref()
@@ -91,7 +120,33 @@ pub async fn detail(node: &OsdNode, pg: &Pg, members: &[Member], epoch: u64) -> 
         scrubbing: record.scrubbing,
         last_scrub_ms: record.last_scrub_ms,
         last_deep_scrub_ms: record.last_deep_scrub_ms,
+        past_intervals,
+        past_intervals_error,
     }
+}
+
+/// The PG's intervals over the map epochs `since..=epoch` (the newest `INTERVALS_LISTED`).
+async fn past_intervals(
+    node: &OsdNode,
+    pg: &Pg,
+    since: u64,
+    epoch: u64,
+) -> Result<Vec<IntervalDetail>, String> {
+    let maps = tokio::time::timeout(LOCK_WAIT, node.osdmaps(since.max(1), epoch))
+        .await
+        .map_err(|_| "the mons did not send the past maps in time".to_string())??;
+    let all = peering::intervals(maps.iter().map(|m| m.as_ref()), pg.id);
+    let skip = all.len().saturating_sub(INTERVALS_LISTED);
+    Ok(all
+        .into_iter()
+        .skip(skip)
+        .map(|i| IntervalDetail {
+            first: i.first,
+            last: i.last,
+            osds: i.members.iter().map(|m| m.osd).collect(),
+            maybe_went_rw: i.maybe_went_rw,
+        })
+        .collect())
 }
 
 /// Copies recovery still owes each member.

@@ -77,6 +77,24 @@ async fn two_failures_in_an_ec_pool_stop_it_and_one_return_heals_it() {
             .collect::<Vec<_>>()
             .join("\n")
     );
+    // The primary's account of a down PG names the interval it waits for: osd.1 was a
+    // member of one that may have accepted writes, and the intervals run up to now.
+    let down = rows
+        .iter()
+        .find(|r| r.state == "down" && r.blocked.contains("osd.1"))
+        .expect("a down pg");
+    let detail = impatient.pg_query(down.pgid).await.expect("pg query");
+    let intervals = detail["past_intervals"].as_array().expect("past intervals");
+    assert!(
+        intervals.iter().any(|i| i["maybe_went_rw"] == true
+            && i["osds"].as_array().is_some_and(|o| o.contains(&1.into()))),
+        "seed {seed}: no interval with osd.1 that may have accepted writes: {detail}"
+    );
+    assert_eq!(
+        intervals.last().map(|i| &i["last"]),
+        Some(&detail["osdmap_epoch"]),
+        "seed {seed}: {detail}"
+    );
 
     c.cluster.start(Kind::Osd, "1").unwrap();
     c.wait_healthy(Duration::from_secs(60)).await;
