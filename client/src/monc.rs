@@ -418,15 +418,16 @@ impl MonClient {
         Ok((key, caps))
     }
 
-    /// An OSD's beacon; returns the mons' OSD map epoch.
-    pub async fn osd_beacon(&self, req: OsdBeaconRequest) -> Result<u64, ClientError> {
+    /// An OSD's beacon; the mons answer with their OSD map epoch and the scrub stamps they
+    /// hold newer than the beacon's.
+    pub async fn osd_beacon(&self, req: OsdBeaconRequest) -> Result<OsdBeaconReply, ClientError> {
         let reply = self
             .call(|mut c, r| {
                 let req = req.clone();
                 async move { c.osd_beacon(with(r, req)).await }
             })
             .await?;
-        Ok(reply.into_inner().osdmap_epoch)
+        Ok(reply.into_inner())
     }
 
     /// An MDS's beacon; returns the mons' FSMap epoch. A blocklisted instance is

@@ -231,7 +231,11 @@ impl MonNode {
                     .unwrap_or_else(|p| p.into_inner())
                     .insert(*osd, pgs.clone());
                 self.record_io(*osd, *io);
-                self.osd_beacon(*osd, failures, *going_down).await
+                let epoch = self.osd_beacon(*osd, failures, *going_down).await?;
+                Ok(json!({
+                    "osdmap_epoch": epoch,
+                    "scrub_stamps": self.newer_scrub_stamps(pgs),
+                }))
             }
             Forwarded::MdsBeacon {
                 name,
@@ -563,6 +567,17 @@ impl MonNode {
             Err(Attempt::Fail(status)) => status.message().to_string(),
         };
         tracing::debug!(%why, "scrub stamps not committed; the next beacon reports them again");
+    }
+
+    /// The committed stamps of the PGs in `pgs` that are newer than the reported ones.
+    fn newer_scrub_stamps(&self, pgs: &[(PgId, PgReport)]) -> Vec<(PgId, ScrubStamps)> {
+        self.shared.read(|a| {
+            pgs.iter()
+                .map(|(pg, r)| (*pg, a.state.scrub_stamps_of(*pg), ScrubStamps::of(r)))
+                .filter(|(_, committed, reported)| committed.is_newer_than(reported))
+                .map(|(pg, committed, _)| (pg, committed))
+                .collect()
+        })
     }
 
     /// The PG reports of the OSDs up in `osdmap` (a report only counts from a PG's primary),

@@ -17,6 +17,7 @@ use cairn_common::auth::{self, Need, Ticket};
 use cairn_common::command::{Command, Forwarded, PeerFailureReport, Proposal, RequestId};
 use cairn_common::fsmap::validate_mds;
 use cairn_common::maps::validate_daemon_name;
+use cairn_common::pg_states::ScrubStamps;
 use cairn_common::placement::PgId;
 use cairn_common::proto::auth_server::Auth;
 use cairn_common::proto::mon_membership_request::Op;
@@ -396,8 +397,19 @@ impl Mon for MonService {
                 .collect(),
         };
         let v = self.node.execute(&ticket.entity, &fwd).await?;
+        let stamps: Vec<(PgId, ScrubStamps)> =
+            serde_json::from_value(v["scrub_stamps"].clone()).unwrap_or_default();
         Ok(Response::new(OsdBeaconReply {
-            osdmap_epoch: v.as_u64().unwrap_or(0),
+            osdmap_epoch: v["osdmap_epoch"].as_u64().unwrap_or(0),
+            scrub_stamps: stamps
+                .into_iter()
+                .map(|(pg, s)| PgScrubStamps {
+                    pool: pg.pool,
+                    pg: pg.seed,
+                    last_scrub_ms: s.light_ms,
+                    last_deep_scrub_ms: s.deep_ms,
+                })
+                .collect(),
         }))
     }
 

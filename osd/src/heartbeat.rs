@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{watch, Notify};
 
-use cairn_common::proto::{HeartbeatRequest, OsdBeaconRequest, PeerFailure};
+use cairn_common::proto::{HeartbeatRequest, OsdBeaconRequest, PeerFailure, PgScrubStamps};
+
+use cairn_common::placement::PgId;
 
 use crate::node::OsdNode;
 
@@ -140,6 +142,21 @@ async fn ping(node: &OsdNode, hb: &Heartbeats, id: u32, timeout: Duration) {
     hb.record(id, result);
 }
 
+/// Takes the stamps of scrubs done under an earlier primary into this OSD's records, so its
+/// schedule counts from them and its reports carry them.
+fn adopt_scrub_stamps(node: &OsdNode, stamps: &[PgScrubStamps]) {
+    for s in stamps {
+        let pg = PgId {
+            pool: s.pool,
+            seed: s.pg,
+        };
+        node.pg_records.update(pg, |r| {
+            r.last_scrub_ms = r.last_scrub_ms.max(s.last_scrub_ms);
+            r.last_deep_scrub_ms = r.last_deep_scrub_ms.max(s.last_deep_scrub_ms);
+        });
+    }
+}
+
 /// Sends beacons until `stop`: at every interval, and at once when a failure appears.
 pub async fn run_beacons(node: Arc<OsdNode>, hb: Arc<Heartbeats>, mut stop: watch::Receiver<bool>) {
     let interval = Duration::from_millis(node.settings.beacon_interval_ms);
@@ -161,8 +178,9 @@ pub async fn run_beacons(node: Arc<OsdNode>, hb: Arc<Heartbeats>, mut stop: watc
             recovered_bytes: io.recovered_bytes,
             pgs: node.pg_records.reports(node.id, &node.maps().osdmap),
         };
-        if let Err(e) = node.monc.osd_beacon(req).await {
-            tracing::warn!(error = %e, "beacon not delivered");
+        match node.monc.osd_beacon(req).await {
+            Ok(reply) => adopt_scrub_stamps(&node, &reply.scrub_stamps),
+            Err(e) => tracing::warn!(error = %e, "beacon not delivered"),
         }
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}

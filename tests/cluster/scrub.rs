@@ -264,6 +264,18 @@ async fn scrub_stamps_are_real_and_outlive_a_change_of_primary_and_of_leader() {
         );
     }
 
+    // The new primaries learn the stamps from the mons: their schedules count from them.
+    let pg = *moved.iter().next().expect("a moved pg");
+    wait_for(
+        Duration::from_secs(30),
+        "a new primary holding its pg's stamps",
+        || async {
+            let detail = rados.pg_query(pg).await.ok()?;
+            (detail["last_deep_scrub_ms"].as_u64()? >= before).then_some(())
+        },
+    )
+    .await;
+
     // The stamps are committed, not kept in the leader's memory: a new leader has them.
     let leader = c.leader().await;
     c.kill(&leader);
