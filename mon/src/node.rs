@@ -225,13 +225,14 @@ impl MonNode {
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .insert(*osd, *usage);
-                self.commit_scrub_stamps(pgs).await;
                 self.pg_reports
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .insert(*osd, pgs.clone());
                 self.record_io(*osd, *io);
                 let epoch = self.osd_beacon(*osd, failures, *going_down).await?;
+                // After the beacon is recorded: a slow commit must not delay its liveness.
+                self.commit_scrub_stamps(pgs).await;
                 Ok(json!({
                     "osdmap_epoch": epoch,
                     "scrub_stamps": self.newer_scrub_stamps(pgs),

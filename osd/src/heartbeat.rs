@@ -10,9 +10,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{watch, Notify};
 
-use cairn_common::proto::{HeartbeatRequest, OsdBeaconRequest, PeerFailure, PgScrubStamps};
-
 use cairn_common::placement::PgId;
+use cairn_common::proto::{HeartbeatRequest, OsdBeaconRequest, PeerFailure, PgScrubStamps};
 
 use crate::node::OsdNode;
 

@@ -222,11 +222,12 @@ pub fn extent_shard_prefix(coll: &str, oid: &str) -> Vec<u8> {
 }
 
 pub fn extent_shard_key(coll: &str, oid: &str, shard: u64) -> Vec<u8> {
-    [
-        extent_shard_prefix(coll, oid).as_slice(),
-        &shard.to_be_bytes(),
-    ]
-    .concat()
+    shard_key_under(&extent_shard_prefix(coll, oid), shard)
+}
+
+/// The key of shard `shard` under an object's extent-shard prefix.
+pub fn shard_key_under(prefix: &[u8], shard: u64) -> Vec<u8> {
+    [prefix, &shard.to_be_bytes()].concat()
 }
 
 /// The extent-map shard prefix of the object whose onode key is `onode_key`.

@@ -295,7 +295,7 @@ pub(crate) fn put_whole_onode(
     batch.put(key, o.encode_meta());
     for (shard, record) in changed_shards(None, &o.extents) {
         if let Some(record) = record {
-            batch.put([shard_prefix, &shard.to_be_bytes()].concat(), record);
+            batch.put(shard_key_under(shard_prefix, shard), record);
         }
     }
 }
