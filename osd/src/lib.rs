@@ -13,6 +13,7 @@ pub mod allocator;
 pub mod apply;
 pub mod cleanup;
 pub mod daemon;
+pub mod deferred;
 pub mod ec;
 pub mod erasure;
 pub mod error;

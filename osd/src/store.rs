@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::aligned::AlignedBuf;
 use crate::allocator::Allocator;
 use crate::apply::Plan;
+use crate::deferred::DeferredQueue;
 use crate::error::{Result, StoreError};
 use crate::extents::{Extent, Piece};
 use crate::io::{open_backend, Backend, BackendChoice, IoOp};
@@ -46,6 +47,9 @@ pub struct StoreConfig {
     pub rocksdb_write_buffers_max: i32,
     /// Decoded object records kept in memory (each a few KiB for a 4 MiB object).
     pub onode_cache_entries_max: usize,
+    /// Committed small overwrites waiting to be written in place (4 KiB each) before
+    /// transactions wait for the flusher.
+    pub deferred_blocks_max: usize,
 }
 
 impl Default for StoreConfig {
@@ -61,6 +65,7 @@ impl Default for StoreConfig {
             rocksdb_write_buffer_bytes: 32 << 20,
             rocksdb_write_buffers_max: 2,
             onode_cache_entries_max: 4096,
+            deferred_blocks_max: 4096,
         }
     }
 }
@@ -164,10 +169,11 @@ impl OnodeCache {
 pub struct ObjectStore {
     /// Key sequence of deferred-write records.
     next_record: AtomicU64,
-    /// Records whose blocks were rewritten in place but not yet fdatasync'd: deleted in bulk
-    /// after a sync, and always before any block is freed (so replay never writes a block that
-    /// another object may own by then).
-    retire: Mutex<Vec<Vec<u8>>>,
+    /// Small overwrites committed and not yet written in place, with the flusher writing them.
+    /// Their records are deleted in bulk after a sync, and always before any block is freed
+    /// (so replay never writes a block that another object may own by then).
+    pub(crate) deferred: Arc<DeferredQueue>,
+    flusher: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Held across a whole retirement (take, sync, delete): a transaction about to free blocks
     /// waits for any retirement under way, not only for the list to be empty.
     retiring: Mutex<()>,
@@ -177,7 +183,7 @@ pub struct ObjectStore {
     dir: PathBuf,
     cache: OnodeCache,
     pub(crate) db: DB,
-    pub(crate) io: Box<dyn Backend>,
+    pub(crate) io: Arc<dyn Backend>,
     pub(crate) alloc: Mutex<Allocator>,
     locks: LockTable,
     sync: SyncGroup,
@@ -313,6 +319,26 @@ fn device_bytes(path: &Path) -> Result<u64> {
     Ok(f.seek(SeekFrom::End(0))?)
 }
 
+impl Drop for ObjectStore {
+    /// Lets the flusher write what is queued, then retires the records (else they would only
+    /// replay at the next mount).
+    fn drop(&mut self) {
+        self.deferred.stop();
+        let flusher = self
+            .flusher
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(f) = flusher {
+            if f.join().is_ok() && self.deferred.failure().is_none() {
+                if let Err(e) = self.retire_deferred() {
+                    tracing::warn!(error = %e, "deferred-write records left to replay at the next mount");
+                }
+            }
+        }
+    }
+}
+
 impl ObjectStore {
     /// Whether `dir` already holds a store (its metadata database).
     pub fn is_created(dir: &Path) -> bool {
@@ -382,12 +408,12 @@ impl ObjectStore {
             )));
         }
         let data = Arc::new(open_data(&dir.join(DATA_FILE), config.direct_io)?);
-        let io = open_backend(
+        let io: Arc<dyn Backend> = Arc::from(open_backend(
             data,
             config.backend,
             config.uring_queue_depth,
             config.io_threads,
-        )?;
+        )?);
         let (records, next_record) = deferred_records(&db, sb.total_blocks)?;
         // Checksums the metadata expects for the blocks the records name.
         let mut expected: HashMap<u64, u32> = HashMap::new();
@@ -438,9 +464,17 @@ impl ObjectStore {
             "object store mounted"
         );
         replay_deferred(&db, &*io, records, &expected)?;
+        let deferred = Arc::new(DeferredQueue::new(config.deferred_blocks_max));
+        let flusher = {
+            let (deferred, io) = (deferred.clone(), io.clone());
+            std::thread::Builder::new()
+                .name("deferred-writes".into())
+                .spawn(move || deferred.flush_until_stopped(&*io))?
+        };
         Ok(ObjectStore {
             next_record: AtomicU64::new(next_record),
-            retire: Mutex::new(Vec::new()),
+            deferred,
+            flusher: Mutex::new(Some(flusher)),
             retiring: Mutex::new(()),
             poisoned: Mutex::new(None),
             dir: dir.to_path_buf(),
@@ -483,10 +517,13 @@ impl ObjectStore {
                 // A record that could not be retired may still point at these blocks.
                 return result;
             }
-            let retired = if freed.is_empty() && self.retire_len() < RETIRE_BATCH {
+            let retired = if freed.is_empty() && self.deferred.written_len() < RETIRE_BATCH {
                 Ok(())
             } else {
-                self.retire_deferred()
+                // A queued in-place write must land before its block can have a new owner.
+                self.deferred
+                    .settle(&freed)
+                    .and_then(|()| self.retire_deferred())
             };
             match retired {
                 Ok(()) => {
@@ -511,12 +548,13 @@ impl ObjectStore {
     }
 
     fn refuse_if_poisoned(&self) -> Result<()> {
-        match self
+        let poisoned = self
             .poisoned
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-        {
+            .clone()
+            .or_else(|| self.deferred.failure());
+        match poisoned {
             Some(why) => Err(StoreError::Corrupt(format!(
                 "the store stopped taking writes after a failed commit ({why}); remount it"
             ))),
@@ -532,15 +570,11 @@ impl ObjectStore {
             .get_or_insert_with(|| why.to_string());
     }
 
-    fn retire_len(&self) -> usize {
-        self.retire.lock().unwrap_or_else(|p| p.into_inner()).len()
-    }
-
     /// Makes the in-place writes of retired records durable, then deletes the records. The
     /// delete needs no sync: any later synchronous batch (one reusing a freed block) carries it.
     fn retire_deferred(&self) -> Result<()> {
         let _whole = self.retiring.lock().unwrap_or_else(|p| p.into_inner());
-        let keys = std::mem::take(&mut *self.retire.lock().unwrap_or_else(|p| p.into_inner()));
+        let keys = self.deferred.take_written();
         if keys.is_empty() {
             return Ok(());
         }
@@ -574,23 +608,16 @@ impl ObjectStore {
         for ((coll, oid), onode) in plan.onodes() {
             self.cache.put(coll, oid, onode.clone().map(Arc::new));
         }
-        if !plan.deferred.is_empty() {
-            let writes = std::mem::take(&mut plan.deferred)
-                .into_iter()
-                .map(|(pblock, buf)| IoOp::Write {
-                    buf,
-                    offset: pblock * BLOCK_BYTES as u64,
-                })
-                .collect();
-            // Committed either way: the records replay at the next mount if this fails.
-            if let Err(e) = self.io.run(writes) {
-                self.poison(&format!("a deferred in-place write failed: {e}"));
-                return Ok(());
-            }
-            self.retire
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .extend(records);
+        // Queued before the objects' locks are released: readers find the blocks there
+        // until they are on disk. The records are in the same order as the blocks.
+        let deferred = std::mem::take(&mut plan.deferred);
+        if !deferred.is_empty() {
+            self.deferred.push(
+                deferred
+                    .into_iter()
+                    .zip(records)
+                    .map(|((pblock, buf), record)| (pblock, buf, record)),
+            );
         }
         Ok(())
     }
@@ -659,6 +686,11 @@ impl ObjectStore {
                 Piece::Hole { .. } => None,
             })
             .collect();
+        // Looked up before the disk is read: a block that leaves the queue meanwhile was
+        // written in place first.
+        let queued = self
+            .deferred
+            .lookup(data.iter().flat_map(|e| e.pblock..e.pblock + e.len()));
         let ops = data
             .iter()
             .map(|e| IoOp::Read {
@@ -666,7 +698,14 @@ impl ObjectStore {
                 offset: e.pblock * BLOCK_BYTES as u64,
             })
             .collect();
-        let bufs = self.io.run(ops)?;
+        let mut bufs = self.io.run(ops)?;
+        for (e, buf) in data.iter().zip(bufs.iter_mut()) {
+            for (i, p) in (e.pblock..e.pblock + e.len()).enumerate() {
+                if let Some(block) = queued.get(&p) {
+                    buf[i * BLOCK_BYTES..(i + 1) * BLOCK_BYTES].copy_from_slice(block);
+                }
+            }
+        }
         let first = pieces.first().map(|p| match p {
             Piece::Data(e) => e.lblock,
             Piece::Hole { lblock, .. } => *lblock,
