@@ -3,6 +3,8 @@
 //! system, in the same run.
 //!
 //! Usage: bench-store [--dir DIR] [--seconds S] [--backend auto|uring|threads]
+//! DIR (default /var/tmp) is where the file system is measured: the run works in a fresh
+//! directory made inside it and removes only that.
 //! Needs `fio` on the PATH for the reference figures (`apt-get install fio`).
 
 use std::process::Command;
@@ -25,7 +27,7 @@ struct Args {
 
 fn args() -> Args {
     let mut a = Args {
-        dir: "/var/tmp/cairn-bench-store".into(),
+        dir: "/var/tmp".into(),
         seconds: 8,
         backend: BackendChoice::Auto,
     };
@@ -168,31 +170,34 @@ fn row(what: &str, store: f64, cpu_us_per_op: f64, fio: Option<f64>, unit: &str,
 
 fn main() {
     let a = args();
-    let _ = std::fs::remove_dir_all(&a.dir);
-    std::fs::create_dir_all(&a.dir).expect("bench dir");
+    let work = tempfile::Builder::new()
+        .prefix("cairn-bench-store.")
+        .tempdir_in(&a.dir)
+        .expect("a fresh directory inside --dir");
+    let dir = work.path();
     let mib = |b: f64| b / (1 << 20) as f64;
 
     let fio_seq = fio(
-        &a.dir,
+        dir,
         "seqwrite",
         a.seconds,
         &["--rw=write", "--bs=4M", "--iodepth=4", "--fdatasync=1"],
     );
     let fio_randw = fio(
-        &a.dir,
+        dir,
         "randwrite",
         a.seconds,
         &["--rw=randwrite", "--bs=4k", "--iodepth=32", "--fdatasync=1"],
     );
     let fio_randr = fio(
-        &a.dir,
+        dir,
         "randread",
         a.seconds,
         &["--rw=randread", "--bs=4k", "--iodepth=32"],
     );
-    let _ = std::fs::remove_file(a.dir.join("fio-file"));
+    let _ = std::fs::remove_file(dir.join("fio-file"));
 
-    let store_dir = a.dir.join("store");
+    let store_dir = dir.join("store");
     let config = StoreConfig {
         backend: a.backend,
         ..StoreConfig::default()
@@ -280,5 +285,4 @@ fn main() {
     let report = store.fsck(false).expect("fsck");
     assert!(report.is_clean(), "{report:?}");
     drop(store);
-    let _ = std::fs::remove_dir_all(&a.dir);
 }
