@@ -54,6 +54,9 @@ pub struct MountOptions {
     pub allow_other: bool,
     /// Refuse every change.
     pub read_only: bool,
+    /// The kernel's read-ahead on the mount, in KiB (0: the kernel's default, 128 KiB). A
+    /// sequential reader has this much asked for at once, in requests served in parallel.
+    pub readahead_kb: u32,
 }
 
 /// Mounts `fs` at `mountpoint`, serving requests on `runtime`. The mount lasts as long as the
@@ -78,12 +81,31 @@ pub fn mount(
     }
     let inodes = Inodes { root: fs.root() };
     let session = fuser::spawn_mount(CairnFs::new(fs.clone(), runtime), mountpoint, &config)?;
+    if opts.readahead_kb > 0 {
+        if let Err(e) = set_readahead(mountpoint, opts.readahead_kb) {
+            tracing::warn!(error = %e, "cannot set the mount's read-ahead; the kernel's default stays");
+        }
+    }
     let notifier = session.notifier();
     // Attributes only (offset -1): no page is waited for, so this never blocks on a reply.
     fs.set_kernel_attr_invalidator(Box::new(move |ino| {
         let _ = notifier.inval_inode(inodes.to_fuse(ino), -1, 0);
     }));
     Ok(session)
+}
+
+/// Sets the read-ahead of the mount's backing device: FUSE offers the kernel no more than its
+/// default at init, but the device's setting can be raised once mounted.
+fn set_readahead(mountpoint: &Path, kb: u32) -> io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let dev = std::fs::metadata(mountpoint)?.dev();
+    let path = format!(
+        "/sys/class/bdi/{}:{}/read_ahead_kb",
+        libc::major(dev),
+        libc::minor(dev)
+    );
+    std::fs::write(&path, kb.to_string())
+        .map_err(|e| io::Error::new(e.kind(), format!("{path}: {e}")))
 }
 
 /// The `fuser::Filesystem` over a [`FsClient`].

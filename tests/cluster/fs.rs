@@ -164,6 +164,19 @@ fn is_mounted(path: &Path) -> bool {
         .any(|l| l.split_whitespace().nth(1) == Some(want.as_ref()) && l.contains("fuse"))
 }
 
+/// The read-ahead the kernel uses on the mount at `path`, in KiB.
+fn readahead_kb(path: &Path) -> u32 {
+    use std::os::unix::fs::MetadataExt;
+    let dev = fs::metadata(path).expect("stat the mount").dev();
+    let setting = format!(
+        "/sys/class/bdi/{}:{}/read_ahead_kb",
+        libc::major(dev),
+        libc::minor(dev)
+    );
+    let text = fs::read_to_string(&setting).expect("the mount's read-ahead setting");
+    text.trim().parse().expect("a number of KiB")
+}
+
 /// Runs blocking filesystem work off the runtime (the mount's own I/O must keep flowing).
 async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
     tokio::task::spawn_blocking(work)
@@ -437,8 +450,12 @@ async fn posix_behaviour_through_two_mounts() {
     }
     let (p1, p2) = (one.path.clone(), two.path.clone());
     blocking(move || {
+        assert_eq!(readahead_kb(&p2), 4096, "the mount's read-ahead");
         posix_checks(&p1);
         non_root_checks(&p1);
+        // Sequential reads with read-ahead, across object boundaries (4 MiB objects).
+        fs::write(p1.join("long-file"), pattern(8, 9 << 20)).expect("write");
+        assert!(fs::read(p2.join("long-file")).expect("read") == pattern(8, 9 << 20));
         // The other mount sees creates at once and data after close.
         fs::write(p1.join("shared-file"), pattern(7, 300_000)).expect("write");
         assert_eq!(

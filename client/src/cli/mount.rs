@@ -32,6 +32,9 @@ pub struct MountArgs {
     /// `/healthz` and `/readyz`.
     #[arg(long, value_name = "ADDR")]
     metrics: Option<SocketAddr>,
+    /// Read-ahead of sequential reads, in KiB (0 keeps the kernel's 128 KiB).
+    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u32).range(0..=65536))]
+    readahead_kb: u32,
 }
 
 pub async fn run(config: Config, args: &MountArgs) -> anyhow::Result<()> {
@@ -46,14 +49,12 @@ pub async fn run(config: Config, args: &MountArgs) -> anyhow::Result<()> {
             }
         });
     }
-    mount(
-        config,
-        &args.fs,
-        &args.mountpoint,
-        &args.path,
-        args.allow_other,
-    )
-    .await
+    let opts = MountOptions {
+        allow_other: args.allow_other,
+        read_only: false,
+        readahead_kb: args.readahead_kb,
+    };
+    mount(config, &args.fs, &args.mountpoint, &args.path, opts).await
 }
 
 /// Mounts `path` of filesystem `fs_name` at `mountpoint` and serves it until SIGTERM or
@@ -63,7 +64,7 @@ pub async fn mount(
     fs_name: &str,
     mountpoint: &Path,
     path: &str,
-    allow_other: bool,
+    opts: MountOptions,
 ) -> anyhow::Result<()> {
     // Watched from the start, so a signal sent as soon as the mount appears still unmounts.
     let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
@@ -72,10 +73,6 @@ pub async fn mount(
     let fs = FsClient::mount(&config, fs_name, path)
         .await
         .with_context(|| format!("cannot open {path} of file system {fs_name}"))?;
-    let opts = MountOptions {
-        allow_other,
-        read_only: false,
-    };
     let runtime = tokio::runtime::Handle::current();
     let target = mountpoint.to_path_buf();
     // Mounting waits for the kernel's first request: not on a runtime thread.
