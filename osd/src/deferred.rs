@@ -52,11 +52,11 @@ impl State {
 }
 
 /// The newest committed content of a block, and every record naming the block since it was
-/// last written in place.
+/// last written in place, each with the generation of the content it holds.
 struct Queued {
     data: Arc<AlignedBuf>,
     gen: u64,
-    records: Vec<Vec<u8>>,
+    records: Vec<(u64, Vec<u8>)>,
 }
 
 impl DeferredQueue {
@@ -106,13 +106,13 @@ impl DeferredQueue {
                     let q = o.get_mut();
                     q.data = data;
                     q.gen = gen;
-                    q.records.push(record);
+                    q.records.push((gen, record));
                 }
                 Entry::Vacant(v) => {
                     v.insert(Queued {
                         data,
                         gen,
-                        records: vec![record],
+                        records: vec![(gen, record)],
                     });
                 }
             }
@@ -185,6 +185,7 @@ impl DeferredQueue {
     /// a write fails (the blocks then stay queued, readable, and their records replay at the
     /// next mount).
     pub fn flush_until_stopped(&self, io: &dyn Backend) {
+        let _panic = FailOnPanic(self);
         loop {
             let batch: Vec<(u64, Arc<AlignedBuf>, u64)> = {
                 let mut s = self.lock();
@@ -194,10 +195,15 @@ impl DeferredQueue {
                     }
                     s = self.wait(s);
                 }
-                s.blocks
-                    .iter()
+                // Oldest first: a block rewritten again and again cannot starve the others
+                // (a transaction freeing one may be waiting for it).
+                let mut oldest: Vec<(u64, u64)> =
+                    s.blocks.iter().map(|(p, q)| (q.gen, *p)).collect();
+                oldest.sort_unstable();
+                oldest
+                    .into_iter()
                     .take(FLUSH_BATCH_BLOCKS)
-                    .map(|(p, q)| (*p, q.data.clone(), q.gen))
+                    .map(|(gen, p)| (p, s.blocks[&p].data.clone(), gen))
                     .collect()
             };
             let writes = batch
@@ -216,15 +222,37 @@ impl DeferredQueue {
                 self.changed.notify_all();
                 return;
             }
+            let s = &mut *s;
             for (pblock, _, gen) in batch {
-                // A block queued again meanwhile stays for the next batch, with its records.
-                if s.blocks.get(&pblock).is_some_and(|q| q.gen == gen) {
-                    if let Some(q) = s.blocks.remove(&pblock) {
-                        s.written.extend(q.records);
-                    }
+                let Some(q) = s.blocks.get_mut(&pblock) else {
+                    continue;
+                };
+                // Records up to the content written retire now; a block queued again
+                // meanwhile stays for the next batch with the newer ones.
+                let (done, newer) = std::mem::take(&mut q.records)
+                    .into_iter()
+                    .partition(|(g, _)| *g <= gen);
+                q.records = newer;
+                s.written.extend(done.into_iter().map(|(_, r)| r));
+                if q.gen == gen {
+                    s.blocks.remove(&pblock);
                 }
             }
             self.changed.notify_all();
+        }
+    }
+}
+
+/// Stops the store's waits if the flusher panics (they would otherwise wait for ever).
+struct FailOnPanic<'a>(&'a DeferredQueue);
+
+impl Drop for FailOnPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let mut s = self.0.lock();
+            s.failed
+                .get_or_insert_with(|| "the deferred-write flusher panicked".to_string());
+            self.0.changed.notify_all();
         }
     }
 }
@@ -309,6 +337,56 @@ mod tests {
         );
         q.stop();
         flusher.join().unwrap();
+    }
+
+    /// Queues the block again during each of its first `rounds` writes, as a hot page's
+    /// overwrites do, and records how many records had retired by each write.
+    struct Requeue {
+        q: Arc<DeferredQueue>,
+        rounds: AtomicUsize,
+        retired_seen: Mutex<Vec<usize>>,
+    }
+
+    impl Backend for Requeue {
+        fn name(&self) -> &'static str {
+            "requeue"
+        }
+        fn run(&self, ops: Vec<IoOp>) -> std::io::Result<Vec<AlignedBuf>> {
+            let retired = self.q.written_len();
+            self.retired_seen.lock().unwrap().push(retired);
+            if self.rounds.fetch_sub(1, Ordering::SeqCst) > 0 {
+                self.q.push([(7, block(9), b"again".to_vec())]);
+            }
+            Ok(ops
+                .into_iter()
+                .filter_map(|op| match op {
+                    IoOp::Write { buf, .. } => Some(buf),
+                    _ => None,
+                })
+                .collect())
+        }
+    }
+
+    #[test]
+    fn a_block_queued_again_while_written_retires_what_reached_the_disk() {
+        let q = Arc::new(DeferredQueue::new(64));
+        q.push([(7, block(1), b"first".to_vec())]);
+        let io = Arc::new(Requeue {
+            q: q.clone(),
+            rounds: AtomicUsize::new(3),
+            retired_seen: Mutex::new(Vec::new()),
+        });
+        let flusher = {
+            let (q, io) = (q.clone(), io.clone());
+            std::thread::spawn(move || q.flush_until_stopped(&*io))
+        };
+        q.drain().unwrap();
+        q.stop();
+        flusher.join().unwrap();
+        // Each write found the records of the writes before it retired, not held until the
+        // block went quiet.
+        assert_eq!(*io.retired_seen.lock().unwrap(), vec![0, 1, 2, 3]);
+        assert_eq!(q.take_written().len(), 4);
     }
 
     #[test]
