@@ -533,11 +533,11 @@ impl ObjectStore {
                     }
                 }
                 // Keep the freed blocks out of use: a record may still point at them.
-                Err(e) => self.poison(&e.to_string()),
+                Err(e) => self.poison(&format!("deferred writes could not be retired: {e}")),
             }
         } else if let Err(StoreError::Db(e)) = &result {
             // The batch may have reached the WAL: its blocks may be referenced after a restart.
-            self.poison(e.as_ref());
+            self.poison(&format!("a commit failed: {e}"));
         } else {
             let mut alloc = self.allocator();
             for run in std::mem::take(&mut plan.allocated) {
@@ -556,7 +556,7 @@ impl ObjectStore {
             .or_else(|| self.deferred.failure());
         match poisoned {
             Some(why) => Err(StoreError::Corrupt(format!(
-                "the store stopped taking writes after a failed commit ({why}); remount it"
+                "the store stopped taking writes ({why}); remount it"
             ))),
             None => Ok(()),
         }
@@ -699,7 +699,11 @@ impl ObjectStore {
             })
             .collect();
         let mut bufs = self.io.run(ops)?;
-        for (e, buf) in data.iter().zip(bufs.iter_mut()) {
+        for (e, buf) in data
+            .iter()
+            .zip(bufs.iter_mut())
+            .filter(|_| !queued.is_empty())
+        {
             for (i, p) in (e.pblock..e.pblock + e.len()).enumerate() {
                 if let Some(block) = queued.get(&p) {
                     buf[i * BLOCK_BYTES..(i + 1) * BLOCK_BYTES].copy_from_slice(block);
