@@ -54,6 +54,15 @@ pub struct FsError {
 
 pub type FsResult<T> = Result<T, FsError>;
 
+/// What the kernel caches of files and can be told to forget (the FUSE mount's side).
+pub trait KernelCache: Send + Sync {
+    /// Forgets an inode's attributes; never waits on the kernel.
+    fn forget_attrs(&self, ino: u64);
+    /// Drops the pages cached of an inode's data. Waits for reads of them in flight: never
+    /// call it where answering such a read could wait on the caller.
+    fn forget_pages(&self, ino: u64);
+}
+
 /// The longest the kernel may keep attributes answered from a held capability (never past
 /// the lease: see `held_getattr`).
 const HELD_ATTR_TTL: Duration = Duration::from_secs(1);
@@ -98,8 +107,12 @@ pub struct StatFs {
 struct OpenFile {
     readers: u32,
     writers: u32,
-    /// The size reads go up to: the MDS's at open, grown by writes here.
-    size: u64,
+    /// The size reads go up to: the MDS's at open, grown by writes here; `None` once
+    /// another client may have changed the file (the next read asks the MDS).
+    size: Option<u64>,
+    /// Changes of the file by other clients heard of while it is open: a size the MDS
+    /// gave across one may be older than the change.
+    changes: u64,
     /// A size the MDS has durably (at open, or reported since); 0 when unknown (after a
     /// recall, which may precede another client's truncate).
     durable_size: u64,
@@ -135,7 +148,7 @@ impl OpenFile {
     /// A write here ended at `end`: the file reaches at least there, and the MDS is to hear
     /// of it.
     fn wrote(&mut self, end: u64) {
-        self.size = self.size.max(end);
+        self.size = self.size.map(|s| s.max(end));
         self.unreported = Some(Unreported {
             end: self.unreported.map_or(end, |w| w.end.max(end)),
             mtime_ns: now_ns(),
@@ -177,8 +190,8 @@ pub struct FsClient {
     dirty_bytes: AtomicU64,
     dirty_bytes_max: u64,
     session: Mutex<Option<tokio::task::JoinHandle<()>>>,
-    /// Tells the kernel to forget the attributes of an inode it caches (set by the mount).
-    kernel_attrs: OnceLock<Box<dyn Fn(u64) + Send + Sync>>,
+    /// What the kernel caches of files, and can be told to forget (set by the mount).
+    kernel: OnceLock<Arc<dyn KernelCache>>,
     /// Shared while a stat answered from a capability is handed to the kernel, exclusive
     /// while capabilities end and the kernel is told to forget them: an answer the kernel
     /// may keep is never handed over after it was told to forget it.
@@ -247,7 +260,7 @@ impl FsClient {
             dirty_bytes: AtomicU64::new(0),
             dirty_bytes_max: config.client.fs_write_buffer_bytes,
             session: Mutex::new(None),
-            kernel_attrs: OnceLock::new(),
+            kernel: OnceLock::new(),
             held_replies: RwLock::new(()),
         })
     }
@@ -425,16 +438,21 @@ impl FsClient {
     }
 
     /// The MDS recalls this client's writes to a file and its capability: drop the one,
-    /// report the others, then say so.
+    /// report the others, then say so. When another client changed the file, there is
+    /// what this client cached of it to forget instead.
     async fn answer_recall(&self, event: MdsSessionEvent) {
         self.invalidate_attrs(Some(event.ino));
-        if let Err(e) = self.report(event.ino).await {
-            tracing::warn!(ino = event.ino, error = %e, "cannot report writes the MDS recalled");
-        }
-        // Another client may cut the file next: until this one hears the size again, an
-        // fdatasync reports.
-        if let Some(f) = self.files().get_mut(&event.ino) {
-            f.durable_size = 0;
+        if event.changed_elsewhere {
+            self.forget_data(Some(event.ino)).await;
+        } else {
+            if let Err(e) = self.report(event.ino).await {
+                tracing::warn!(ino = event.ino, error = %e, "cannot report writes the MDS recalled");
+            }
+            // Another client may cut the file next: until this one hears the size again, an
+            // fdatasync reports.
+            if let Some(f) = self.files().get_mut(&event.ino) {
+                f.durable_size = 0;
+            }
         }
         if let Err(e) = self
             .call(FsOp::Recalled {
@@ -509,15 +527,55 @@ impl FsClient {
                 f.recalls += 1;
             }
         }
-        if let Some(forget) = self.kernel_attrs.get() {
-            ended.into_iter().for_each(forget);
+        if let Some(kernel) = self.kernel.get() {
+            ended.into_iter().for_each(|ino| kernel.forget_attrs(ino));
         }
     }
 
-    /// Lets the kernel keep attributes answered from capabilities a while: `forget` tells it
-    /// to drop those of an inode, which this client does whenever a capability ends.
-    pub fn set_kernel_attr_invalidator(&self, forget: Box<dyn Fn(u64) + Send + Sync>) {
-        let _ = self.kernel_attrs.set(forget);
+    /// Another client may have changed these files (all open ones when `None`): forget the
+    /// size reads stop at, and have the kernel drop the pages it cached of them.
+    async fn forget_data(&self, which: Option<u64>) {
+        let inos: Vec<u64> = {
+            let mut files = self.files();
+            files
+                .iter_mut()
+                .filter(|(ino, _)| which.is_none_or(|w| w == **ino))
+                .map(|(ino, f)| {
+                    f.size = None;
+                    f.changes += 1;
+                    *ino
+                })
+                .collect()
+        };
+        let Some(kernel) = self.kernel.get().cloned() else {
+            return;
+        };
+        // The kernel waits for reads in flight on those pages, which other tasks answer.
+        let dropped = tokio::task::spawn_blocking(move || {
+            inos.into_iter().for_each(|i| kernel.forget_pages(i))
+        });
+        if let Err(e) = dropped.await {
+            tracing::warn!(error = %e, "cannot have the kernel drop cached pages");
+        }
+    }
+
+    /// [`FsClient::forget_data`] of every open file, in its own task: the session stream
+    /// must go on carrying recalls meanwhile.
+    fn forget_all_data_soon(self: &Arc<Self>) {
+        let c = self.clone();
+        tokio::spawn(async move { c.forget_data(None).await });
+    }
+
+    /// Changes heard of `ino` so far (see [`OpenFile::changes`]).
+    fn changes_of(&self, ino: u64) -> u64 {
+        self.files().get(&ino).map_or(0, |f| f.changes)
+    }
+
+    /// Lets the kernel keep attributes answered from capabilities a while, and file pages
+    /// across reads: `kernel` is told to forget them whenever a capability ends or another
+    /// client changes a file.
+    pub fn set_kernel_cache(&self, kernel: Arc<dyn KernelCache>) {
+        let _ = self.kernel.set(kernel);
     }
 
     /// To be held while handing the kernel an answer of [`FsClient::held_getattr`].
@@ -600,7 +658,7 @@ impl FsClient {
     /// capability ends.
     pub fn held_getattr(&self, ino: u64) -> Option<(Attr, Duration)> {
         let a = self.held_attr(ino).map(|a| self.with_local(a))?;
-        let keep = match self.kernel_attrs.get() {
+        let keep = match self.kernel.get() {
             Some(_) => self.lease_left().min(HELD_ATTR_TTL),
             None => Duration::ZERO,
         };
@@ -621,9 +679,11 @@ impl FsClient {
         // Report writes first: a truncate must see (and cut) every byte written before it.
         self.report(ino).await?;
         let size = change.size;
+        let changes = self.changes_of(ino);
         let a = attr(self.call(FsOp::SetAttr { ino, change }).await?)?;
         if let (Some(size), Some(f)) = (size, self.files().get_mut(&ino)) {
-            f.size = size;
+            // Another client's write heard of meanwhile may have grown the file again.
+            f.size = (f.changes == changes).then_some(size);
             f.durable_size = size;
         }
         Ok(a)
@@ -757,12 +817,13 @@ impl FsClient {
     pub async fn open(&self, ino: u64, write: bool) -> FsResult<bool> {
         let _counting = self.opens_in_flight.read().await;
         let recalls = self.count_open(ino, write, true);
+        let changes = self.changes_of(ino);
         match self.call(FsOp::Open { ino, write }).await.and_then(opened) {
             Ok((a, exclusive, cache_kept)) => {
                 if let Some(f) = self.files().get_mut(&ino) {
-                    if f.unreported.is_none() {
-                        f.size = a.size;
-                    }
+                    // A change heard of meanwhile may be newer than the size in the answer.
+                    f.size = (f.changes == changes)
+                        .then(|| a.size.max(f.unreported.map_or(0, |w| w.end)));
                     f.durable_size = a.size;
                     // A recall that came meanwhile may have been of this very grant. Other
                     // files' recalls and this client's own changes say nothing of it.
@@ -813,10 +874,10 @@ impl FsClient {
 
     /// Reads up to `size` bytes at `offset`; holes read as zeros; short only at end of file.
     pub async fn read(&self, ino: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
-        let known = self.files().get(&ino).map(|f| f.size);
+        let known = self.files().get(&ino).and_then(|f| f.size);
         let file_size = match known {
             Some(s) => s,
-            None => self.getattr(ino).await?.size,
+            None => self.size_for_reads(ino).await?,
         };
         let end = file_size.min(offset.saturating_add(size as u64));
         if end <= offset {
@@ -835,6 +896,25 @@ impl FsClient {
             f.dirty.overlay(offset, &mut data);
         }
         Ok(data)
+    }
+
+    /// The size of `ino` as the MDS has it now (with this client's writes), kept for the
+    /// next reads unless another change was heard of meanwhile. Asked without recalling
+    /// writers: the read may hold pages the kernel waits for before this client answers a
+    /// writer's change.
+    async fn size_for_reads(&self, ino: u64) -> FsResult<u64> {
+        let changes = self.changes_of(ino);
+        let held = attr(self.call(FsOp::Peek { ino }).await?)?.size;
+        let mut files = self.files();
+        let Some(f) = files.get_mut(&ino) else {
+            return Ok(held);
+        };
+        // This client's writes, also those that completed meanwhile.
+        let size = held.max(f.unreported.map_or(0, |w| w.end));
+        if f.changes == changes {
+            f.size = Some(size);
+        }
+        Ok(size)
     }
 
     /// The lock ordering a file's reads and writes against the sending of its buffer.
@@ -1134,9 +1214,32 @@ async fn run_session(client: Weak<FsClient>) {
             Ok(mut stream) => {
                 backoff = BACKOFF_MIN;
                 failures = 0;
-                while let Ok(Ok(Some(event))) =
-                    tokio::time::timeout(SESSION_SILENCE_MAX, stream.message()).await
-                {
+                // Pages read while no stream was up may predate a change nobody could tell
+                // this client of.
+                if let Some(c) = client.upgrade() {
+                    c.forget_all_data_soon();
+                }
+                loop {
+                    let Some(lease_left) = client.upgrade().map(|c| c.lease_left()) else {
+                        return;
+                    };
+                    let event = tokio::select! {
+                        next = tokio::time::timeout(SESSION_SILENCE_MAX, stream.message()) => {
+                            match next {
+                                Ok(Ok(Some(event))) => event,
+                                _ => break,
+                            }
+                        }
+                        // Past the lease the MDS may let another client change a file without
+                        // this one hearing of it: the kernel's pages must not outlive it.
+                        () = tokio::time::sleep(lease_left), if !lease_left.is_zero() => {
+                            let Some(c) = client.upgrade() else { return };
+                            if !c.lease_fresh() {
+                                c.forget_all_data_soon();
+                            }
+                            continue;
+                        }
+                    };
                     let Some(c) = client.upgrade() else { return };
                     if event.recall == 0 {
                         c.heard_from_mds(Duration::from_millis(event.lease_ms));
@@ -1152,6 +1255,7 @@ async fn run_session(client: Weak<FsClient>) {
                     // Without the capability, buffered data must be where others can read it.
                     c.drop_capabilities();
                     c.send_all_buffered(false).await;
+                    c.forget_all_data_soon();
                 }
                 tracing::info!("the MDS session stream ended; reconnecting");
             }

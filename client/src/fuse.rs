@@ -7,9 +7,12 @@
 //!   the MDS unless it holds the file's exclusive capability; then the kernel may keep the
 //!   answer within the capability's lease until told to forget it), and a file's page cache is
 //!   dropped at each open (no `FOPEN_KEEP_CACHE`) unless the MDS says no other client may
-//!   have written the file since this one last held its exclusive capability.
+//!   have written the file since this one last held its exclusive capability. A file kept
+//!   open loses its cached pages too when another client changes its data or size: the MDS
+//!   tells every other opener before it records a writer's report (fsync, close) or a
+//!   truncate, and the client has the kernel drop the pages before it answers.
 //!   Two mounts of one filesystem thus see each other's metadata changes at once, and each
-//!   other's data from the next open after the writer's close (close-to-open, as NFS).
+//!   other's data once the writer's close returned, also through handles opened before.
 //! - **fuser's request thread never waits on the network.** Each callback moves its reply
 //!   into a task on the tokio runtime and returns, so many requests are in flight at once.
 //!
@@ -34,7 +37,9 @@ use fuser::{
 };
 use tokio::runtime::Handle;
 
-use crate::fs::{Attr, Caller, DirEntry, FsClient, FsError, FsResult, SetAttr, StatFs};
+use crate::fs::{
+    Attr, Caller, DirEntry, FsClient, FsError, FsResult, KernelCache, SetAttr, StatFs,
+};
 
 /// How long the kernel may trust an entry or attributes: not at all (see the module doc).
 const TTL: Duration = Duration::ZERO;
@@ -86,12 +91,30 @@ pub fn mount(
             tracing::warn!(error = %e, "cannot set the mount's read-ahead; the kernel's default stays");
         }
     }
-    let notifier = session.notifier();
-    // Attributes only (offset -1): no page is waited for, so this never blocks on a reply.
-    fs.set_kernel_attr_invalidator(Box::new(move |ino| {
-        let _ = notifier.inval_inode(inodes.to_fuse(ino), -1, 0);
+    fs.set_kernel_cache(Arc::new(KernelNotifier {
+        notifier: session.notifier(),
+        inodes,
     }));
     Ok(session)
+}
+
+/// Tells this mount's kernel to forget what it caches of an inode.
+struct KernelNotifier {
+    notifier: fuser::Notifier,
+    inodes: Inodes,
+}
+
+impl KernelCache for KernelNotifier {
+    fn forget_attrs(&self, ino: u64) {
+        // Offset -1: attributes only, so no page is waited for.
+        let _ = self.notifier.inval_inode(self.inodes.to_fuse(ino), -1, 0);
+    }
+
+    fn forget_pages(&self, ino: u64) {
+        // Offset 0, length 0: every page (and the attributes). An inode the kernel does not
+        // know has nothing cached.
+        let _ = self.notifier.inval_inode(self.inodes.to_fuse(ino), 0, 0);
+    }
 }
 
 /// Sets the read-ahead of the mount's backing device: FUSE offers the kernel no more than its

@@ -80,6 +80,12 @@ pub enum FsOp {
     GetAttr {
         ino: u64,
     },
+    /// The attributes the MDS holds now, without recalling other clients' writes: what a
+    /// reader told that another client changed the file reads up to. (A getattr would wait
+    /// on the writer, which may be waiting for this reader's answer.)
+    Peek {
+        ino: u64,
+    },
     SetAttr {
         ino: u64,
         change: SetAttrs,
@@ -183,13 +189,13 @@ pub enum FsOp {
 }
 
 impl FsOp {
-    /// Whether the op changes metadata (and so is journaled before its reply).
     /// The operation's name, for metrics and logs.
     pub fn name(&self) -> &'static str {
         match self {
             FsOp::Lookup { .. } => "lookup",
             FsOp::Resolve { .. } => "resolve",
             FsOp::GetAttr { .. } => "getattr",
+            FsOp::Peek { .. } => "peek",
             FsOp::SetAttr { .. } => "setattr",
             FsOp::Mknod { .. } => "mknod",
             FsOp::Mkdir { .. } => "mkdir",
@@ -214,12 +220,14 @@ impl FsOp {
         }
     }
 
+    /// Whether the op changes metadata (and so is journaled before its reply).
     pub fn is_change(&self) -> bool {
         !matches!(
             self,
             FsOp::Lookup { .. }
                 | FsOp::Resolve { .. }
                 | FsOp::GetAttr { .. }
+                | FsOp::Peek { .. }
                 | FsOp::ReadLink { .. }
                 | FsOp::ReadDir { .. }
                 | FsOp::GetXattr { .. }

@@ -27,6 +27,21 @@ use crate::rank::{Answer, Rank};
 use crate::replay::Replayer;
 use crate::sessions::Opens;
 
+/// How much longer than a client's lease the MDS waits for it to stop trusting it (for the
+/// heartbeat's way to the client).
+const LEASE_MARGIN: Duration = Duration::from_millis(250);
+
+/// A recall (`changed_elsewhere`: a notice of another client's change) of `ino`; its number
+/// is given when it is sent.
+fn session_event(ino: u64, changed_elsewhere: bool) -> MdsSessionEvent {
+    MdsSessionEvent {
+        recall: 0,
+        ino,
+        lease_ms: 0,
+        changed_elsewhere,
+    }
+}
+
 /// Where a session's events go: the stream the client holds open.
 pub type SessionSender = mpsc::Sender<Result<MdsSessionEvent, Status>>;
 /// Events queued per session before the MDS stops waiting for room (a stuck client).
@@ -211,11 +226,14 @@ impl MdsNode {
             {
                 Answer::Reply(reply) => break reply,
                 Answer::Recall { recalls, revoked } => {
-                    self.recall(&recalls).await?;
+                    self.recall(&recalls, &[]).await?;
                     after_recall = Some(revoked);
                 }
             }
         };
+        if !matches!(reply, FsReply::Error { .. }) {
+            self.tell_of_change(client, &op).await?;
+        }
         metrics::histogram!("cairn_mds_request_seconds", "op" => op.name())
             .record(started.elapsed().as_secs_f64());
         Ok(reply)
@@ -257,14 +275,34 @@ impl MdsNode {
         }
     }
 
+    /// Before `client` hears that its change of a file's data or size is done, every other
+    /// client with the file open drops what it cached of it: a read there after this reply
+    /// sees the change (close-to-open, also through handles opened before).
+    async fn tell_of_change(&self, client: &str, op: &FsOp) -> Result<(), Status> {
+        let changed = match self.rank.lock().await.as_ref() {
+            Some(r) => r.told_of_change(client, op),
+            None => return Ok(()),
+        };
+        if changed.is_empty() {
+            return Ok(());
+        }
+        self.recall(&[], &changed).await
+    }
+
     /// Asks each client of `recalls` to report its writes to the file and drop its
-    /// capability, and waits until they have, or until `recall_timeout_ms`. A client that
-    /// does not answer has its stream ended (no more heartbeats), and the request waits out
-    /// the lease it may still trust a capability for. One that has the file open for writing
-    /// may also hold writes back, which would land behind the writes of whoever uses the
-    /// file next: it is fenced (blocklisted and evicted) first. An error means it could not
-    /// be fenced: the request must not go on.
-    async fn recall(&self, recalls: &[(u64, String)]) -> Result<(), Status> {
+    /// capability, and each client of `changed` to drop what it cached of the file (another
+    /// client changed it; there is nothing to report, so answering never waits on a request
+    /// of theirs). Waits until they have, or until `recall_timeout_ms`. A client that does
+    /// not answer has its stream ended (no more heartbeats), and the request waits out the
+    /// lease it may still trust a capability or its cache for. One recalled that has the
+    /// file open for writing may also hold writes back, which would land behind the writes
+    /// of whoever uses the file next: it is fenced (blocklisted and evicted) first. An error
+    /// means it could not be fenced: the request must not go on.
+    async fn recall(
+        &self,
+        recalls: &[(u64, String)],
+        changed: &[(u64, String)],
+    ) -> Result<(), Status> {
         let writes: Vec<bool> = {
             let rank = self.rank.lock().await;
             recalls
@@ -277,18 +315,24 @@ impl MdsNode {
         };
         let now = tokio::time::Instant::now();
         let deadline = now + Duration::from_millis(self.settings.recall_timeout_ms);
-        let answered = futures::future::join_all(recalls.iter().zip(&writes).map(
+        let recalled = futures::future::join_all(recalls.iter().zip(&writes).map(
             |((ino, client), writes)| {
                 // A client without a stream dropped its capabilities; one that writes gets a
                 // moment to come back before it is fenced.
                 let reconnect_by = if *writes { now + RECONNECT_WAIT } else { now };
-                self.recall_one(*ino, client, reconnect_by.min(deadline), deadline)
+                let event = session_event(*ino, false);
+                self.recall_one(event, client, reconnect_by.min(deadline), deadline)
             },
-        ))
-        .await;
-        let mut unanswered = false;
+        ));
+        let told = futures::future::join_all(
+            changed
+                .iter()
+                .map(|(ino, client)| self.tell_one(*ino, client, deadline)),
+        );
+        let (recalled, told) = tokio::join!(recalled, told);
+        let mut unanswered = told.contains(&false);
         let mut to_fence = std::collections::BTreeSet::new();
-        for (((_, client), writes), answered) in recalls.iter().zip(writes).zip(answered) {
+        for (((_, client), writes), answered) in recalls.iter().zip(writes).zip(recalled) {
             if !answered {
                 unanswered = true;
                 if writes {
@@ -301,16 +345,34 @@ impl MdsNode {
                 .await?;
         }
         if unanswered {
-            tokio::time::sleep(self.client_lease() + Duration::from_millis(250)).await;
+            tokio::time::sleep(self.client_lease() + LEASE_MARGIN).await;
         }
         Ok(())
     }
 
-    /// Recalls `client`'s writes to `ino` and its capability; whether it answered by
-    /// `deadline`. Waits until `reconnect_by` for a client whose stream is down.
+    /// Tells `client` that another client changed `ino`; whether it answered by `deadline`.
+    /// A client without a stream hears nothing, and stops trusting what it cached once its
+    /// lease lapses: that is waited for instead.
+    async fn tell_one(&self, ino: u64, client: &str, deadline: tokio::time::Instant) -> bool {
+        let streamless_since = match self.rank.lock().await.as_ref() {
+            Some(r) => r.sessions.streamless_since(client),
+            None => None,
+        };
+        if let Some(since) = streamless_since {
+            let lapsed = since + self.client_lease() + LEASE_MARGIN;
+            tokio::time::sleep_until(tokio::time::Instant::from_std(lapsed)).await;
+            return true;
+        }
+        let now = tokio::time::Instant::now();
+        self.recall_one(session_event(ino, true), client, now, deadline)
+            .await
+    }
+
+    /// Sends `client` the recall `event` (its number filled in here); whether it answered
+    /// by `deadline`. Waits until `reconnect_by` for a client whose stream is down.
     async fn recall_one(
         &self,
-        ino: u64,
+        mut event: MdsSessionEvent,
         client: &str,
         reconnect_by: tokio::time::Instant,
         deadline: tokio::time::Instant,
@@ -330,11 +392,8 @@ impl MdsNode {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(recall, (client.to_string(), done));
-        let event = MdsSessionEvent {
-            recall,
-            ino,
-            lease_ms: 0,
-        };
+        event.recall = recall;
+        let ino = event.ino;
         metrics::counter!("cairn_mds_recalls_total").increment(1);
         let ok = events.try_send(Ok(event)).is_ok()
             && matches!(
@@ -479,7 +538,7 @@ impl MdsNode {
         if !revoked.is_empty() {
             let node = self.clone();
             tokio::spawn(async move {
-                if let Err(e) = node.recall(&revoked).await {
+                if let Err(e) = node.recall(&revoked, &[]).await {
                     tracing::warn!(error = %e.message(), "a recall for a reconnecting client failed");
                 }
             });
@@ -525,7 +584,7 @@ impl MdsNode {
                         break;
                     }
                     // A full queue already tells the client this stream lives.
-                    let _ = events.try_send(Ok(MdsSessionEvent { recall: 0, ino: 0, lease_ms }));
+                    let _ = events.try_send(Ok(MdsSessionEvent { recall: 0, ino: 0, lease_ms, changed_elsewhere: false }));
                 }
             }
         }

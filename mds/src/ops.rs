@@ -74,7 +74,9 @@ impl Rank {
                 }
                 Ok(FsReply::Attr(self.dir_inode(ino).await?.attr()))
             }
-            FsOp::GetAttr { ino } => Ok(FsReply::Attr(self.inode_of(ino).await?.attr())),
+            FsOp::GetAttr { ino } | FsOp::Peek { ino } => {
+                Ok(FsReply::Attr(self.inode_of(ino).await?.attr()))
+            }
             FsOp::ReadLink { ino } => {
                 let inode = self.inode_of(ino).await?;
                 inode

@@ -225,6 +225,21 @@ impl Rank {
         Ok((!recalls.is_empty()).then_some(Answer::Recall { recalls, revoked }))
     }
 
+    /// The clients to tell, once `op` is applied, that another client changed a file's data
+    /// or size: every other opener of the file (they drop what they cached of it).
+    pub fn told_of_change(&self, client: &str, op: &FsOp) -> Vec<(u64, String)> {
+        let ino = match op {
+            FsOp::SetAttr { ino, change } if change.size.is_some() => *ino,
+            FsOp::Written { ino, .. } => *ino,
+            _ => return Vec::new(),
+        };
+        self.sessions
+            .openers_besides(ino, client)
+            .into_iter()
+            .map(|opener| (ino, opener))
+            .collect()
+    }
+
     /// The files `op` shows or changes.
     async fn touches(&mut self, op: &FsOp) -> Result<Vec<Touch>, Fail> {
         // (The requester's own capability stays: each change it makes drops the attributes

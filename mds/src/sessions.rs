@@ -113,6 +113,15 @@ impl Sessions {
         }
     }
 
+    /// When `client`'s session was last known to have a stream or to be alive, if it has
+    /// none now (`None`: it has a stream, or no session here).
+    pub fn streamless_since(&self, client: &str) -> Option<Instant> {
+        self.sessions
+            .get(client)
+            .filter(|s| !s.connected)
+            .map(|s| s.since)
+    }
+
     /// A request from `client`: a session it has without a stream (a client of the previous
     /// active, or one whose stream is reconnecting) starts its timeout again.
     pub fn heard_from(&mut self, client: &str) {
@@ -247,11 +256,20 @@ impl Sessions {
 
     /// Clients other than `client` that have `ino` open for writing.
     pub fn writers_besides(&self, ino: u64, client: &str) -> Vec<String> {
+        self.opening_besides(ino, client, |o| o.writers > 0)
+    }
+
+    /// Clients other than `client` that have `ino` open at all.
+    pub fn openers_besides(&self, ino: u64, client: &str) -> Vec<String> {
+        self.opening_besides(ino, client, |_| true)
+    }
+
+    fn opening_besides(&self, ino: u64, client: &str, how: impl Fn(&Opens) -> bool) -> Vec<String> {
         self.opens
             .get(&ino)
             .into_iter()
             .flatten()
-            .filter(|(c, o)| c.as_str() != client && o.writers > 0)
+            .filter(|(c, o)| c.as_str() != client && how(o))
             .map(|(c, _)| c.clone())
             .collect()
     }
@@ -342,7 +360,7 @@ mod tests {
     }
 
     #[test]
-    fn only_other_writers_are_recalled() {
+    fn only_other_openers_are_recalled() {
         let mut s = Sessions::default();
         s.opened("a", 7, true);
         s.opened("b", 7, false);
@@ -351,6 +369,10 @@ mod tests {
         w.sort();
         assert_eq!(w, vec!["a".to_string()]);
         assert!(s.writers_besides(8, "c").is_empty());
+        // A change of the file's data reaches readers too.
+        let mut o = s.openers_besides(7, "c");
+        o.sort();
+        assert_eq!(o, vec!["a".to_string(), "b".to_string()]);
     }
 
     #[test]

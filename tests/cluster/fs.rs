@@ -486,6 +486,7 @@ async fn posix_behaviour_through_two_mounts() {
             "stale data from the first mount's cache"
         );
         drop(kept_open);
+        open_handle_checks(&p1, &p2);
         // While one mount writes (no close, no fsync), the other sees each write at once in
         // stat and read: the MDS recalls the size from the writer.
         let mut w = fs::File::create(p1.join("growing")).expect("create");
@@ -524,6 +525,50 @@ async fn posix_behaviour_through_two_mounts() {
     })
     .await;
     exclusive_capability_checks(&t, &one.path, &two.path).await;
+}
+
+/// A handle kept open on one mount reads what another mount wrote once that mount's close
+/// returned: the kernel's cached pages and the size the handle knew are dropped, also when
+/// the file keeps its size or shrinks.
+fn open_handle_checks(p1: &Path, p2: &Path) {
+    fs::write(p1.join("kept"), pattern(13, 65_536)).expect("write");
+    let mut kept = fs::File::open(p1.join("kept")).expect("open");
+    // Plain reads to the end (no fstat, which would show the kernel the new size).
+    let mut read_all = |what: &str| {
+        let mut seen = Vec::new();
+        let mut buf = vec![0u8; 1 << 16];
+        kept.seek(SeekFrom::Start(0)).expect("seek");
+        loop {
+            match kept.read(&mut buf).expect(what) {
+                0 => return seen,
+                n => seen.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    assert!(read_all("first read") == pattern(13, 65_536));
+    // Cut to nothing and written again to the same size: only the MDS can tell.
+    fs::write(p2.join("kept"), pattern(14, 65_536)).expect("rewrite");
+    assert!(
+        read_all("read after the rewrite") == pattern(14, 65_536),
+        "the open handle read stale pages"
+    );
+    fs::OpenOptions::new()
+        .append(true)
+        .open(p2.join("kept"))
+        .and_then(|mut f| f.write_all(&pattern(15, 10_000)))
+        .expect("append");
+    let grown = read_all("read after the append");
+    assert_eq!(grown.len(), 75_536, "the open handle missed the growth");
+    assert!(grown[65_536..] == pattern(15, 10_000));
+    fs::OpenOptions::new()
+        .write(true)
+        .open(p2.join("kept"))
+        .and_then(|f| f.set_len(100))
+        .expect("truncate");
+    assert!(
+        read_all("read after the truncate") == pattern(14, 100),
+        "the open handle read past the new end"
+    );
 }
 
 /// The files whose exclusive capability clients hold, over all sessions.
