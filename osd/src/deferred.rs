@@ -407,6 +407,33 @@ mod tests {
     }
 
     #[test]
+    fn a_push_over_the_bound_waits_for_the_flusher() {
+        let q = Arc::new(DeferredQueue::new(4));
+        q.push((0..4).map(|p| (p, block(1), vec![])));
+        // Over the bound, with no flusher yet: the committer must wait.
+        let pusher = {
+            let q = q.clone();
+            std::thread::spawn(move || q.push((4..10).map(|p| (p, block(2), vec![]))))
+        };
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        assert!(!pusher.is_finished(), "a push over the bound returned");
+        let io = Arc::new(Recorder::default());
+        let flusher = {
+            let (q, io) = (q.clone(), io.clone());
+            std::thread::spawn(move || q.flush_until_stopped(&*io))
+        };
+        pusher.join().unwrap();
+        assert!(
+            q.lookup(0..10).len() <= 4,
+            "the push returned over the bound"
+        );
+        q.drain().unwrap();
+        q.stop();
+        flusher.join().unwrap();
+        assert_eq!(io.written.lock().unwrap().len(), 10);
+    }
+
+    #[test]
     fn stopping_writes_everything_queued_first() {
         let q = Arc::new(DeferredQueue::new(1024));
         let io = Arc::new(Recorder::default());
