@@ -445,7 +445,7 @@ impl FsClient {
         if event.changed_elsewhere {
             self.forget_data(Some(event.ino)).await;
         } else {
-            if let Err(e) = self.report(event.ino).await {
+            if let Err(e) = self.report_answering(event.ino, event.recall).await {
                 tracing::warn!(ino = event.ino, error = %e, "cannot report writes the MDS recalled");
             }
             // Another client may cut the file next: until this one hears the size again, an
@@ -547,6 +547,11 @@ impl FsClient {
                 })
                 .collect()
         };
+        self.drop_pages(inos).await;
+    }
+
+    /// Has the kernel drop the pages it cached of `inos`.
+    async fn drop_pages(&self, inos: Vec<u64>) {
         let Some(kernel) = self.kernel.get().cloned() else {
             return;
         };
@@ -557,6 +562,16 @@ impl FsClient {
         if let Err(e) = dropped.await {
             tracing::warn!(error = %e, "cannot have the kernel drop cached pages");
         }
+    }
+
+    /// A read of `ino` was answered. Without a lease (no stream, or the MDS silent) nobody
+    /// can tell this client of another's change, so what the kernel just cached goes again.
+    pub fn read_answered(self: &Arc<Self>, ino: u64) {
+        if self.lease_fresh() {
+            return;
+        }
+        let c = self.clone();
+        tokio::spawn(async move { c.drop_pages(vec![ino]).await });
     }
 
     /// [`FsClient::forget_data`] of every open file, in its own task: the session stream
@@ -911,7 +926,8 @@ impl FsClient {
         };
         // This client's writes, also those that completed meanwhile.
         let size = held.max(f.unreported.map_or(0, |w| w.end));
-        if f.changes == changes {
+        // Without a lease, a change could come unheard of: ask again next time.
+        if f.changes == changes && self.lease_fresh() {
             f.size = Some(size);
         }
         Ok(size)
@@ -1048,6 +1064,11 @@ impl FsClient {
     /// Sends the file's buffered writes, then tells the MDS the size and mtime this client's
     /// writes gave the file.
     async fn report(&self, ino: u64) -> FsResult<()> {
+        self.report_answering(ino, 0).await
+    }
+
+    /// [`FsClient::report`] in answer to `recall` (0: none).
+    async fn report_answering(&self, ino: u64, recall: u64) -> FsResult<()> {
         self.send_buffered(ino).await?;
         let pending = self.files().get(&ino).and_then(|f| f.unreported);
         if let Some(w) = pending {
@@ -1055,6 +1076,7 @@ impl FsClient {
                 ino,
                 size: w.end,
                 mtime_ns: w.mtime_ns,
+                recall,
             })
             .await?;
             if let Some(f) = self.files().get_mut(&ino) {

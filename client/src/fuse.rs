@@ -402,7 +402,10 @@ impl Filesystem for CairnFs {
         let (fs, ino) = (self.client(), self.inodes.to_mds(ino));
         self.spawn("read", async move {
             match fs.read(ino, offset, size).await {
-                Ok(data) => reply.data(&data),
+                Ok(data) => {
+                    reply.data(&data);
+                    fs.read_answered(ino);
+                }
                 Err(e) => reply.error(errno(&e)),
             }
         });

@@ -145,6 +145,11 @@ pub enum FsOp {
         ino: u64,
         size: u64,
         mtime_ns: i64,
+        /// The recall this report answers (0: none). Once the report is applied the recall
+        /// is answered, before the other openers have been told of the change: the
+        /// request that recalled the writer must not wait on them (nor fence the writer).
+        #[serde(default)]
+        recall: u64,
     },
     SetXattr {
         ino: u64,

@@ -232,6 +232,9 @@ impl MdsNode {
             }
         };
         if !matches!(reply, FsReply::Error { .. }) {
+            if let FsOp::Written { recall, .. } = op {
+                self.recall_answered(client, recall);
+            }
             self.tell_of_change(client, &op).await?;
         }
         metrics::histogram!("cairn_mds_request_seconds", "op" => op.name())

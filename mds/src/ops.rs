@@ -212,6 +212,7 @@ impl Rank {
                 ino,
                 size,
                 mtime_ns,
+                ..
             } => {
                 let mut inode = self.inode_of(ino).await?;
                 if inode.mode & S_IFMT != S_IFREG {

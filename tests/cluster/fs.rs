@@ -939,6 +939,52 @@ async fn a_client_that_does_not_answer_a_recall_is_fenced() {
 }
 
 /// `cairn fs fsck`: whether it exited cleanly, and what it printed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_silent_reader_does_not_get_a_recalled_writer_fenced() {
+    let t = fs_cluster(&["a"], &["mds.recall_timeout_ms=2000"]).await;
+    let config = t.config();
+    let base = t.dir().join("mnt");
+    let writer = Mount::new(&t, &base.join("writer")).await;
+    let reader = Mount::new(&t, &base.join("reader")).await;
+    let asker = Mount::new(&t, &base.join("asker")).await;
+    wait_for(Duration::from_secs(20), "three client sessions", || async {
+        (sessions(&config).await? == (3, 3)).then_some(())
+    })
+    .await;
+    let (w, r) = (writer.path.clone(), reader.path.clone());
+    let (mut held, kept) = blocking(move || {
+        let mut h = fs::File::create(w.join("shared")).expect("create");
+        h.write_all(&pattern(1, 4096)).expect("write");
+        let kept = fs::File::open(r.join("shared")).expect("open to read");
+        // Written through (two openers), not yet reported to the MDS.
+        h.write_all(&pattern(2, 4096)).expect("write more");
+        (h, kept)
+    })
+    .await;
+    let pid = reader.child.id() as i32;
+    // SAFETY: signals the mount process this test started.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    // The stat recalls the writer; the writer's report then waits on the silent reader,
+    // which must not make the writer look silent too.
+    let a = asker.path.clone();
+    let size = blocking(move || fs::metadata(a.join("shared")).expect("stat").len()).await;
+    assert_eq!(size, 8192, "the stat sees the writer's unreported write");
+    let blocklist = t.admin().maps().await.expect("maps").osdmap.blocklist;
+    assert!(
+        blocklist.is_empty(),
+        "a writer that answered its recall was fenced: {blocklist:?}"
+    );
+    let synced = blocking(move || {
+        held.write_all(&pattern(3, 4096))?;
+        held.sync_all()
+    })
+    .await;
+    assert!(synced.is_ok(), "the writer's session goes on: {synced:?}");
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    drop(kept);
+}
+
 fn fsck(t: &TestCluster) -> (bool, String) {
     let out = Process::new(bin_dir().join("cairn"))
         .arg("--conf")
