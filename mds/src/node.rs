@@ -282,8 +282,12 @@ impl MdsNode {
     /// client with the file open drops what it cached of it: a read there after this reply
     /// sees the change (close-to-open, also through handles opened before).
     async fn tell_of_change(&self, client: &str, op: &FsOp) -> Result<(), Status> {
+        // Most requests change no file data: no need to take the rank's lock again.
+        let Some(ino) = Rank::data_changed_by(op) else {
+            return Ok(());
+        };
         let changed = match self.rank.lock().await.as_ref() {
-            Some(r) => r.told_of_change(client, op),
+            Some(r) => r.told_of_change(client, ino),
             None => return Ok(()),
         };
         if changed.is_empty() {
@@ -587,7 +591,7 @@ impl MdsNode {
                         break;
                     }
                     // A full queue already tells the client this stream lives.
-                    let _ = events.try_send(Ok(MdsSessionEvent { recall: 0, ino: 0, lease_ms, changed_elsewhere: false }));
+                    let _ = events.try_send(Ok(MdsSessionEvent { lease_ms, ..session_event(0, false) }));
                 }
             }
         }

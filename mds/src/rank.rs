@@ -225,14 +225,18 @@ impl Rank {
         Ok((!recalls.is_empty()).then_some(Answer::Recall { recalls, revoked }))
     }
 
-    /// The clients to tell, once `op` is applied, that another client changed a file's data
-    /// or size: every other opener of the file (they drop what they cached of it).
-    pub fn told_of_change(&self, client: &str, op: &FsOp) -> Vec<(u64, String)> {
-        let ino = match op {
-            FsOp::SetAttr { ino, change } if change.size.is_some() => *ino,
-            FsOp::Written { ino, .. } => *ino,
-            _ => return Vec::new(),
-        };
+    /// The file whose data or size `op` changes, if any.
+    pub fn data_changed_by(op: &FsOp) -> Option<u64> {
+        match op {
+            FsOp::SetAttr { ino, change } if change.size.is_some() => Some(*ino),
+            FsOp::Written { ino, .. } => Some(*ino),
+            _ => None,
+        }
+    }
+
+    /// The clients to tell, once a change of `ino`'s data or size is applied: every other
+    /// opener of the file (they drop what they cached of it).
+    pub fn told_of_change(&self, client: &str, ino: u64) -> Vec<(u64, String)> {
         self.sessions
             .openers_besides(ino, client)
             .into_iter()
