@@ -1,11 +1,14 @@
 //! Activation: bringing a PG's members in line before its primary serves it in a new
 //! interval (any map change: the members may have changed, or restarted).
 //!
-//! The primary asks every current member for its PG version, log and object versions, then
-//! works out from the past OSD maps which earlier intervals may have accepted writes since
-//! the newest activation any member has seen, and asks members of those intervals too — also
-//! OSDs no longer in the PG (`peering`). If such an interval has no member up, the PG stays
-//! down and says which OSDs it waits for. Then, from everything heard: a replicated PG makes
+//! The primary asks every current member for its PG version and log, then works out from the
+//! past OSD maps which earlier intervals may have accepted writes since the newest activation
+//! any member has seen, and asks members of those intervals too — also OSDs no longer in the
+//! PG (`peering`). If such an interval has no member up, the PG stays down and says which OSDs
+//! it waits for. The logs say which objects the members may disagree on (those changed after
+//! the newest entry all of them hold); only those objects' versions are asked for. When the
+//! logs cannot tell (a new member, or one away longer than the logs reach), every member lists
+//! every object — backfill. Then, from everything heard: a replicated PG makes
 //! every current member equal to the member with the newest version, object by object (copy
 //! what differs, remove what it lacks); an erasure-coded PG keeps per object the newest
 //! version k distinct shards hold (or its absence) and rebuilds every other member's shard
@@ -16,6 +19,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use crate::pg_stats::ComparedBy;
+use crate::replica::Listing;
 use cairn_common::pg_states::DOWN_REASON_PREFIX;
 use cairn_common::proto::{LogEntry, PgQueryReply, SubOpRequest};
 
@@ -75,23 +80,49 @@ async fn activate(
 ) -> Result<u64, String> {
     let mut heard: Heard = Vec::with_capacity(members.len());
     for m in members {
-        heard.push((*m, members::query(node, pg, st, *m, epoch).await?));
+        heard.push((
+            *m,
+            members::query(node, pg, st, *m, epoch, no_objects()).await?,
+        ));
     }
     let last_members = hear_past_members(node, pg, st, &mut heard, epoch).await?;
+    // Before the versions are asked for: an older OSD lists every object whatever it is asked.
+    let counts: Vec<u64> = heard
+        .iter()
+        .map(|(_, info)| info.object_count.max(info.objects.len() as u64))
+        .collect();
+    let compared = list_compared(node, pg, st, &mut heard, epoch).await?;
     st.empty_members = heard
         .iter()
         .filter(|(m, info)| members.contains(m) && info.last_update == 0)
         .map(|(m, _)| *m)
         .collect();
-    let (_, auth) = heard
+    let (auth_at, (_, auth)) = heard
         .iter()
-        .max_by_key(|(_, info)| info.last_update)
-        .cloned()
+        .enumerate()
+        .max_by_key(|(_, (_, info))| info.last_update)
+        .map(|(i, h)| (i, h.clone()))
         .ok_or("the PG has no members")?;
-    let names: BTreeSet<String> = heard
-        .iter()
-        .flat_map(|(_, info)| info.objects.keys().chain(info.missing.keys()).cloned())
-        .collect();
+    // The PG's object count: those compared that it keeps, plus, when the logs chose what to
+    // compare, the others, which every member holds alike (the authority's count without its
+    // compared ones).
+    let (names, mut objects) = match compared {
+        Compared::ByLog(names) => {
+            let held = names
+                .iter()
+                .filter(|n| auth.objects.contains_key(*n))
+                .count();
+            let others = counts[auth_at].saturating_sub(held as u64);
+            (names, others)
+        }
+        Compared::All => {
+            let names = heard
+                .iter()
+                .flat_map(|(_, info)| info.objects.keys().chain(info.missing.keys()).cloned())
+                .collect();
+            (names, 0)
+        }
+    };
     let current = peering::current(&heard, |info| info.last_update);
     let complete = last_members
         .iter()
@@ -99,7 +130,7 @@ async fn activate(
     // Decide everything first, so the PG's report can say how much is left while it is done.
     let mut plan = Plan::new();
     let mut now_plan = Plan::new();
-    let mut objects = 0;
+    let mut settled = Vec::new();
     for name in &names {
         let chosen = match codec {
             None => said(&auth, name),
@@ -121,6 +152,9 @@ async fn activate(
             }
         };
         objects += u64::from(chosen.is_some());
+        if disagrees(&heard, name, chosen) {
+            settled.push(name.clone());
+        }
         let targets: Vec<(Member, Option<u64>)> = heard
             .iter()
             .filter(|(m, _)| members.contains(m))
@@ -155,12 +189,17 @@ async fn activate(
     for (name, mut pending) in now_plan {
         bring_object_in_line(node, pg, st, &mut pending, &name, codec, epoch).await?;
     }
-    // Every member starts the interval at one new version, after anything an earlier
-    // interval wrote: a stray write of an old primary can never tie with this interval's.
-    // Each gets the log the PG keeps, so a retried request is recognised whichever member
-    // serves it next, and a rolled-back one is not taken for applied.
-    let start = crate::pg::next_version(auth.last_update, epoch);
-    let log = log_of_interval(&heard, &auth, codec);
+    // Every member starts the interval at a new version, after anything an earlier interval
+    // wrote: a stray write of an old primary can never tie with this interval's. Each gets
+    // the log the PG keeps, so a retried request is recognised whichever member serves it
+    // next, and a rolled-back one is not taken for applied; the log also names the objects
+    // settled here, for later peerings to compare.
+    let (log, start) = peering::interval_log(
+        agreed_log(&heard, &auth, codec),
+        &settled,
+        crate::pg::next_version(auth.last_update, epoch),
+        LOG_ENTRIES_KEPT,
+    );
     for (m, info) in heard.iter().filter(|(m, _)| members.contains(m)) {
         let replace = info.log != log;
         let req = SubOpRequest {
@@ -180,6 +219,80 @@ async fn activate(
     st.active = Some(epoch);
     tracing::debug!(pg = %pg.id, epoch, "pg active");
     Ok(objects)
+}
+
+/// A query that lists no object's version (the member's object count, state and log only).
+fn no_objects() -> Listing {
+    Listing::Named(Vec::new())
+}
+
+/// Which objects activation compares across the members.
+enum Compared {
+    /// Those the logs name after their newest common entry, with what members list as
+    /// missing or have stashed (`peering::candidates`).
+    ByLog(BTreeSet<String>),
+    /// Every object any member holds or lists as missing: the logs cannot tell (backfill).
+    All,
+}
+
+/// Decides from the logs heard which objects to compare and asks every member heard for its
+/// versions of them (of all when the logs cannot tell).
+async fn list_compared(
+    node: &OsdNode,
+    pg: &Pg,
+    st: &mut PgState,
+    heard: &mut Heard,
+    epoch: u64,
+) -> Result<Compared, String> {
+    let logs: Vec<&[LogEntry]> = heard.iter().map(|(_, info)| info.log.as_slice()).collect();
+    let compared = match peering::candidates(&logs) {
+        Some(mut names) => {
+            for (_, info) in heard.iter() {
+                names.extend(info.missing.keys().cloned());
+                names.extend(info.stashed.as_ref().map(|s| s.object.clone()));
+            }
+            Compared::ByLog(names)
+        }
+        None => Compared::All,
+    };
+    let (listing, by) = match &compared {
+        Compared::ByLog(names) if names.is_empty() => (None, ComparedBy::Log),
+        Compared::ByLog(names) => (
+            Some(Listing::Named(names.iter().cloned().collect())),
+            ComparedBy::Log,
+        ),
+        Compared::All => (Some(Listing::All), ComparedBy::Listing),
+    };
+    let how = if by == ComparedBy::Log {
+        "log"
+    } else {
+        "listing"
+    };
+    metrics::counter!("cairn_osd_activations_total", "compared" => how).increment(1);
+    tracing::debug!(pg = %pg.id, epoch, compared = how, "comparing members' objects");
+    for (m, info) in heard.iter_mut() {
+        info.objects = match &listing {
+            Some(listing) => {
+                members::query(node, pg, st, *m, epoch, listing.clone())
+                    .await?
+                    .objects
+            }
+            None => Default::default(),
+        };
+    }
+    let count = match &compared {
+        Compared::ByLog(names) => names.len(),
+        Compared::All => heard
+            .iter()
+            .map(|(_, i)| i.objects.len())
+            .max()
+            .unwrap_or(0),
+    };
+    node.pg_records.update(pg.id, |r| {
+        r.compared_by = by;
+        r.objects_compared = count as u64;
+    });
+    Ok(compared)
 }
 
 /// Asks the members of past intervals that may have accepted writes (see `peering`), until
@@ -207,7 +320,10 @@ async fn hear_past_members(
             Probe::More(more) => {
                 for m in more {
                     tracing::info!(pg = %pg.id, osd = m.osd, shard = m.shard, "asking a member of a past interval");
-                    heard.push((m, members::query(node, pg, st, m, epoch).await?));
+                    heard.push((
+                        m,
+                        members::query(node, pg, st, m, epoch, no_objects()).await?,
+                    ));
                 }
             }
             Probe::Down {
@@ -322,21 +438,17 @@ fn holdings<'a>(held: impl Iterator<Item = &'a Held>) -> Vec<(Member, Option<u64
     held.map(|h| (h.member, h.version)).collect()
 }
 
-fn log_of_interval(heard: &Heard, auth: &PgQueryReply, codec: Option<&Codec>) -> Vec<LogEntry> {
-    let entries = |r: &PgQueryReply| -> Vec<(u64, String)> {
-        r.log.iter().map(|e| (e.version, e.reqid.clone())).collect()
-    };
-    let logs: Vec<(Member, Vec<(u64, String)>)> =
-        heard.iter().map(|(m, r)| (*m, entries(r))).collect();
-    let borrowed: Vec<(Member, &[(u64, String)])> =
-        logs.iter().map(|(m, l)| (*m, l.as_slice())).collect();
-    peering::agreed_log(
-        &borrowed,
-        &entries(auth),
-        codec.map(Codec::k),
-        LOG_ENTRIES_KEPT,
-    )
-    .into_iter()
-    .map(|(version, reqid)| LogEntry { version, reqid })
-    .collect()
+fn agreed_log(heard: &Heard, auth: &PgQueryReply, codec: Option<&Codec>) -> Vec<LogEntry> {
+    let logs: Vec<(Member, &[LogEntry])> =
+        heard.iter().map(|(m, r)| (*m, r.log.as_slice())).collect();
+    peering::agreed_log(&logs, &auth.log, codec.map(Codec::k))
+}
+
+/// Whether a responder that has held the PG says otherwise of `object` than the PG keeps:
+/// then activation settles it, and the interval's log names it (`peering::interval_log`).
+/// A responder that never held anything (a new member) has no log to mislead anyone.
+fn disagrees(heard: &Heard, object: &str, chosen: Option<u64>) -> bool {
+    heard
+        .iter()
+        .any(|(_, info)| info.last_update != 0 && said(info, object) != chosen)
 }

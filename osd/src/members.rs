@@ -9,6 +9,7 @@ use cairn_common::proto::{
 
 use crate::node::OsdNode;
 use crate::pg::{Pg, PgState};
+use crate::replica::Listing;
 use crate::{replica, scrub};
 
 /// One member of a PG: an OSD and its position (-1 for replicated pools).
@@ -70,13 +71,18 @@ pub async fn query(
     st: &mut PgState,
     m: Member,
     epoch: u64,
+    listing: Listing,
 ) -> Result<PgQueryReply, String> {
     let reply = if m.osd == node.id && m.shard == pg.shard {
-        replica::query_locked(node, pg, st, epoch).await
+        replica::query_locked(node, pg, st, epoch, listing).await
     } else if m.osd == node.id {
         // Another shard this OSD held in a past interval: its own PG state and lock.
-        replica::query(node, pg.id, m.shard, epoch).await
+        replica::query(node, pg.id, m.shard, epoch, listing).await
     } else {
+        let (skip_objects, names) = match listing {
+            Listing::All => (false, Vec::new()),
+            Listing::Named(names) => (true, names),
+        };
         let mut client = node
             .peer(m.osd)
             .ok_or_else(|| failed("query", m, "not in the map"))?;
@@ -86,6 +92,8 @@ pub async fn query(
                 pool: pg.id.pool,
                 pg: pg.id.seed,
                 shard: m.shard,
+                skip_objects,
+                names,
             })
             .await
             .map_err(|e| failed("query", m, e))?;

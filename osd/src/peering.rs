@@ -20,6 +20,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use cairn_common::maps::{OsdMap, Pool};
 use cairn_common::placement::{pg_acting, PgId, NO_OSD};
+use cairn_common::proto::LogEntry;
 
 use crate::members::Member;
 
@@ -216,34 +217,104 @@ pub fn members_at(intervals: &[Interval], les: u64) -> Vec<Member> {
         .unwrap_or_default()
 }
 
-/// The PG log of the new interval, from each responder's log. Replicated: the authority's,
-/// whose objects every member now holds. Erasure-coded: the entries logged on at least k
-/// distinct shards — exactly the writes that reached enough shards to be kept.
+/// The PG log of the new interval, from each responder's log: every entry any of them holds,
+/// so that the log keeps naming every object a member may hold otherwise than the PG, but
+/// only the writes the PG keeps with their request ids — a rolled-back one must not be taken
+/// for applied when its client retries. Replicated: the authority's entries are kept, whose
+/// objects every member now holds. Erasure-coded: the entries logged on at least k distinct
+/// shards — the writes that reached enough shards to be kept. An entry one responder holds
+/// without its request id was rolled back before and stays so.
 pub fn agreed_log(
-    logs: &[(Member, &[(u64, String)])],
-    auth: &[(u64, String)],
+    logs: &[(Member, &[LogEntry])],
+    auth: &[LogEntry],
     k: Option<usize>,
-    kept: usize,
-) -> Vec<(u64, String)> {
-    let Some(k) = k else {
-        return auth.to_vec();
-    };
-    let mut votes: BTreeMap<(u64, &str), BTreeSet<i32>> = BTreeMap::new();
+) -> Vec<LogEntry> {
+    // Version → request id → the entry and the shards that logged it.
+    type Votes<'a> = BTreeMap<&'a str, (&'a LogEntry, BTreeSet<i32>)>;
+    let mut votes: BTreeMap<u64, Votes> = BTreeMap::new();
     for (m, log) in logs {
-        for (version, reqid) in log.iter() {
+        for e in log.iter() {
             votes
-                .entry((*version, reqid.as_str()))
+                .entry(e.version)
                 .or_default()
+                .entry(e.reqid.as_str())
+                .or_insert_with(|| (e, BTreeSet::new()))
+                .1
                 .insert(m.shard);
         }
     }
-    let agreed: Vec<(u64, String)> = votes
-        .into_iter()
-        .filter(|(_, shards)| shards.len() >= k)
-        .map(|((version, reqid), _)| (version, reqid.to_string()))
-        .collect();
+    let applied = |e: &LogEntry, shards: usize| match k {
+        None => auth.contains(e),
+        Some(k) => shards >= k,
+    };
+    let mut out = Vec::with_capacity(votes.len());
+    for same_version in votes.values() {
+        let rolled_back = same_version.contains_key("");
+        let kept = same_version
+            .values()
+            .find(|(e, shards)| !rolled_back && applied(e, shards.len()));
+        match (kept, same_version.values().next()) {
+            (Some((e, _)), _) => out.push((*e).clone()),
+            (None, Some((e, _))) => out.push(LogEntry {
+                reqid: String::new(),
+                ..(*e).clone()
+            }),
+            (None, None) => {}
+        }
+    }
+    out
+}
+
+/// The log of a new interval: the agreed entries, then one entry (no request id) per object
+/// activation settled — one some responder held otherwise than the PG keeps — at versions
+/// from `first` on, so that a member that missed the activation finds those objects named
+/// after the newest entry it shares with the PG (`candidates`), whatever its own log says.
+/// Keeps the newest `kept`; answers the log and the interval's start version, after them.
+pub fn interval_log(
+    mut agreed: Vec<LogEntry>,
+    settled: &[String],
+    first: u64,
+    kept: usize,
+) -> (Vec<LogEntry>, u64) {
+    let mut version = first;
+    for object in settled {
+        agreed.push(LogEntry {
+            version,
+            reqid: String::new(),
+            object: Some(object.clone()),
+        });
+        version += 1;
+    }
     let skip = agreed.len().saturating_sub(kept);
-    agreed.into_iter().skip(skip).collect()
+    (agreed.split_off(skip), version)
+}
+
+/// The objects the responders may disagree on, from their logs alone: those named by any
+/// entry after the newest one every log holds. A member's history is a chain (it applies a
+/// change only on top of the one before, as its primary wrote them, and activation replaces
+/// its log with the PG's while its missing list covers what it lacks), so members that hold
+/// the same entry agree on everything up to it. `None` when the logs cannot tell — no entry
+/// in common (a new member, or one away longer than the logs reach) or an entry after it
+/// that names no object (written before logs named objects): then every object is compared
+/// (backfill). Callers add what each member lists as missing and its stashed object.
+pub fn candidates(logs: &[&[LogEntry]]) -> Option<BTreeSet<String>> {
+    let (first, others) = logs.split_first()?;
+    let indexed: Vec<BTreeMap<u64, &str>> = others
+        .iter()
+        .map(|log| log.iter().map(|e| (e.version, e.reqid.as_str())).collect())
+        .collect();
+    let common = first.iter().rev().find(|e| {
+        indexed
+            .iter()
+            .all(|log| log.get(&e.version) == Some(&e.reqid.as_str()))
+    })?;
+    let mut out = BTreeSet::new();
+    for log in logs {
+        for e in log.iter().filter(|e| e.version > common.version) {
+            out.insert(e.object.clone()?);
+        }
+    }
+    Some(out)
 }
 
 #[cfg(test)]
@@ -406,11 +477,19 @@ mod tests {
         assert_eq!(choose(&cur, &[], &all, true), Ok(None));
     }
 
+    fn entries(v: &[(u64, &str)]) -> Vec<LogEntry> {
+        v.iter()
+            .map(|(n, r)| LogEntry {
+                version: *n,
+                reqid: r.to_string(),
+                object: Some(format!("o{r}")),
+            })
+            .collect()
+    }
+
     #[test]
-    fn the_agreed_log_drops_writes_that_rolled_back() {
-        let e = |v: &[(u64, &str)]| -> Vec<(u64, String)> {
-            v.iter().map(|(n, r)| (*n, r.to_string())).collect()
-        };
+    fn the_agreed_log_keeps_no_request_id_of_writes_that_rolled_back() {
+        let e = entries;
         let (a, b, c) = (
             e(&[(1, "a"), (2, "b"), (3, "c")]),
             e(&[(1, "a"), (2, "b")]),
@@ -421,9 +500,65 @@ mod tests {
             (shard(1, 1), b.as_slice()),
             (shard(2, 2), c.as_slice()),
         ];
-        let agreed = agreed_log(&logs, &a, Some(2), 100);
-        assert_eq!(agreed, e(&[(1, "a"), (2, "b")]));
-        assert_eq!(agreed_log(&logs, &a, None, 100), a);
-        assert_eq!(agreed_log(&logs, &a, Some(2), 1), e(&[(2, "b")]));
+        // "c" reached one shard: its entry stays, naming its object, without its request id.
+        let mut rolled_back = a.clone();
+        rolled_back[2].reqid.clear();
+        assert_eq!(agreed_log(&logs, &a, Some(2)), rolled_back);
+        assert_eq!(agreed_log(&logs, &a, None), a);
+        assert_eq!(agreed_log(&logs, &b, None), rolled_back);
+        // Once rolled back, always: another member's copy of the entry does not revive it.
+        let logs = [
+            (shard(0, 0), a.as_slice()),
+            (shard(1, 1), a.as_slice()),
+            (shard(2, 2), rolled_back.as_slice()),
+        ];
+        assert_eq!(agreed_log(&logs, &a, Some(2)), rolled_back);
+    }
+
+    #[test]
+    fn settled_objects_are_logged_before_the_interval_starts() {
+        let agreed = entries(&[(1, "a"), (2, "b")]);
+        let settled = ["x".to_string(), "y".to_string()];
+        let (log, start) = interval_log(agreed.clone(), &settled, 10, 100);
+        assert_eq!(start, 12);
+        assert_eq!(log.len(), 4);
+        assert_eq!((log[2].version, log[2].object.as_deref()), (10, Some("x")));
+        assert_eq!((log[3].version, log[3].reqid.as_str()), (11, ""));
+        // Nothing settled: the interval starts at the first version.
+        assert_eq!(
+            interval_log(agreed.clone(), &[], 10, 100),
+            (agreed.clone(), 10)
+        );
+        // The bound keeps the newest entries.
+        assert_eq!(interval_log(agreed, &settled, 10, 2).0, log[2..].to_vec());
+    }
+
+    #[test]
+    fn candidates_are_the_objects_changed_after_the_newest_common_entry() {
+        let names = |v: &[&str]| -> Option<BTreeSet<String>> {
+            Some(v.iter().map(|n| n.to_string()).collect())
+        };
+        // Two members in step, one that missed "c" and "d", one with a divergent "x".
+        let a = entries(&[(1, "a"), (2, "b"), (3, "c"), (4, "d")]);
+        let b = entries(&[(1, "a"), (2, "b")]);
+        let c = entries(&[(1, "a"), (2, "b"), (3, "x")]);
+        assert_eq!(candidates(&[&a, &a]), names(&[]));
+        assert_eq!(candidates(&[&a, &b]), names(&["oc", "od"]));
+        assert_eq!(candidates(&[&b, &a, &c]), names(&["oc", "od", "ox"]));
+        // The same version from another request is a different change.
+        let d = entries(&[(1, "a"), (2, "z")]);
+        assert_eq!(candidates(&[&a, &d]), names(&["ob", "oc", "od", "oz"]));
+        // No entry in common (a new member; logs trimmed past each other): compare all.
+        assert_eq!(candidates(&[&a, &[]]), None);
+        let trimmed = entries(&[(5, "e")]);
+        assert_eq!(candidates(&[&b, &trimmed]), None);
+        // An entry after the common one without an object's name cannot be followed.
+        let mut old = a.clone();
+        old[3].object = None;
+        assert_eq!(candidates(&[&old, &b]), None);
+        // Unnamed entries up to the common one do not matter.
+        old[3].object = Some("od".into());
+        old[0].object = None;
+        assert_eq!(candidates(&[&old, &b]), names(&["oc", "od"]));
     }
 }

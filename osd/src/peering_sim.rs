@@ -7,8 +7,11 @@
 //! state as `stash` does. Activation leaves copying to recovery in the background, as
 //! `recovery` does: each member keeps the list of what it lacks, the plan's objects are
 //! recovered at random moments, and a write recovers its object first; at the end, with
-//! everything up, recovery must bring every copy in line. `CAIRN_PEERING_SEEDS` sets how many
-//! schedules run.
+//! everything up, recovery must bring every copy in line. Activation compares only the objects
+//! the logs name after their newest common entry (`peering::candidates`), or every object when
+//! the logs cannot tell; logs are kept short here so that both happen often.
+//! `CAIRN_PEERING_SEEDS` sets how many schedules run; `CAIRN_PEERING_TRACE=SEED` runs one
+//! schedule and prints every member's state before each step.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -17,6 +20,7 @@ use rand::{Rng, SeedableRng};
 
 use cairn_common::maps::{FailureDomain, OsdInfo, OsdMap, Pool, PoolKind};
 use cairn_common::placement::PgId;
+use cairn_common::proto::LogEntry;
 
 use crate::members::Member;
 use crate::peering::{self, Probe};
@@ -26,6 +30,9 @@ const OSDS: u32 = 5;
 const OBJECTS: usize = 4;
 const STEPS: usize = 60;
 const PG: PgId = PgId { pool: 1, seed: 0 };
+/// Log entries each member keeps (`LOG_ENTRIES_KEPT` in the OSD): short, so that members
+/// away for a while fall off the logs and are compared object by object.
+const LOG_KEPT: usize = 8;
 
 /// What one OSD holds of the PG (one collection: a shard position for erasure coding).
 #[derive(Clone, Debug, Default)]
@@ -33,7 +40,7 @@ struct Copy {
     last_update: u64,
     /// Object → version (a version of `None` would be absence: absent objects are not kept).
     objects: BTreeMap<usize, u64>,
-    log: Vec<(u64, String)>,
+    log: Vec<LogEntry>,
     /// The rollback stash: (object, version of the change it was taken for, prior state).
     stash: Option<(usize, u64, Option<u64>)>,
     /// Objects it lacks the PG's version of → that version (`PgState::missing`).
@@ -94,6 +101,9 @@ struct World {
     /// What activation left to recover: object → (the PG's version, members lacking it).
     plan: BTreeMap<usize, (Option<u64>, Vec<Member>)>,
     next_req: u64,
+    /// Activations that compared only the objects the logs named, and those that compared all.
+    by_log: u64,
+    by_listing: u64,
 }
 
 fn pool(k: Option<usize>) -> Pool {
@@ -146,6 +156,8 @@ impl World {
             active: None,
             plan: BTreeMap::new(),
             next_req: 0,
+            by_log: 0,
+            by_listing: 0,
         }
     }
 
@@ -171,6 +183,9 @@ impl World {
 
     /// One random event of the cluster or the workload.
     fn step(&mut self) {
+        if tracing_seed() == Some(self.seed) {
+            self.trace();
+        }
         let osd = self.rng.gen_range(0..OSDS);
         let up = self.map().osds[&osd].up;
         let downs = self.map().osds.values().filter(|o| !o.up).count();
@@ -196,6 +211,27 @@ impl World {
         }
     }
 
+    fn trace(&self) {
+        eprintln!(
+            "epoch {} members {:?} active {:?} plan {:x?}",
+            self.map().epoch,
+            self.members(),
+            self.active,
+            self.plan
+        );
+        for (m, c) in &self.copies {
+            let log: Vec<String> = c
+                .log
+                .iter()
+                .map(|e| format!("{:x}:{:?}:{}", e.version, e.object, e.reqid))
+                .collect();
+            eprintln!(
+                "  osd.{} shard {} up {} last_update {:x} objects {:x?} missing {:x?} stash {:x?} log {log:?}",
+                m.osd, m.shard, self.map().osds[&m.osd].up, c.last_update, c.objects, c.missing, c.stash
+            );
+        }
+    }
+
     /// Activation as `activate` does it; `crash_after` stops it after that many member
     /// changes (a primary dying part-way). Returns whether the PG became active.
     fn activate(&mut self, crash_after: Option<usize>) -> Result<(), String> {
@@ -213,7 +249,8 @@ impl World {
             .expect("members heard");
         let mut budget = crash_after.unwrap_or(usize::MAX);
         let mut plan = BTreeMap::new();
-        for object in 0..OBJECTS {
+        let mut settled = Vec::new();
+        for object in self.compared(&heard) {
             let chosen = match self.k {
                 None => auth.said(object),
                 Some(k) => {
@@ -246,6 +283,12 @@ impl World {
                     peering::chosen_ec_version(&h, &object.to_string(), k)?
                 }
             };
+            if heard
+                .iter()
+                .any(|(_, c)| c.last_update != 0 && c.said(object) != chosen)
+            {
+                settled.push(object.to_string());
+            }
             let targets: Vec<Member> = members
                 .iter()
                 .filter(|m| self.copy(m).objects.get(&object).copied() != chosen)
@@ -272,12 +315,14 @@ impl World {
                 self.copies.entry(*m).or_default().recovered(object, chosen);
             }
         }
-        let logs: Vec<(Member, Vec<(u64, String)>)> =
-            heard.iter().map(|(m, c)| (*m, c.log.clone())).collect();
-        let borrowed: Vec<(Member, &[(u64, String)])> =
-            logs.iter().map(|(m, l)| (*m, l.as_slice())).collect();
-        let log = peering::agreed_log(&borrowed, &auth.log, self.k, 100);
-        let start = next_version(auth.last_update, epoch);
+        let logs: Vec<(Member, &[LogEntry])> =
+            heard.iter().map(|(m, c)| (*m, c.log.as_slice())).collect();
+        let (log, start) = peering::interval_log(
+            peering::agreed_log(&logs, &auth.log, self.k),
+            &settled,
+            next_version(auth.last_update, epoch),
+            LOG_KEPT,
+        );
         for m in &members {
             if budget == 0 {
                 return Err("the primary died".into());
@@ -297,6 +342,31 @@ impl World {
         self.active = Some(epoch);
         self.check_reads(&members[0]);
         Ok(())
+    }
+
+    /// The objects activation compares, as `activate` picks them: those the logs name after
+    /// their newest common entry plus what members list as missing or stashed, or all.
+    fn compared(&mut self, heard: &[(Member, Copy)]) -> Vec<usize> {
+        let logs: Vec<&[LogEntry]> = heard.iter().map(|(_, c)| c.log.as_slice()).collect();
+        let candidates = peering::candidates(&logs);
+        if tracing_seed() == Some(self.seed) {
+            let who: Vec<u32> = heard.iter().map(|(m, _)| m.osd).collect();
+            eprintln!("  activation hears osds {who:?}, candidates {candidates:?}");
+        }
+        let Some(names) = candidates else {
+            self.by_listing += 1;
+            return (0..OBJECTS).collect();
+        };
+        self.by_log += 1;
+        let mut objects: BTreeSet<usize> = names
+            .iter()
+            .map(|n| n.parse().expect("the simulation names objects by number"))
+            .collect();
+        for (_, c) in heard {
+            objects.extend(c.missing.keys());
+            objects.extend(c.stash.map(|(o, _, _)| o));
+        }
+        objects.into_iter().collect()
     }
 
     fn hear_past_members(
@@ -413,7 +483,14 @@ impl World {
                 None => c.objects.remove(&object),
             };
             c.last_update = version;
-            c.log.push((version, reqid.clone()));
+            c.log.push(LogEntry {
+                version,
+                reqid: reqid.clone(),
+                object: Some(object.to_string()),
+            });
+            if c.log.len() > LOG_KEPT {
+                c.log.remove(0);
+            }
         }
         let truth = &mut self.truth[object];
         if reached.len() == members.len() {
@@ -431,11 +508,20 @@ fn seeds() -> u64 {
     std::env::var("CAIRN_PEERING_SEEDS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(1000)
+        .unwrap_or(20_000)
+}
+
+fn tracing_seed() -> Option<u64> {
+    std::env::var("CAIRN_PEERING_TRACE").ok()?.parse().ok()
 }
 
 fn simulate(k: Option<usize>) {
-    for seed in 0..seeds() {
+    let (mut by_log, mut by_listing) = (0, 0);
+    let seeds = match tracing_seed() {
+        Some(seed) => seed..seed + 1,
+        None => 0..seeds(),
+    };
+    for seed in seeds {
         let mut w = World::new(seed, k);
         for _ in 0..STEPS {
             w.step();
@@ -474,7 +560,15 @@ fn simulate(k: Option<usize>) {
                 );
             }
         }
+        by_log += w.by_log;
+        by_listing += w.by_listing;
     }
+    // Both ways of choosing what to compare must have been exercised.
+    assert!(
+        tracing_seed().is_some() || by_log > 0 && by_listing > 0,
+        "activations by log {by_log}, by listing {by_listing}"
+    );
+    eprintln!("activations: {by_log} by log, {by_listing} by listing");
 }
 
 #[test]

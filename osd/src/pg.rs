@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 
 use cairn_common::placement::PgId;
+use cairn_common::proto::LogEntry;
 
 use crate::error::StoreError;
 use crate::mutation::{decode_u64, encode_u64};
@@ -28,8 +29,57 @@ pub fn is_internal(name: &str) -> bool {
     name.starts_with('\u{1}')
 }
 
-/// Log entries each member keeps (for retried requests now; for recovery later).
+/// Log entries each member keeps: for retried requests, and for peering to tell from the logs
+/// which objects a member that was away lacks (`peering::candidates`).
 pub const LOG_ENTRIES_KEPT: usize = 2000;
+
+/// The first byte of a stored log entry that names its object (see `encode_entry`). A stored
+/// entry of an older version is the bare request id, a Rust string: never this byte.
+const NAMED_ENTRY: u8 = 0xff;
+
+/// A log entry's stored value: the marker, the request id's length (u32, little-endian),
+/// the request id, then the object's name.
+fn encode_entry(reqid: &str, object: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(5 + reqid.len() + object.len());
+    out.push(NAMED_ENTRY);
+    out.extend_from_slice(&(reqid.len() as u32).to_le_bytes());
+    out.extend_from_slice(reqid.as_bytes());
+    out.extend_from_slice(object.as_bytes());
+    out
+}
+
+/// A log entry from its stored value; an entry stored before logs named objects (or one
+/// that does not parse) comes back without an object.
+fn decode_entry(version: u64, value: &[u8]) -> LogEntry {
+    let named = value
+        .split_first()
+        .filter(|(marker, _)| **marker == NAMED_ENTRY)
+        .and_then(|(_, rest)| {
+            let n = u32::from_le_bytes(rest.get(..4)?.try_into().ok()?) as usize;
+            Some((rest.get(4..4 + n)?, &rest[4 + n..]))
+        });
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    match named {
+        Some((reqid, object)) => LogEntry {
+            version,
+            reqid: text(reqid),
+            object: Some(text(object)),
+        },
+        None => LogEntry {
+            version,
+            reqid: text(value),
+            object: None,
+        },
+    }
+}
+
+/// The stored value of `entry` (the bare request id when it names no object).
+fn entry_value(entry: &LogEntry) -> Vec<u8> {
+    match &entry.object {
+        Some(object) => encode_entry(&entry.reqid, object),
+        None => entry.reqid.as_bytes().to_vec(),
+    }
+}
 
 /// The collection of one PG member: `pg.1.1f` (replicated) or `pg.1.1fs2` (shard 2).
 pub fn collection(pg: PgId, shard: i32) -> String {
@@ -56,8 +106,8 @@ pub fn next_version(last: u64, epoch: u64) -> u64 {
 pub struct PgState {
     pub loaded: bool,
     pub last_update: u64,
-    /// (version, request id) of the newest entries, oldest first.
-    log: VecDeque<(u64, String)>,
+    /// The newest entries, oldest first.
+    log: VecDeque<LogEntry>,
     reqids: HashMap<String, u64>,
     /// On the primary: the map epoch it brought the PG in line under. A map's epoch fixes
     /// the PG's members (and their boot epochs), so any change of them changes the epoch.
@@ -122,20 +172,18 @@ impl PgState {
             let Some((last, _)) = page.last() else { break };
             after = Some(last.clone());
             for (k, v) in page {
-                let version = decode_u64(Some(&k));
-                let reqid = String::from_utf8_lossy(&v).into_owned();
-                self.remember(version, reqid);
+                self.remember(decode_entry(decode_u64(Some(&k)), &v));
             }
         }
         self.loaded = true;
         Ok(())
     }
 
-    fn remember(&mut self, version: u64, reqid: String) {
-        if !reqid.is_empty() {
-            self.reqids.insert(reqid.clone(), version);
+    fn remember(&mut self, entry: LogEntry) {
+        if !entry.reqid.is_empty() {
+            self.reqids.insert(entry.reqid.clone(), entry.version);
         }
-        self.log.push_back((version, reqid));
+        self.log.push_back(entry);
     }
 
     /// The version a request already applied at, if the log still holds it.
@@ -146,38 +194,38 @@ impl PgState {
         self.reqids.get(reqid).copied()
     }
 
-    /// Adds the PG bookkeeping of a change at `version` to `txn`: the new `last_update`,
-    /// a log entry, and the trimming of the oldest entry beyond the bound.
-    pub fn log_ops(&self, txn: &mut Transaction, coll: &str, version: u64, reqid: &str) {
+    /// Adds the PG bookkeeping of a change to `txn`: the new `last_update` (the entry's
+    /// version), the entry, and the trimming of the oldest entry beyond the bound.
+    pub fn log_ops(&self, txn: &mut Transaction, coll: &str, entry: &LogEntry) {
         txn.push(Op::SetAttrs {
             coll: coll.into(),
             oid: PG_META.into(),
-            attrs: [(ATTR_LAST_UPDATE.to_string(), encode_u64(version))].into(),
+            attrs: [(ATTR_LAST_UPDATE.to_string(), encode_u64(entry.version))].into(),
         });
         txn.push(Op::OmapSet {
             coll: coll.into(),
             oid: PG_META.into(),
-            entries: [(encode_u64(version), reqid.as_bytes().to_vec())].into(),
+            entries: [(encode_u64(entry.version), entry_value(entry))].into(),
         });
         if self.log.len() >= LOG_ENTRIES_KEPT {
-            if let Some((oldest, _)) = self.log.front() {
+            if let Some(oldest) = self.log.front() {
                 txn.push(Op::OmapRm {
                     coll: coll.into(),
                     oid: PG_META.into(),
-                    keys: vec![encode_u64(*oldest)],
+                    keys: vec![encode_u64(oldest.version)],
                 });
             }
         }
     }
 
     /// Records in memory what `log_ops` committed.
-    pub fn logged(&mut self, version: u64, reqid: &str) {
-        self.last_update = version;
-        self.remember(version, reqid.to_string());
+    pub fn logged(&mut self, entry: LogEntry) {
+        self.last_update = entry.version;
+        self.remember(entry);
         while self.log.len() > LOG_ENTRIES_KEPT {
-            if let Some((old_version, old)) = self.log.pop_front() {
-                if self.reqids.get(&old) == Some(&old_version) {
-                    self.reqids.remove(&old);
+            if let Some(old) = self.log.pop_front() {
+                if self.reqids.get(&old.reqid) == Some(&old.version) {
+                    self.reqids.remove(&old.reqid);
                 }
             }
         }
@@ -224,12 +272,12 @@ impl PgState {
     }
 
     /// The log, oldest first.
-    pub fn entries(&self) -> impl Iterator<Item = &(u64, String)> {
+    pub fn entries(&self) -> impl Iterator<Item = &LogEntry> {
         self.log.iter()
     }
 
     /// Adds to `txn` the replacement of the stored log by `entries`.
-    pub fn replace_log_ops(txn: &mut Transaction, coll: &str, entries: &[(u64, String)]) {
+    pub fn replace_log_ops(txn: &mut Transaction, coll: &str, entries: &[LogEntry]) {
         txn.push(Op::OmapClear {
             coll: coll.into(),
             oid: PG_META.into(),
@@ -240,18 +288,18 @@ impl PgState {
                 oid: PG_META.into(),
                 entries: entries
                     .iter()
-                    .map(|(v, reqid)| (encode_u64(*v), reqid.as_bytes().to_vec()))
+                    .map(|e| (encode_u64(e.version), entry_value(e)))
                     .collect(),
             });
         }
     }
 
     /// Records in memory what `replace_log_ops` committed.
-    pub fn replaced_log(&mut self, entries: Vec<(u64, String)>) {
+    pub fn replaced_log(&mut self, entries: Vec<LogEntry>) {
         self.log.clear();
         self.reqids.clear();
-        for (version, reqid) in entries {
-            self.remember(version, reqid);
+        for entry in entries {
+            self.remember(entry);
         }
     }
 }
@@ -293,6 +341,35 @@ mod tests {
         assert!(v3 > v2 && v3 >> 32 == 9);
         // A stale interval epoch never moves a version backwards.
         assert!(next_version(v3, 5) > v3);
+    }
+
+    #[test]
+    fn log_entries_keep_their_object_and_old_entries_read_without_one() {
+        let named = LogEntry {
+            version: 7,
+            reqid: "client.4:12".into(),
+            object: Some("obj\u{0}with:colons".into()),
+        };
+        assert_eq!(decode_entry(7, &entry_value(&named)), named);
+        let unnamed = LogEntry {
+            version: 8,
+            reqid: "client.4:13".into(),
+            object: None,
+        };
+        assert_eq!(decode_entry(8, &entry_value(&unnamed)), unnamed);
+        // A stored request id alone (an older OSD's entry), and a truncated named value.
+        assert_eq!(
+            decode_entry(9, b"r"),
+            LogEntry {
+                version: 9,
+                reqid: "r".into(),
+                object: None
+            }
+        );
+        assert_eq!(
+            decode_entry(9, &[NAMED_ENTRY, 9, 0, 0, 0, b'x']).object,
+            None
+        );
     }
 
     #[test]

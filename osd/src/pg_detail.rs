@@ -12,6 +12,7 @@ use crate::members::Member;
 use crate::node::OsdNode;
 use crate::peering;
 use crate::pg::{Pg, PgState};
+use crate::pg_stats::ComparedBy;
 
 /// How long a query waits for the PG's lock (held by an op, an activation, or one object's
 /// recovery) before it answers with what it knows without it.
@@ -29,6 +30,10 @@ pub struct Detail {
     pub activated_epoch: Option<u64>,
     /// Why the last activation failed, if it did.
     pub blocked: String,
+    /// How the last activation chose which objects to compare across the members (`log`:
+    /// those changed since the newest log entry all hold; `listing`: all), and how many.
+    pub compared_by: ComparedBy,
+    pub objects_compared: u64,
     pub members: Vec<MemberDetail>,
     /// The PG's state on the primary; `None` when its lock stayed held (`LOCK_WAIT`).
     pub state: Option<StateDetail>,
@@ -105,6 +110,8 @@ pub async fn detail(node: &OsdNode, pg: &Pg, members: &[Member], epoch: u64) -> 
         osdmap_epoch: epoch,
         activated_epoch: state.as_deref().and_then(|st| st.active),
         blocked: record.blocked.clone(),
+        compared_by: record.compared_by,
+        objects_compared: record.objects_compared,
         members: members
             .iter()
             .map(|m| MemberDetail {

@@ -32,6 +32,22 @@ pub struct PgRecord {
     pub recovery_left: u64,
     /// Some of those copies go to a member that held nothing of the PG.
     pub backfilling: bool,
+    /// How the last activation chose the objects to compare across members, and how many.
+    pub compared_by: ComparedBy,
+    pub objects_compared: u64,
+}
+
+/// How an activation chose the objects to compare across the PG's members.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ComparedBy {
+    /// The PG has not been activated here.
+    #[default]
+    NotYet,
+    /// From the logs: only objects changed since the newest entry every member holds.
+    Log,
+    /// Every member listed every object (the logs could not tell: backfill).
+    Listing,
 }
 
 #[derive(Default)]

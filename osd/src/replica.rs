@@ -113,9 +113,9 @@ pub async fn apply_locked(
     } else {
         false
     };
+    let entry = entry_of(&req);
     let mut txn = Transaction::new();
-    let new_log: Option<Vec<(u64, String)>> = (set_version_only && req.replace_log)
-        .then(|| req.log.into_iter().map(|e| (e.version, e.reqid)).collect());
+    let new_log: Option<Vec<LogEntry>> = (set_version_only && req.replace_log).then_some(req.log);
     if set_version_only {
         PgState::set_last_update_ops(&mut txn, &pg.coll, req.version);
         if let Some(entries) = &new_log {
@@ -140,7 +140,7 @@ pub async fn apply_locked(
             return sub_reply(OpResult::Invalid, e.to_string());
         }
         if !req.recovery {
-            st.log_ops(&mut txn, &pg.coll, req.version, &req.reqid);
+            st.log_ops(&mut txn, &pg.coll, &entry);
         }
         if found {
             PgState::found_ops(&mut txn, &pg.coll, &req.object);
@@ -157,7 +157,7 @@ pub async fn apply_locked(
                 }
             } else if !req.recovery {
                 st.stashed |= stashing;
-                st.logged(req.version, &req.reqid);
+                st.logged(entry);
             } else if found {
                 st.missing.remove(&req.object);
             }
@@ -167,6 +167,15 @@ pub async fn apply_locked(
             tracing::warn!(pg = %pg.id, object = %req.object, error = %e, "sub-op failed");
             sub_reply(result_of(&e), e.to_string())
         }
+    }
+}
+
+/// The log entry of a client write's sub-op.
+fn entry_of(req: &SubOpRequest) -> LogEntry {
+    LogEntry {
+        version: req.version,
+        reqid: req.reqid.clone(),
+        object: Some(req.object.clone()),
     }
 }
 
@@ -180,16 +189,47 @@ async fn exists(node: &OsdNode, coll: &str, oid: &str) -> Result<bool, StoreErro
     .await
 }
 
-/// The member's version of the PG and of every object in it.
-pub async fn query(node: &OsdNode, pg_id: PgId, shard: i32, epoch: u64) -> PgQueryReply {
+/// Which objects' versions a query lists.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Listing {
+    /// Every object's (an older primary's query, or a backfill).
+    All,
+    /// These objects' (those the logs say members may disagree on; none at all to begin with).
+    Named(Vec<String>),
+}
+
+impl Listing {
+    pub fn of_request(skip_objects: bool, names: Vec<String>) -> Listing {
+        if skip_objects {
+            Listing::Named(names)
+        } else {
+            Listing::All
+        }
+    }
+}
+
+/// The member's version of the PG, its log, and the versions of the objects `listing` asks for.
+pub async fn query(
+    node: &OsdNode,
+    pg_id: PgId,
+    shard: i32,
+    epoch: u64,
+    listing: Listing,
+) -> PgQueryReply {
     let pg = node.pg(pg_id, shard);
     let mut st = pg.state.lock().await;
-    query_locked(node, &pg, &mut st, epoch).await
+    query_locked(node, &pg, &mut st, epoch, listing).await
 }
 
 /// `query` with the PG's lock already held. The querying primary's interval `epoch` fences
 /// primaries of older intervals from then on.
-pub async fn query_locked(node: &OsdNode, pg: &Pg, st: &mut PgState, epoch: u64) -> PgQueryReply {
+pub async fn query_locked(
+    node: &OsdNode,
+    pg: &Pg,
+    st: &mut PgState,
+    epoch: u64,
+    listing: Listing,
+) -> PgQueryReply {
     if epoch < st.min_epoch {
         return PgQueryReply {
             result: OpResult::Retry as i32,
@@ -217,24 +257,30 @@ pub async fn query_locked(node: &OsdNode, pg: &Pg, st: &mut PgState, epoch: u64)
             } else {
                 None
             };
-            Ok((object_versions(store, &coll)?, stash))
+            let (objects, count) = match listing {
+                Listing::All => {
+                    let all = object_versions(store, &coll)?;
+                    let count = all.len() as u64;
+                    (all, count)
+                }
+                Listing::Named(names) => (
+                    named_versions(store, &coll, &names)?,
+                    object_count(store, &coll)?,
+                ),
+            };
+            Ok((objects, count, stash))
         })
         .await;
     match objects {
-        Ok((objects, stashed)) => PgQueryReply {
+        Ok((objects, object_count, stashed)) => PgQueryReply {
             result: OpResult::Ok as i32,
             message: String::new(),
             last_update: st.last_update,
             objects,
+            object_count,
             stashed,
             missing: st.missing.iter().map(|(k, v)| (k.clone(), *v)).collect(),
-            log: st
-                .entries()
-                .map(|(version, reqid)| LogEntry {
-                    version: *version,
-                    reqid: reqid.clone(),
-                })
-                .collect(),
+            log: st.entries().cloned().collect(),
         },
         Err(e) => PgQueryReply {
             result: result_of(&e) as i32,
@@ -244,23 +290,65 @@ pub async fn query_locked(node: &OsdNode, pg: &Pg, st: &mut PgState, epoch: u64)
     }
 }
 
+/// Calls `f` with the name of every object of the PG (not its own bookkeeping).
+fn each_object(
+    store: &crate::ObjectStore,
+    coll: &str,
+    mut f: impl FnMut(String) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
+    let mut after: Option<String> = None;
+    loop {
+        let (names, next) = store.list(coll, after.as_deref(), 1024)?;
+        for name in names.into_iter().filter(|n| !is_internal(n)) {
+            f(name)?;
+        }
+        match next {
+            Some(n) => after = Some(n),
+            None => return Ok(()),
+        }
+    }
+}
+
 fn object_versions(
     store: &crate::ObjectStore,
     coll: &str,
 ) -> Result<HashMap<String, u64>, StoreError> {
     let mut out = HashMap::new();
-    let mut after: Option<String> = None;
-    loop {
-        let (names, next) = store.list(coll, after.as_deref(), 1024)?;
-        for name in names.into_iter().filter(|n| !is_internal(n)) {
-            let attrs = store.getattrs(coll, &name)?;
-            out.insert(name, decode_u64(attrs.get(ATTR_VERSION)));
-        }
-        match next {
-            Some(n) => after = Some(n),
-            None => return Ok(out),
+    each_object(store, coll, |name| {
+        let attrs = store.getattrs(coll, &name)?;
+        out.insert(name, decode_u64(attrs.get(ATTR_VERSION)));
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// The versions of those of `names` the member holds.
+fn named_versions(
+    store: &crate::ObjectStore,
+    coll: &str,
+    names: &[String],
+) -> Result<HashMap<String, u64>, StoreError> {
+    let mut out = HashMap::new();
+    for name in names.iter().filter(|n| !is_internal(n)) {
+        match store.getattrs(coll, name) {
+            Ok(attrs) => {
+                out.insert(name.clone(), decode_u64(attrs.get(ATTR_VERSION)));
+            }
+            Err(StoreError::NoObject { .. }) => {}
+            Err(e) => return Err(e),
         }
     }
+    Ok(out)
+}
+
+/// How many objects the member holds in the PG (names only: no object is read).
+fn object_count(store: &crate::ObjectStore, coll: &str) -> Result<u64, StoreError> {
+    let mut count = 0;
+    each_object(store, coll, |_| {
+        count += 1;
+        Ok(())
+    })?;
+    Ok(count)
 }
 
 /// One object of the member's PG, whole, as mutations that recreate it.

@@ -175,11 +175,11 @@ impl Osd for OsdService {
             seed: req.pg,
         };
         let node = self.node.clone();
-        let reply =
-            to_completion(
-                async move { replica::query(&node, pg, req.shard, req.osdmap_epoch).await },
-            )
-            .await?;
+        let listing = replica::Listing::of_request(req.skip_objects, req.names);
+        let reply = to_completion(async move {
+            replica::query(&node, pg, req.shard, req.osdmap_epoch, listing).await
+        })
+        .await?;
         Ok(Response::new(reply))
     }
 
