@@ -60,6 +60,7 @@ pub fn compute(input: &HealthInput) -> Health {
         osd_down(input),
         pg_availability(&pgs),
         pg_degraded(&pgs),
+        object_misplaced(&pgs),
         pg_damaged(&pgs),
         scrub_errors(&pgs),
         fs_degraded(&input.maps.fsmap),
@@ -163,6 +164,25 @@ fn pg_degraded(pgs: &PgSummary) -> Option<HealthCheck> {
                 r.degraded_percent()
             ),
             &pgs.degraded,
+        )
+    })
+}
+
+/// Copies being moved to new members while an OSD outside the PG holds them (Ceph's
+/// OBJECT_MISPLACED): nothing is at risk, but the cluster is not where it should be yet.
+fn object_misplaced(pgs: &PgSummary) -> Option<HealthCheck> {
+    let r = &pgs.redundancy;
+    (r.misplaced > 0).then(|| {
+        check(
+            "OBJECT_MISPLACED",
+            Severity::Warn,
+            format!(
+                "{}/{} object copies misplaced ({:.3}%)",
+                r.misplaced,
+                r.copies,
+                r.misplaced_percent()
+            ),
+            &[],
         )
     })
 }
@@ -317,6 +337,23 @@ mod tests {
             );
         }
         m
+    }
+
+    #[test]
+    fn misplaced_copies_warn_without_counting_as_degraded() {
+        let mut pgs = PgSummary::default();
+        assert!(object_misplaced(&pgs).is_none());
+        pgs.redundancy.copies = 400;
+        pgs.redundancy.misplaced = 10;
+        let c = object_misplaced(&pgs).expect("a check");
+        assert_eq!(
+            (c.code.as_str(), c.summary.as_str()),
+            (
+                "OBJECT_MISPLACED",
+                "10/400 object copies misplaced (2.500%)"
+            )
+        );
+        assert!(pg_degraded(&pgs).is_none());
     }
 
     fn fs_health(m: &ClusterMaps) -> Health {

@@ -7,7 +7,9 @@
 //! `activating+recovering+degraded` while it rolls back what only a stash holds (ops wait),
 //! then `active+recovering+degraded` while it copies or rebuilds what members lack in the
 //! background (ops are served; the report counts the copies left) — `active+backfilling+
-//! degraded` when a member that held nothing of the PG is being filled —, one whose past
+//! degraded` when a member that held nothing of the PG is being filled; `+remapped`, and no
+//! `+degraded` when that is all, for copies an OSD outside the PG still holds up to date
+//! (misplaced, as Ceph counts them) —, one whose past
 //! members that may hold the newest writes are all down is `down` (naming them), one being
 //! scrubbed gains `+scrubbing`, one whose last scrub left errors gains `+inconsistent`. A
 //! report counts only when it comes from the PG's primary in the current map; one from an
@@ -33,6 +35,10 @@ pub const ACTIVE_RECOVERING_UNDERSIZED: &str = "active+recovering+undersized+deg
 /// The same while a member that held nothing of the PG is filled.
 pub const ACTIVE_BACKFILLING: &str = "active+backfilling+degraded";
 pub const ACTIVE_BACKFILLING_UNDERSIZED: &str = "active+backfilling+undersized+degraded";
+/// Every copy left to bring in line is held up to date by an OSD outside the PG: the data
+/// keeps its redundancy while it moves.
+pub const REMAPPED_BACKFILLING: &str = "active+remapped+backfilling";
+pub const REMAPPED_RECOVERING: &str = "active+remapped+recovering";
 /// A PG whose past members that may hold the newest writes are all down.
 pub const DOWN: &str = "down";
 /// How a primary's `blocked` reason starts when the PG is down (waiting for past members).
@@ -61,6 +67,9 @@ pub struct PgReport {
     /// Some go to a member that held nothing of the PG (filled by scanning it).
     #[serde(default)]
     pub backfilling: bool,
+    /// Of `recovery_left`, the copies an OSD outside the PG holds up to date (misplaced).
+    #[serde(default)]
+    pub misplaced_left: u64,
 }
 
 pub type PgReports = BTreeMap<PgId, PgReport>;
@@ -110,6 +119,9 @@ pub struct PgRow {
     /// Object copies still to bring in line (from the primary's report).
     #[serde(default)]
     pub recovery_left: u64,
+    /// Of those, the ones an OSD outside the PG holds up to date (misplaced, not missing).
+    #[serde(default)]
+    pub misplaced_left: u64,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -175,13 +187,7 @@ pub fn row(map: &OsdMap, pool: &Pool, pg: PgId, reports: &PgReports) -> PgRow {
             }
         }
     } else if report.recovery_left > 0 {
-        let state = match (report.backfilling, up >= pool.width()) {
-            (false, true) => ACTIVE_RECOVERING,
-            (false, false) => ACTIVE_RECOVERING_UNDERSIZED,
-            (true, true) => ACTIVE_BACKFILLING,
-            (true, false) => ACTIVE_BACKFILLING_UNDERSIZED,
-        };
-        state.to_string()
+        recovery_state(&report, up >= pool.width())
     } else if up >= pool.width() {
         ACTIVE_CLEAN.to_string()
     } else {
@@ -210,7 +216,37 @@ pub fn row(map: &OsdMap, pool: &Pool, pg: PgId, reports: &PgReports) -> PgRow {
         } else {
             0
         },
+        misplaced_left: if stale.is_none() {
+            report.misplaced_left.min(report.recovery_left)
+        } else {
+            0
+        },
         blocked,
+    }
+}
+
+/// The state of an active PG bringing copies in line: `+remapped` for copies an OSD outside
+/// the PG holds up to date, `+degraded` unless those are all there is and every member is up.
+fn recovery_state(report: &PgReport, all_up: bool) -> String {
+    let misplaced = report.misplaced_left.min(report.recovery_left);
+    if misplaced == report.recovery_left && all_up {
+        let state = if report.backfilling {
+            REMAPPED_BACKFILLING
+        } else {
+            REMAPPED_RECOVERING
+        };
+        return state.to_string();
+    }
+    let state = match (report.backfilling, all_up) {
+        (false, true) => ACTIVE_RECOVERING,
+        (false, false) => ACTIVE_RECOVERING_UNDERSIZED,
+        (true, true) => ACTIVE_BACKFILLING,
+        (true, false) => ACTIVE_BACKFILLING_UNDERSIZED,
+    };
+    if misplaced > 0 {
+        format!("{state}+remapped")
+    } else {
+        state.to_string()
     }
 }
 
@@ -236,10 +272,12 @@ pub fn summarize(map: &OsdMap, reports: &PgReports) -> PgSummary {
         s.scrub_errors += r.scrub_errors;
         let up = r.acting.iter().flatten().count();
         let width = map.pools.get(&r.pgid.pool).map_or(0, Pool::width);
-        // Copies on members down are missing, and so are the stale ones being brought in line.
+        // Copies on members down are missing, and so are the stale ones being brought in line
+        // — unless an OSD outside the PG holds them up to date: those are misplaced.
         let missing = r.objects * (width.saturating_sub(up)) as u64;
         s.redundancy.copies += r.objects * width as u64;
-        s.redundancy.degraded += missing + r.recovery_left;
+        s.redundancy.degraded += missing + r.recovery_left.saturating_sub(r.misplaced_left);
+        s.redundancy.misplaced += r.misplaced_left;
         s.redundancy.recovering += r.recovery_left;
         s.redundancy.peering_pgs += u64::from(r.state == PEERING);
         if !is_active(&r.state) {
@@ -392,8 +430,7 @@ mod tests {
             Redundancy {
                 copies: 240,
                 degraded: 80,
-                recovering: 0,
-                peering_pgs: 0,
+                ..Redundancy::default()
             }
         );
         // One PG's primary is bringing 7 stale copies in line: it does not serve yet.
@@ -431,11 +468,57 @@ mod tests {
         let s = summarize(&map, &reports);
         assert_eq!((s.redundancy.degraded, s.redundancy.recovering), (92, 12));
         assert_eq!(s.inactive_count, 1);
+        // Two of its copies are held up to date by an OSD outside the PG: misplaced.
+        let moving = PgReport {
+            misplaced_left: 2,
+            ..reports[&pg].clone()
+        };
+        reports.insert(pg, moving);
+        assert_eq!(
+            row(&map, pool, pg, &reports).state,
+            format!("{ACTIVE_BACKFILLING_UNDERSIZED}+remapped")
+        );
+        let s = summarize(&map, &reports);
+        let r = &s.redundancy;
+        assert_eq!((r.degraded, r.misplaced, r.recovering), (90, 2, 12));
         // The same report from an older map says nothing of this one.
         let mut newer = map.clone();
         newer.epoch += 1;
         let s = summarize(&newer, &reports);
         assert_eq!((s.redundancy.recovering, s.redundancy.peering_pgs), (0, 8));
+    }
+
+    #[test]
+    fn copies_held_by_an_osd_outside_the_pg_are_misplaced_not_degraded() {
+        let map = cluster(&[true, true, true]);
+        let pool = &map.pools[&1];
+        let pg = PgId { pool: 1, seed: 2 };
+        let primary = row(&map, pool, pg, &PgReports::new()).primary.unwrap();
+        let moving = PgReport {
+            osd: primary,
+            epoch: map.epoch,
+            active: true,
+            objects: 10,
+            recovery_left: 4,
+            misplaced_left: 4,
+            backfilling: true,
+            ..PgReport::default()
+        };
+        let reports = PgReports::from([(pg, moving.clone())]);
+        assert_eq!(row(&map, pool, pg, &reports).state, REMAPPED_BACKFILLING);
+        let s = summarize(&map, &reports);
+        let r = &s.redundancy;
+        assert_eq!((r.degraded, r.misplaced, r.recovering), (0, 4, 4));
+        assert_eq!(s.degraded_count, 0);
+        // A report claiming more misplaced copies than it has left counts only those.
+        let odd = PgReport {
+            misplaced_left: 9,
+            backfilling: false,
+            ..moving
+        };
+        let reports = PgReports::from([(pg, odd)]);
+        assert_eq!(row(&map, pool, pg, &reports).state, REMAPPED_RECOVERING);
+        assert_eq!(summarize(&map, &reports).redundancy.misplaced, 4);
     }
 
     #[test]

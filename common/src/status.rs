@@ -129,9 +129,14 @@ impl IoRates {
 pub struct Redundancy {
     /// Object copies (shards of erasure-coded objects) the pools want: objects × members.
     pub copies: u64,
-    /// Copies missing: on members down, or stale on members being brought in line.
+    /// Copies missing: on members down, or stale on members being brought in line with no
+    /// OSD outside the PG holding them up to date.
     pub degraded: u64,
-    /// Of those, the copies the primaries are bringing in line now.
+    /// Copies being brought in line that an OSD outside the PG holds up to date meanwhile
+    /// (it keeps them until the PG is clean): the data moves, its redundancy stays.
+    #[serde(default)]
+    pub misplaced: u64,
+    /// Copies the primaries are bringing in line now (degraded or misplaced).
     pub recovering: u64,
     /// PGs still peering: what they will have to bring in line is not counted yet.
     #[serde(default)]
@@ -142,6 +147,11 @@ impl Redundancy {
     /// Degraded copies as a percentage of all copies.
     pub fn degraded_percent(&self) -> f64 {
         100.0 * self.degraded as f64 / self.copies.max(1) as f64
+    }
+
+    /// Misplaced copies as a percentage of all copies.
+    pub fn misplaced_percent(&self) -> f64 {
+        100.0 * self.misplaced as f64 / self.copies.max(1) as f64
     }
 }
 
@@ -323,6 +333,15 @@ impl ClusterStatus {
                 r.degraded,
                 r.copies,
                 r.degraded_percent()
+            );
+        }
+        if r.misplaced > 0 {
+            let _ = writeln!(
+                out,
+                "    misplaced: {}/{} object copies ({:.3}%)",
+                r.misplaced,
+                r.copies,
+                r.misplaced_percent()
             );
         }
         let mut first = true;
@@ -520,6 +539,7 @@ mod tests {
         s.redundancy = Redundancy {
             copies: 3000,
             degraded: 300,
+            misplaced: 30,
             recovering: 200,
             peering_pgs: 0,
         };
@@ -527,7 +547,9 @@ mod tests {
         s.io.recovery_bytes = 50.0 * 1024.0 * 1024.0;
         let text = s.render();
         assert!(
-            text.contains("    degraded: 300/3000 object copies (10.000%)\n"),
+            text.contains(
+                "    degraded: 300/3000 object copies (10.000%)\n    misplaced: 30/3000 object copies (1.000%)\n"
+            ),
             "{text}"
         );
         assert!(

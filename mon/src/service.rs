@@ -181,6 +181,7 @@ fn pg_report(osd: u32, r: &PgReport) -> (PgId, cairn_common::pg_states::PgReport
         last_deep_scrub_ms: r.last_deep_scrub_ms,
         recovery_left: r.recovery_left,
         backfilling: r.backfilling,
+        misplaced_left: r.misplaced_left.min(r.recovery_left),
     };
     (pg, report)
 }

@@ -170,10 +170,12 @@ async fn activate(
             .map(|h| (h.member, h.source))
             .collect();
         let later = chosen.is_none() || current_members_hold(&holders, members, name, codec);
+        let misplaced = held_elsewhere(&targets, &holders, members, name, codec);
         let pending = Pending {
             chosen,
             holders,
             targets,
+            misplaced,
         };
         let into = if later { &mut plan } else { &mut now_plan };
         into.insert(name.clone(), pending);
@@ -373,6 +375,35 @@ fn current_members_hold(
         .map(|(m, _)| m.shard)
         .collect();
     shards.len() >= codec.map_or(1, Codec::k)
+}
+
+/// The targets whose copy of the chosen version an OSD outside the PG holds in their stead,
+/// each such copy standing in for one target (at the same position, for erasure coding). It
+/// stays there until the PG is clean (`cleanup`), so the object keeps its redundancy: the
+/// copy is misplaced, as Ceph counts it, not missing.
+fn held_elsewhere(
+    targets: &[(Member, Option<u64>)],
+    holders: &[(Member, String)],
+    members: &[Member],
+    object: &str,
+    codec: Option<&Codec>,
+) -> Vec<Member> {
+    let mut strays: Vec<Member> = holders
+        .iter()
+        .filter(|(h, source)| !members.contains(h) && source == object)
+        .map(|(h, _)| *h)
+        .collect();
+    let mut out = Vec::new();
+    for (t, _) in targets {
+        let stands_in = strays
+            .iter()
+            .position(|s| codec.is_none() || s.shard == t.shard);
+        if let Some(i) = stands_in {
+            strays.swap_remove(i);
+            out.push(*t);
+        }
+    }
+    out
 }
 
 /// What a member's list of missing objects says it lacks, for the start of the interval.

@@ -32,6 +32,8 @@ pub struct PgRecord {
     pub recovery_left: u64,
     /// Some of those copies go to a member that held nothing of the PG.
     pub backfilling: bool,
+    /// Of those copies, the ones an OSD outside the PG still holds up to date.
+    pub misplaced_left: u64,
     /// How the last activation chose the objects to compare across members, and how many.
     pub compared_by: ComparedBy,
     pub objects_compared: u64,
@@ -95,6 +97,7 @@ impl PgRecords {
                     last_deep_scrub_ms: r.last_deep_scrub_ms,
                     recovery_left: r.recovery_left,
                     backfilling: r.backfilling,
+                    misplaced_left: r.misplaced_left,
                 });
             }
         }

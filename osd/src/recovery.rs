@@ -36,6 +36,9 @@ pub struct Pending {
     pub holders: Vec<(Member, String)>,
     /// Members whose copy differs, with the version each holds.
     pub targets: Vec<(Member, Option<u64>)>,
+    /// Those of the targets whose copy an OSD no longer a member holds up to date in their
+    /// stead (at their position, for erasure coding): misplaced rather than missing.
+    pub misplaced: Vec<Member>,
 }
 
 /// Object → what is left to do for it, in the active interval.
@@ -44,6 +47,18 @@ pub type Plan = BTreeMap<String, Pending>;
 /// Object copies (shards) still to bring in line.
 pub fn copies_left(plan: &Plan) -> u64 {
     plan.values().map(|p| p.targets.len() as u64).sum()
+}
+
+/// Of those, the copies an OSD outside the PG holds up to date (`Pending::misplaced`).
+pub fn misplaced_left(plan: &Plan) -> u64 {
+    plan.values()
+        .map(|p| {
+            p.targets
+                .iter()
+                .filter(|(m, _)| p.misplaced.contains(m))
+                .count() as u64
+        })
+        .sum()
 }
 
 /// Attempts at one object before a background pass gives up (a source that keeps failing
@@ -109,12 +124,14 @@ async fn recover_object(
 /// held nothing of the PG (`backfilling`).
 pub fn report_progress(node: &OsdNode, pg: &Pg, st: &PgState) {
     let left = copies_left(&st.recovery);
+    let misplaced = misplaced_left(&st.recovery);
     let backfilling = st
         .recovery
         .values()
         .any(|p| p.targets.iter().any(|(m, _)| st.empty_members.contains(m)));
     node.pg_records.update(pg.id, |r| {
         r.recovery_left = left;
+        r.misplaced_left = misplaced;
         r.backfilling = backfilling;
     });
 }

@@ -276,18 +276,24 @@ async fn an_osd_weighted_to_zero_or_out_gives_its_space_back_once_clean_elsewher
         let what = format!("{} ({cmd:?})", cmd.label());
         admin.command(cmd).await.expect("move data");
         if filled {
-            // osd.3 gave everything away before: its PGs are filled by backfill.
+            // osd.3 gave everything away before: its PGs are filled by backfill, while the
+            // OSDs they leave keep their copies up to date — misplaced, not degraded.
             wait_for(
                 Duration::from_secs(20),
                 "a PG backfilling osd.3",
                 || async {
                     let rows = admin.pg_list().await.ok()?;
                     rows.iter()
-                        .any(|r| r.state == "active+backfilling+degraded")
+                        .any(|r| r.state == "active+remapped+backfilling")
                         .then_some(())
                 },
             )
             .await;
+            let r = c.status().await.redundancy;
+            assert!(
+                r.misplaced > 0 && r.degraded == 0,
+                "seed {seed}: while osd.3 fills, {r:?}"
+            );
         }
         c.wait_healthy(Duration::from_secs(90)).await;
         wait_for(
