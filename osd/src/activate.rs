@@ -28,7 +28,7 @@ use crate::ec::Codec;
 use crate::members::{self, Member};
 use crate::node::OsdNode;
 use crate::peering::{self, Probe};
-use crate::pg::{Pg, PgState, LOG_ENTRIES_KEPT};
+use crate::pg::{Pg, PgState, LOG_ENTRIES_KEPT, LOG_RULES};
 use crate::recovery::{bring_object_in_line, Pending, Plan};
 use crate::stash::STASH;
 
@@ -209,6 +209,9 @@ async fn activate(
             pool: pg.id.pool,
             pg: pg.id.seed,
             version: start,
+            prior_version: info.last_update,
+            expect_prior: true,
+            log_rules: LOG_RULES,
             recovery: true,
             replace_log: replace,
             log: if replace { log.clone() } else { Vec::new() },
@@ -247,7 +250,14 @@ async fn list_compared(
     epoch: u64,
 ) -> Result<Compared, String> {
     let logs: Vec<&[LogEntry]> = heard.iter().map(|(_, info)| info.log.as_slice()).collect();
-    let compared = match peering::candidates(&logs) {
+    // A log an older primary last replaced may not name what its activation settled.
+    let trusted = heard.iter().all(|(_, info)| info.log_rules >= LOG_RULES);
+    let candidates = if trusted {
+        peering::candidates(&logs)
+    } else {
+        None
+    };
+    let compared = match candidates {
         Some(mut names) => {
             for (_, info) in heard.iter() {
                 names.extend(info.missing.keys().cloned());
@@ -275,9 +285,14 @@ async fn list_compared(
     for (m, info) in heard.iter_mut() {
         info.objects = match &listing {
             Some(listing) => {
-                members::query(node, pg, st, *m, epoch, listing.clone())
-                    .await?
-                    .objects
+                let reply = members::query(node, pg, st, *m, epoch, listing.clone()).await?;
+                if !same_state(info, &reply) {
+                    return Err(format!(
+                        "osd.{} changed while pg {} peered; peering again",
+                        m.osd, pg.id
+                    ));
+                }
+                reply.objects
             }
             None => Default::default(),
         };
@@ -295,6 +310,16 @@ async fn list_compared(
         r.objects_compared = count as u64;
     });
     Ok(compared)
+}
+
+/// Whether a member's second answer describes the state its first did (what was compared was
+/// chosen from the first).
+fn same_state(first: &PgQueryReply, second: &PgQueryReply) -> bool {
+    first.last_update == second.last_update
+        && first.log == second.log
+        && first.missing == second.missing
+        && first.stashed == second.stashed
+        && first.log_rules == second.log_rules
 }
 
 /// Asks the members of past intervals that may have accepted writes (see `peering`), until

@@ -229,22 +229,28 @@ pub fn agreed_log(
     auth: &[LogEntry],
     k: Option<usize>,
 ) -> Vec<LogEntry> {
-    // Version → request id → the entry and the shards that logged it.
+    // Version → request id → the entry (a copy naming its object, if any: an older OSD's
+    // copy names none) and the shards that logged it.
     type Votes<'a> = BTreeMap<&'a str, (&'a LogEntry, BTreeSet<i32>)>;
     let mut votes: BTreeMap<u64, Votes> = BTreeMap::new();
     for (m, log) in logs {
         for e in log.iter() {
-            votes
+            let (copy, shards) = votes
                 .entry(e.version)
                 .or_default()
                 .entry(e.reqid.as_str())
-                .or_insert_with(|| (e, BTreeSet::new()))
-                .1
-                .insert(m.shard);
+                .or_insert_with(|| (e, BTreeSet::new()));
+            if copy.object.is_none() {
+                *copy = e;
+            }
+            shards.insert(m.shard);
         }
     }
+    // A change is the same whether or not a copy of its entry names the object.
+    let in_auth: BTreeSet<(u64, &str)> =
+        auth.iter().map(|e| (e.version, e.reqid.as_str())).collect();
     let applied = |e: &LogEntry, shards: usize| match k {
-        None => auth.contains(e),
+        None => in_auth.contains(&(e.version, e.reqid.as_str())),
         Some(k) => shards >= k,
     };
     let mut out = Vec::with_capacity(votes.len());
@@ -253,11 +259,16 @@ pub fn agreed_log(
         let kept = same_version
             .values()
             .find(|(e, shards)| !rolled_back && applied(e, shards.len()));
-        match (kept, same_version.values().next()) {
+        let named = same_version
+            .values()
+            .map(|(e, _)| *e)
+            .find(|e| e.object.is_some())
+            .or_else(|| same_version.values().next().map(|(e, _)| *e));
+        match (kept, named) {
             (Some((e, _)), _) => out.push((*e).clone()),
-            (None, Some((e, _))) => out.push(LogEntry {
+            (None, Some(e)) => out.push(LogEntry {
                 reqid: String::new(),
-                ..(*e).clone()
+                ..e.clone()
             }),
             (None, None) => {}
         }
@@ -513,6 +524,15 @@ mod tests {
             (shard(2, 2), rolled_back.as_slice()),
         ];
         assert_eq!(agreed_log(&logs, &a, Some(2)), rolled_back);
+        // An older OSD's copies name no object: they are the same changes, and the PG's log
+        // keeps the copies that name theirs.
+        let mut unnamed = a.clone();
+        for e in &mut unnamed {
+            e.object = None;
+        }
+        let logs = [(m(0), a.as_slice()), (m(1), unnamed.as_slice())];
+        assert_eq!(agreed_log(&logs, &unnamed, None), a);
+        assert_eq!(agreed_log(&logs[1..], &unnamed, None), unnamed);
     }
 
     #[test]

@@ -20,6 +20,12 @@ use crate::{ObjectStore, Op, Transaction};
 /// and the log as omap (version → entry). Its name starts with a byte clients cannot use.
 pub const PG_META: &str = "\u{1}pg";
 const ATTR_LAST_UPDATE: &str = "last_update";
+/// The rules the member's log was kept by (see `LOG_RULES`); absent: 0.
+const ATTR_LOG_RULES: &str = "log_rules";
+/// The rules this version keeps logs by: entries name their objects, an activation's log keeps
+/// every entry heard and names every object it settled. A log an older primary replaced (0)
+/// cannot say which objects a member may hold otherwise than its peers.
+pub const LOG_RULES: u32 = 1;
 /// The object listing what the member lacks (omap: object name → the PG's version of it, see
 /// `PgState::missing`).
 pub const MISSING: &str = "\u{1}missing";
@@ -106,6 +112,8 @@ pub fn next_version(last: u64, epoch: u64) -> u64 {
 pub struct PgState {
     pub loaded: bool,
     pub last_update: u64,
+    /// The rules the member's log is kept by (`LOG_RULES`; 0: an older primary's).
+    pub log_rules: u32,
     /// The newest entries, oldest first.
     log: VecDeque<LogEntry>,
     reqids: HashMap<String, u64>,
@@ -164,6 +172,7 @@ impl PgState {
         }
         let attrs = store.getattrs(coll, PG_META)?;
         self.last_update = decode_u64(attrs.get(ATTR_LAST_UPDATE));
+        self.log_rules = decode_u64(attrs.get(ATTR_LOG_RULES)).min(u64::from(u32::MAX)) as u32;
         self.stashed = crate::stash::read(store, coll)?.is_some();
         self.missing = read_missing(store, coll)?;
         let mut after: Option<Vec<u8>> = None;
@@ -231,12 +240,17 @@ impl PgState {
         }
     }
 
-    /// Sets the member's version without a log entry (the end of recovery).
-    pub fn set_last_update_ops(txn: &mut Transaction, coll: &str, version: u64) {
+    /// Sets the member's version without a log entry, and the rules its log is kept by (the
+    /// start of an interval).
+    pub fn start_interval_ops(txn: &mut Transaction, coll: &str, version: u64, log_rules: u32) {
         txn.push(Op::SetAttrs {
             coll: coll.into(),
             oid: PG_META.into(),
-            attrs: [(ATTR_LAST_UPDATE.to_string(), encode_u64(version))].into(),
+            attrs: [
+                (ATTR_LAST_UPDATE.to_string(), encode_u64(version)),
+                (ATTR_LOG_RULES.to_string(), encode_u64(u64::from(log_rules))),
+            ]
+            .into(),
         });
     }
 

@@ -103,6 +103,17 @@ pub async fn apply_locked(
         );
     }
     let set_version_only = req.recovery && req.object.is_empty();
+    if set_version_only && req.expect_prior && st.last_update != req.prior_version {
+        // Something changed the member since the primary's query (a stray write of an older
+        // primary after a restart lost the fence): the primary must ask again.
+        return sub_reply(
+            OpResult::Retry,
+            format!(
+                "osd.{} moved to version {:#x} in pg {} since it was queried at {:#x}",
+                node.id, st.last_update, pg.id, req.prior_version
+            ),
+        );
+    }
     let found = req.recovery && !set_version_only && st.missing.contains_key(&req.object);
     let stashing = req.stash && !req.recovery && !set_version_only;
     let existed = if stashing {
@@ -117,7 +128,7 @@ pub async fn apply_locked(
     let mut txn = Transaction::new();
     let new_log: Option<Vec<LogEntry>> = (set_version_only && req.replace_log).then_some(req.log);
     if set_version_only {
-        PgState::set_last_update_ops(&mut txn, &pg.coll, req.version);
+        PgState::start_interval_ops(&mut txn, &pg.coll, req.version, req.log_rules);
         if let Some(entries) = &new_log {
             PgState::replace_log_ops(&mut txn, &pg.coll, entries);
         }
@@ -150,6 +161,7 @@ pub async fn apply_locked(
         Ok(()) => {
             if set_version_only {
                 st.last_update = req.version;
+                st.log_rules = req.log_rules;
                 st.stashed = false;
                 st.missing = req.missing.into_iter().collect();
                 if let Some(entries) = new_log {
@@ -194,7 +206,8 @@ async fn exists(node: &OsdNode, coll: &str, oid: &str) -> Result<bool, StoreErro
 pub enum Listing {
     /// Every object's (an older primary's query, or a backfill).
     All,
-    /// These objects' (those the logs say members may disagree on; none at all to begin with).
+    /// These objects' (those the logs say members may disagree on); with none named, no
+    /// version but the count of objects the member holds.
     Named(Vec<String>),
 }
 
@@ -263,10 +276,10 @@ pub async fn query_locked(
                     let count = all.len() as u64;
                     (all, count)
                 }
-                Listing::Named(names) => (
-                    named_versions(store, &coll, &names)?,
-                    object_count(store, &coll)?,
-                ),
+                Listing::Named(names) if names.is_empty() => {
+                    (HashMap::new(), object_count(store, &coll)?)
+                }
+                Listing::Named(names) => (named_versions(store, &coll, &names)?, 0),
             };
             Ok((objects, count, stash))
         })
@@ -276,6 +289,7 @@ pub async fn query_locked(
             result: OpResult::Ok as i32,
             message: String::new(),
             last_update: st.last_update,
+            log_rules: st.log_rules,
             objects,
             object_count,
             stashed,
