@@ -245,30 +245,39 @@ pub async fn rebuild_shards(
 ) -> Result<Vec<Vec<Mutation>>, String> {
     let mut shards: Vec<Option<Vec<u8>>> = vec![None; codec.shard_count()];
     let mut attrs = Vec::new();
-    let mut found = 0;
     // The targets' own copies are what is being replaced; their stashes may serve.
-    for (m, source) in holders
+    let sources: Vec<&(Member, String)> = holders
         .iter()
         .filter(|(m, source)| !(targets.contains(m) && source == object))
-    {
-        if found == codec.k() {
+        .collect();
+    let mut tried = vec![false; sources.len()];
+    let mut found = 0;
+    // The shards still needed are read at once; one that cannot be read is replaced by the
+    // next holder of a shard not read yet.
+    while found < codec.k() {
+        let batch = next_sources(&sources, &mut tried, &shards, codec.k() - found);
+        if batch.is_empty() {
             break;
         }
-        // Two holders of one shard (a past member and the current one) count once.
-        if shards.get(m.shard as usize).is_none_or(Option::is_some) {
-            continue;
-        }
-        match members::pull(node, pg, *m, source).await {
-            Ok(reply) if reply.exists && reply.version == version => {
-                shards[m.shard as usize] = Some(erasure::state_data(&reply.mutations));
-                attrs = reply.mutations;
-                found += 1;
-            }
-            Ok(_) => {
-                tracing::warn!(pg = %pg.id, object, osd = m.osd, "shard changed while rebuilding")
-            }
-            Err(e) => {
-                tracing::warn!(pg = %pg.id, object, osd = m.osd, error = %e, "cannot read a shard to rebuild from")
+        let replies = futures::future::join_all(
+            batch
+                .iter()
+                .map(|(m, source)| members::pull(node, pg, *m, source)),
+        )
+        .await;
+        for ((m, _), reply) in batch.iter().zip(replies) {
+            match reply {
+                Ok(reply) if reply.exists && reply.version == version => {
+                    shards[m.shard as usize] = Some(erasure::state_data(&reply.mutations));
+                    attrs = reply.mutations;
+                    found += 1;
+                }
+                Ok(_) => {
+                    tracing::warn!(pg = %pg.id, object, osd = m.osd, "shard changed while rebuilding")
+                }
+                Err(e) => {
+                    tracing::warn!(pg = %pg.id, object, osd = m.osd, error = %e, "cannot read a shard to rebuild from")
+                }
             }
         }
     }
@@ -292,6 +301,30 @@ pub async fn rebuild_shards(
             erasure::with_shard_data(&attrs, shard)
         })
         .collect())
+}
+
+/// Up to `wanted` sources not tried yet, each of a distinct shard not read yet (two holders
+/// of one shard, a past member and the current one, count once); marks them tried.
+fn next_sources<'a>(
+    sources: &[&'a (Member, String)],
+    tried: &mut [bool],
+    shards: &[Option<Vec<u8>>],
+    wanted: usize,
+) -> Vec<&'a (Member, String)> {
+    let mut batch: Vec<&(Member, String)> = Vec::with_capacity(wanted);
+    for (i, source) in sources.iter().enumerate() {
+        if batch.len() == wanted {
+            break;
+        }
+        let shard = source.0.shard;
+        let read = shards.get(shard as usize).is_none_or(Option::is_some);
+        if tried[i] || read || batch.iter().any(|(m, _)| m.shard == shard) {
+            continue;
+        }
+        tried[i] = true;
+        batch.push(source);
+    }
+    batch
 }
 
 /// Makes member `m`'s copy of `object` what `mutations` say, at `version`; answers the
@@ -424,5 +457,26 @@ mod tests {
         unlimited.client_io();
         unlimited.pace(Instant::now(), 1 << 30).await;
         assert!(begin.elapsed() < Duration::from_millis(50));
+    }
+
+    #[test]
+    fn shards_are_read_k_at_a_time_from_distinct_untried_holders() {
+        let h = |osd: u32, shard: i32| (Member { osd, shard }, "obj".to_string());
+        // osd.5 is a past member holding shard 0 too; shard 2 is the target's own.
+        let holders = [h(0, 0), h(5, 0), h(1, 1), h(3, 2)];
+        let sources: Vec<&(Member, String)> = holders.iter().collect();
+        let mut tried = vec![false; sources.len()];
+        let mut shards: Vec<Option<Vec<u8>>> = vec![None; 3];
+        let osds = |b: &[&(Member, String)]| b.iter().map(|(m, _)| m.osd).collect::<Vec<_>>();
+        assert_eq!(
+            osds(&next_sources(&sources, &mut tried, &shards, 2)),
+            [0, 1]
+        );
+        // osd.0 could not be read and osd.1 could: shard 0 comes from the other holder.
+        shards[1] = Some(Vec::new());
+        assert_eq!(osds(&next_sources(&sources, &mut tried, &shards, 1)), [5]);
+        // Nothing is tried twice; a read shard is not read again.
+        assert_eq!(osds(&next_sources(&sources, &mut tried, &shards, 1)), [3]);
+        assert!(next_sources(&sources, &mut tried, &shards, 1).is_empty());
     }
 }
