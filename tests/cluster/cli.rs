@@ -177,6 +177,11 @@ fn dev_cluster_and_admin_commands_work_from_the_command_line() {
         );
         assert_eq!(ok(&dir, &["rados", "ls", pool]), "greeting\n");
     }
+    // A filesystem's metadata pool must start empty, unless the admin insists.
+    let refused = fails(&dir, &["fs", "new", "scratch", "data", "ec"]);
+    assert!(refused.contains("already holds objects"), "{refused}");
+    ok(&dir, &["fs", "new", "scratch", "data", "ec", "--force"]);
+    ok(&dir, &["fs", "rm", "scratch", "--yes-i-really-mean-it"]);
     let status = eventually(&dir, &["status"], |s| {
         s.contains("pgs:     72 active+clean") && s.contains("objects: 2 objects")
     });

@@ -10,7 +10,7 @@ use clap::Subcommand;
 use serde::Serialize;
 use serde_json::{json, Map, Value};
 
-use cairn_client::MonClient;
+use cairn_client::{ClientError, MonClient, Rados};
 use cairn_common::command::{validate_pool_name, Command};
 use cairn_common::config::Config;
 use cairn_common::fsmap::{validate_fs_name, FsId, FsMap, MdsInfo, MdsRole};
@@ -29,6 +29,10 @@ pub enum FsCmd {
         name: String,
         metadata_pool: String,
         data_pool: String,
+        /// Use a metadata pool that already holds objects (an earlier filesystem's journal
+        /// there would be replayed as this one's).
+        #[arg(long)]
+        force: bool,
     },
     /// List filesystems.
     Ls,
@@ -80,7 +84,11 @@ pub async fn run(
             name,
             metadata_pool,
             data_pool,
+            force,
         } => {
+            if !force {
+                refuse_used_metadata_pool(config, metadata_pool).await?;
+            }
             let cmd = Command::FsNew {
                 name: name.clone(),
                 metadata_pool: metadata_pool.clone(),
@@ -141,6 +149,20 @@ pub async fn run(
             Ok(())
         }
         FsCmd::Apply { file } => apply(client, file, default_domain, format).await,
+    }
+}
+
+/// Refuses a metadata pool that already holds objects, as Ceph's `fs new` does: an earlier
+/// filesystem's journal and directories there would be taken for the new one's. A pool the
+/// cluster does not know is left for the mons to refuse.
+async fn refuse_used_metadata_pool(config: &Config, pool: &str) -> anyhow::Result<()> {
+    let rados = Rados::connect(config).await?;
+    match rados.list(pool, None, 1).await {
+        Ok(page) if !page.objects.is_empty() => bail!(
+            "pool '{pool}' already holds objects (an earlier filesystem's metadata?): use an empty pool, or --force to reuse it"
+        ),
+        Ok(_) | Err(ClientError::NotFound(_)) => Ok(()),
+        Err(e) => Err(e.into()),
     }
 }
 
