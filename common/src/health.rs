@@ -161,7 +161,7 @@ fn pg_degraded(pgs: &PgSummary) -> Option<HealthCheck> {
                 "Degraded data redundancy: {}/{} object copies degraded ({:.3}%), {n} pgs degraded",
                 r.degraded,
                 r.copies,
-                r.degraded_percent()
+                r.percent(r.degraded)
             ),
             &pgs.degraded,
         )
@@ -180,7 +180,7 @@ fn object_misplaced(pgs: &PgSummary) -> Option<HealthCheck> {
                 "{}/{} object copies misplaced ({:.3}%)",
                 r.misplaced,
                 r.copies,
-                r.misplaced_percent()
+                r.percent(r.misplaced)
             ),
             &[],
         )

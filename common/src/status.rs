@@ -144,14 +144,9 @@ pub struct Redundancy {
 }
 
 impl Redundancy {
-    /// Degraded copies as a percentage of all copies.
-    pub fn degraded_percent(&self) -> f64 {
-        100.0 * self.degraded as f64 / self.copies.max(1) as f64
-    }
-
-    /// Misplaced copies as a percentage of all copies.
-    pub fn misplaced_percent(&self) -> f64 {
-        100.0 * self.misplaced as f64 / self.copies.max(1) as f64
+    /// `n` copies (degraded, misplaced) as a percentage of all copies.
+    pub fn percent(&self, n: u64) -> f64 {
+        100.0 * n as f64 / self.copies.max(1) as f64
     }
 }
 
@@ -326,23 +321,15 @@ impl ClusterStatus {
             human_bytes(u.total_bytes)
         );
         let r = &self.redundancy;
-        if r.degraded > 0 {
-            let _ = writeln!(
-                out,
-                "    degraded: {}/{} object copies ({:.3}%)",
-                r.degraded,
-                r.copies,
-                r.degraded_percent()
-            );
-        }
-        if r.misplaced > 0 {
-            let _ = writeln!(
-                out,
-                "    misplaced: {}/{} object copies ({:.3}%)",
-                r.misplaced,
-                r.copies,
-                r.misplaced_percent()
-            );
+        for (label, n) in [("degraded", r.degraded), ("misplaced", r.misplaced)] {
+            if n > 0 {
+                let _ = writeln!(
+                    out,
+                    "    {label}: {n}/{} object copies ({:.3}%)",
+                    r.copies,
+                    r.percent(n)
+                );
+            }
         }
         let mut first = true;
         let io = self.io;
