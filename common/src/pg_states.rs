@@ -38,7 +38,7 @@ pub const ACTIVE_BACKFILLING_UNDERSIZED: &str = "active+backfilling+undersized+d
 /// Every copy left to bring in line is held up to date by an OSD outside the PG: the data
 /// keeps its redundancy while it moves.
 pub const REMAPPED_BACKFILLING: &str = "active+remapped+backfilling";
-pub const REMAPPED_RECOVERING: &str = "active+remapped+recovering";
+pub const REMAPPED_RECOVERING: &str = "active+recovering+remapped";
 /// A PG whose past members that may hold the newest writes are all down.
 pub const DOWN: &str = "down";
 /// How a primary's `blocked` reason starts when the PG is down (waiting for past members).

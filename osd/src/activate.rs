@@ -186,7 +186,9 @@ async fn activate(
     // activation, so such a source could be gone for good once the PG moves on.
     node.pg_records.update(pg.id, |r| {
         r.recovery_left =
-            crate::recovery::copies_left(&plan) + crate::recovery::copies_left(&now_plan)
+            crate::recovery::copies_left(&plan) + crate::recovery::copies_left(&now_plan);
+        r.misplaced_left =
+            crate::recovery::misplaced_left(&plan) + crate::recovery::misplaced_left(&now_plan);
     });
     for (name, mut pending) in now_plan {
         bring_object_in_line(node, pg, st, &mut pending, &name, codec, epoch).await?;

@@ -162,7 +162,9 @@ async fn refuse_used_metadata_pool(config: &Config, pool: &str) -> anyhow::Resul
             "pool '{pool}' already holds objects (an earlier filesystem's metadata?): use an empty pool, or --force to reuse it"
         ),
         Ok(_) | Err(ClientError::NotFound(_)) => Ok(()),
-        Err(e) => Err(e.into()),
+        Err(e) => Err(anyhow!(
+            "cannot check that pool '{pool}' is empty ({e}): retry, or --force to skip the check"
+        )),
     }
 }
 
