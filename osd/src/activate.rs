@@ -19,8 +19,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::pg_stats::ComparedBy;
-use crate::replica::Listing;
 use cairn_common::pg_states::DOWN_REASON_PREFIX;
 use cairn_common::proto::{LogEntry, PgQueryReply, SubOpRequest};
 
@@ -29,7 +27,9 @@ use crate::members::{self, Member};
 use crate::node::OsdNode;
 use crate::peering::{self, Probe};
 use crate::pg::{Pg, PgState, LOG_ENTRIES_KEPT, LOG_RULES};
+use crate::pg_stats::ComparedBy;
 use crate::recovery::{bring_object_in_line, Pending, Plan};
+use crate::replica::Listing;
 use crate::stash::STASH;
 
 /// Rounds of asking past members: each round's answers may reveal a newer activation.
@@ -86,23 +86,26 @@ async fn activate(
         ));
     }
     let last_members = hear_past_members(node, pg, st, &mut heard, epoch).await?;
-    // Before the versions are asked for: an older OSD lists every object whatever it is asked.
-    let counts: Vec<u64> = heard
+    // The authority: the newest version (the second query checks that it did not move). Its
+    // count is taken before the versions are asked for: an older OSD lists every object
+    // whatever it is asked.
+    let auth_at = heard
         .iter()
-        .map(|(_, info)| info.object_count.max(info.objects.len() as u64))
-        .collect();
+        .enumerate()
+        .max_by_key(|(_, (_, info))| info.last_update)
+        .map(|(i, _)| i)
+        .ok_or("the PG has no members")?;
+    let auth_count = {
+        let info = &heard[auth_at].1;
+        info.object_count.max(info.objects.len() as u64)
+    };
     let compared = list_compared(node, pg, st, &mut heard, epoch).await?;
     st.empty_members = heard
         .iter()
         .filter(|(m, info)| members.contains(m) && info.last_update == 0)
         .map(|(m, _)| *m)
         .collect();
-    let (auth_at, (_, auth)) = heard
-        .iter()
-        .enumerate()
-        .max_by_key(|(_, (_, info))| info.last_update)
-        .map(|(i, h)| (i, h.clone()))
-        .ok_or("the PG has no members")?;
+    let auth = heard[auth_at].1.clone();
     // The PG's object count: those compared that it keeps, plus, when the logs chose what to
     // compare, the others, which every member holds alike (the authority's count without its
     // compared ones).
@@ -112,7 +115,7 @@ async fn activate(
                 .iter()
                 .filter(|n| auth.objects.contains_key(*n))
                 .count();
-            let others = counts[auth_at].saturating_sub(held as u64);
+            let others = auth_count.saturating_sub(held as u64);
             (names, others)
         }
         Compared::All => {
