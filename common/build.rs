@@ -5,6 +5,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)
+        .codec_path("crate::codec::Codec")
+        // Object and shard data: decoded as a slice of the received buffer, not copied out.
+        .bytes(".cairn.v1.WriteAt.data")
         .compile_fds(fds)?;
     Ok(())
 }

@@ -209,7 +209,14 @@ impl Rados {
         data: Vec<u8>,
     ) -> Result<u64, ClientError> {
         Ok(self
-            .op(pool, object, Op::Write(WriteAt { offset, data }))
+            .op(
+                pool,
+                object,
+                Op::Write(WriteAt {
+                    offset,
+                    data: data.into(),
+                }),
+            )
             .await?
             .version)
     }

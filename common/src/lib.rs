@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod channel;
+pub mod codec;
 pub mod command;
 pub mod config;
 pub mod fsmap;

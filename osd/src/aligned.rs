@@ -84,6 +84,14 @@ impl AlignedBuf {
         buf
     }
 
+    /// A buffer of `len` bytes (rounded up to whole blocks) to read into. A pooled one keeps
+    /// what it last held: the read replaces every byte (a short read is an error), and zeroing
+    /// it first would touch each byte twice.
+    pub fn for_read(len: usize) -> AlignedBuf {
+        let len = len.div_ceil(BLOCK_BYTES).max(1) * BLOCK_BYTES;
+        Self::reused(len).unwrap_or_else(|| Self::zeroed(len))
+    }
+
     /// A pooled buffer of exactly `len` bytes, with whatever it last held.
     fn reused(len: usize) -> Option<AlignedBuf> {
         if len < POOLED_BYTES_MIN {
@@ -168,6 +176,15 @@ mod tests {
         assert_eq!(b.len(), 2 * BLOCK_BYTES);
         assert_eq!(b.as_ptr() as usize % BLOCK_BYTES, 0);
         assert!(b.iter().all(|x| *x == 0));
+    }
+
+    #[test]
+    fn buffers_to_read_into_are_whole_aligned_blocks() {
+        for len in [1, 5000, POOLED_BYTES_MIN + 1] {
+            let b = AlignedBuf::for_read(len);
+            assert_eq!(b.len(), len.div_ceil(BLOCK_BYTES) * BLOCK_BYTES);
+            assert_eq!(b.as_ptr() as usize % BLOCK_BYTES, 0);
+        }
     }
 
     #[test]

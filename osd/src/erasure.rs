@@ -13,6 +13,7 @@ use cairn_common::maps::{Pool, PoolKind};
 use cairn_common::proto::mutation::M;
 use cairn_common::proto::object_op::Op;
 use cairn_common::proto::{Mutation, OpReply, OpResult};
+use prost::bytes::Bytes;
 
 use crate::ec::Codec;
 use crate::error::StoreError;
@@ -201,7 +202,7 @@ pub async fn plan_write(
     let plan = match op {
         Op::WriteFull(data) => {
             let len = data.len() as u64;
-            let shards = codec.encode(&data);
+            let shards = shards_of(codec, &data);
             Ok(per_shard(members, |pos| {
                 let mut muts = vec![mutation::touch(), mutation::truncate(0)];
                 if len > 0 {
@@ -211,8 +212,8 @@ pub async fn plan_write(
                 muts
             }))
         }
-        Op::Write(w) => ctx.overwrite(w.offset, w.data).await,
-        Op::Append(data) => ctx.overwrite(size, data).await,
+        Op::Write(w) => ctx.overwrite(w.offset, &w.data).await,
+        Op::Append(data) => ctx.overwrite(size, &data).await,
         Op::Truncate(n) => ctx.truncate(n).await,
         Op::Remove(_) => {
             head.ok_or_else(|| missing(object))?;
@@ -356,7 +357,7 @@ impl Stripes<'_> {
     }
 
     /// Writes `data` at `offset`: stripes it covers in part are read first.
-    async fn overwrite(&self, offset: u64, data: Vec<u8>) -> Result<Plan, Box<OpReply>> {
+    async fn overwrite(&self, offset: u64, data: &[u8]) -> Result<Plan, Box<OpReply>> {
         let end = offset
             .checked_add(data.len() as u64)
             .ok_or_else(|| refuse(OpResult::Invalid, "write past the largest offset"))?;
@@ -380,8 +381,8 @@ impl Stripes<'_> {
             buf[at..at + w as usize].copy_from_slice(&self.stripe(last).await?);
         }
         let at = (offset - base) as usize;
-        buf[at..at + data.len()].copy_from_slice(&data);
-        let shards = self.codec.encode(&buf);
+        buf[at..at + data.len()].copy_from_slice(data);
+        let shards = shards_of(self.codec, &buf);
         let shard_offset = first * self.codec.stripe_unit() as u64;
         Ok(per_shard(self.members, |pos| {
             vec![
@@ -403,7 +404,7 @@ impl Stripes<'_> {
             stripe[(n % w) as usize..].fill(0);
             tail = Some((
                 s * self.codec.stripe_unit() as u64,
-                self.codec.encode(&stripe),
+                shards_of(self.codec, &stripe),
             ));
         }
         Ok(per_shard(self.members, |pos| {
@@ -418,11 +419,19 @@ impl Stripes<'_> {
     }
 }
 
+/// The shards of `data`, each shared (not copied) by the mutations of its members.
+fn shards_of(codec: &Codec, data: &[u8]) -> Vec<Bytes> {
+    codec.encode(data).into_iter().map(Bytes::from).collect()
+}
+
 /// The shard data in a pulled object state (its writes, up to its final size).
 pub fn state_data(muts: &[Mutation]) -> Vec<u8> {
     let mut data = Vec::new();
     for m in muts {
         match &m.m {
+            // Writes in order from 0 (how a pulled state comes) are appended: nothing is
+            // zeroed first.
+            Some(M::Write(w)) if w.offset as usize == data.len() => data.extend_from_slice(&w.data),
             Some(M::Write(w)) => {
                 let end = w.offset as usize + w.data.len();
                 if data.len() < end {

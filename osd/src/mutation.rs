@@ -7,6 +7,7 @@
 //! logical size of an erasure-coded object (its shard holds whole stripes). The PG's own
 //! state lives in the object `PG_META` (see `pg`).
 
+use prost::bytes::Bytes;
 use std::collections::BTreeMap;
 
 use cairn_common::proto::mutation::M;
@@ -50,9 +51,12 @@ pub fn decode_u64(bytes: Option<&Vec<u8>>) -> u64 {
         .unwrap_or(0)
 }
 
-pub fn write(offset: u64, data: Vec<u8>) -> Mutation {
+pub fn write(offset: u64, data: impl Into<Bytes>) -> Mutation {
     Mutation {
-        m: Some(M::Write(WriteAt { offset, data })),
+        m: Some(M::Write(WriteAt {
+            offset,
+            data: data.into(),
+        })),
     }
 }
 

@@ -10,6 +10,7 @@ use cairn_common::maps::{ClusterMaps, OsdMap, Pool};
 use cairn_common::placement::{all_pgs, object_pg, pg_acting, primary, PgId};
 use cairn_common::proto::object_op::Op;
 use cairn_common::proto::{Mutation, OpReply, OpRequest, OpResult, SubOpRequest};
+use prost::bytes::Bytes;
 
 use crate::activate::ensure_active;
 use crate::ec::Codec;
@@ -564,7 +565,8 @@ fn resolve(
 }
 
 /// A write of `data` at `offset`, unless there is nothing to write.
-fn data_write(offset: u64, data: Vec<u8>) -> Option<cairn_common::proto::Mutation> {
+fn data_write(offset: u64, data: impl Into<Bytes>) -> Option<cairn_common::proto::Mutation> {
+    let data = data.into();
     (!data.is_empty()).then(|| mutation::write(offset, data))
 }
 

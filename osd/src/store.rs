@@ -664,9 +664,12 @@ impl ObjectStore {
         }
         let b0 = offset / BLOCK_BYTES as u64;
         let b1 = end.div_ceil(BLOCK_BYTES as u64);
-        let blocks = self.read_blocks(coll, oid, &onode.extents.pieces(b0, b1))?;
+        let mut blocks = self.read_blocks(coll, oid, &onode.extents.pieces(b0, b1))?;
         let skip = (offset - b0 * BLOCK_BYTES as u64) as usize;
-        Ok(blocks[skip..skip + (end - offset) as usize].to_vec())
+        // In place: a read from a block boundary (the usual case) moves no byte.
+        blocks.truncate(skip + (end - offset) as usize);
+        blocks.drain(..skip);
+        Ok(blocks)
     }
 
     /// Reads logical pieces into one buffer, verifying every data block.
@@ -678,7 +681,6 @@ impl ObjectStore {
                 Piece::Hole { len, .. } => *len,
             })
             .sum();
-        let mut out = vec![0u8; total as usize * BLOCK_BYTES];
         let data: Vec<&Extent> = pieces
             .iter()
             .filter_map(|p| match p {
@@ -694,7 +696,7 @@ impl ObjectStore {
         let ops = data
             .iter()
             .map(|e| IoOp::Read {
-                buf: AlignedBuf::zeroed(e.len() as usize * BLOCK_BYTES),
+                buf: AlignedBuf::for_read(e.len() as usize * BLOCK_BYTES),
                 offset: e.pblock * BLOCK_BYTES as u64,
             })
             .collect();
@@ -710,14 +712,21 @@ impl ObjectStore {
                 }
             }
         }
-        let first = pieces.first().map(|p| match p {
-            Piece::Data(e) => e.lblock,
-            Piece::Hole { lblock, .. } => *lblock,
-        });
-        for (e, buf) in data.iter().zip(bufs) {
-            verify(coll, oid, e, &buf)?;
-            let at = (e.lblock - first.unwrap_or(0)) as usize * BLOCK_BYTES;
-            out[at..at + buf.len()].copy_from_slice(&buf);
+        // Pieces are contiguous and in order: each is appended (not written into a zeroed
+        // buffer, which would touch every byte twice).
+        let mut out = Vec::with_capacity(total as usize * BLOCK_BYTES);
+        let mut bufs = bufs.into_iter();
+        for p in pieces {
+            match p {
+                Piece::Data(e) => {
+                    let buf = bufs.next().ok_or_else(|| {
+                        StoreError::Io(std::io::Error::other("a read returned too few buffers"))
+                    })?;
+                    verify(coll, oid, e, &buf)?;
+                    out.extend_from_slice(&buf);
+                }
+                Piece::Hole { len, .. } => out.resize(out.len() + *len as usize * BLOCK_BYTES, 0),
+            }
         }
         Ok(out)
     }

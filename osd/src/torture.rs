@@ -102,7 +102,7 @@ impl TortureOp {
                 coll: c,
                 oid: n(obj),
                 offset,
-                data: pattern(seed, len as usize),
+                data: pattern(seed, len as usize).into(),
             },
             TortureOp::Zero { obj, offset, len } => Op::Zero {
                 coll: c,

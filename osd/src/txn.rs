@@ -6,6 +6,8 @@
 
 use std::collections::BTreeMap;
 
+use prost::bytes::Bytes;
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Op {
     CreateCollection {
@@ -24,7 +26,7 @@ pub enum Op {
         coll: String,
         oid: String,
         offset: u64,
-        data: Vec<u8>,
+        data: Bytes,
     },
     /// Zeroes `[offset, offset + len)`; extends the object if the range ends past its size.
     Zero {
@@ -104,7 +106,7 @@ impl Transaction {
             coll: coll.into(),
             oid: oid.into(),
             offset,
-            data: data.to_vec(),
+            data: Bytes::copy_from_slice(data),
         })
     }
 
