@@ -5,13 +5,26 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 
-use tonic::transport::Endpoint;
+use tonic::transport::{Endpoint, Server};
 
 /// HTTP/2 pings on every connection, also idle ones: a peer that vanished without closing
 /// (a container cut off the network, a machine powered off) fails the calls waiting on it
 /// within interval + timeout, rather than when each call's own deadline runs out.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The largest HTTP/2 frame each side accepts (the protocol's default is 16 KiB). Object and
+/// shard data then cross a connection in a few frames, each one write and one read, rather
+/// than a system call per 16 KiB: at 16 KiB, loopback TCP and h2's framing took about half an
+/// OSD's CPU during recovery.
+pub const FRAME_BYTES_MAX: u32 = 1 << 20;
+
+/// A gRPC server built as every Cairn daemon builds it.
+pub fn server() -> Server {
+    Server::builder()
+        .tcp_nodelay(true)
+        .max_frame_size(FRAME_BYTES_MAX)
+}
 
 /// An endpoint for `addr` (`host:port`); connections are made on first use and again after a
 /// failure.
@@ -20,6 +33,7 @@ pub fn endpoint(addr: &str, connect_timeout: Duration) -> Result<Endpoint, Strin
         .map_err(|e| format!("invalid address {addr:?}: {e}"))?
         .connect_timeout(connect_timeout)
         .tcp_nodelay(true)
+        .max_frame_size(FRAME_BYTES_MAX)
         .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
         .keep_alive_timeout(KEEPALIVE_TIMEOUT)
         .keep_alive_while_idle(true))

@@ -181,8 +181,7 @@ async fn serve(
         service,
         MdsTicketCheck { authority, node },
     );
-    tonic::transport::Server::builder()
-        .tcp_nodelay(true)
+    cairn_common::channel::server()
         // Finds clients that vanished without closing their connections (a dead host), so
         // their session streams end and their sessions can be evicted.
         .http2_keepalive_interval(Some(SESSION_KEEPALIVE))

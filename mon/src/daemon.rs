@@ -321,8 +321,7 @@ async fn serve_grpc(
         .max_decoding_message_size(peer_max)
         .max_encoding_message_size(peer_max);
     let auth = AuthServer::new(AuthService { node }).max_decoding_message_size(max);
-    tonic::transport::Server::builder()
-        .tcp_nodelay(true)
+    cairn_common::channel::server()
         .concurrency_limit_per_connection(config.mon.requests_in_flight_per_connection_max)
         .add_service(auth)
         .add_service(InterceptedService::new(mon, check.clone()))

@@ -188,8 +188,7 @@ async fn serve(
         service,
         OsdTicketCheck { authority, node },
     );
-    tonic::transport::Server::builder()
-        .tcp_nodelay(true)
+    cairn_common::channel::server()
         .add_service(service)
         // The server's own tcp_nodelay applies only to listeners it binds: set it here, or
         // small replies wait for delayed ACKs (~40 ms each).
