@@ -267,8 +267,9 @@ pub async fn rebuild_shards(
         .await;
         for ((m, _), reply) in batch.iter().zip(replies) {
             match reply {
-                Ok(reply) if reply.exists && reply.version == version => {
-                    shards[m.shard as usize] = Some(erasure::state_data(&reply.mutations));
+                Ok(mut reply) if reply.exists && reply.version == version => {
+                    let data = erasure::take_state_data(&mut reply.mutations);
+                    shards[m.shard as usize] = Some(data);
                     attrs = reply.mutations;
                     found += 1;
                 }
