@@ -182,6 +182,30 @@ fn dev_cluster_and_admin_commands_work_from_the_command_line() {
     assert!(refused.contains("already holds objects"), "{refused}");
     ok(&dir, &["fs", "new", "scratch", "data", "ec", "--force"]);
     ok(&dir, &["fs", "rm", "scratch", "--yes-i-really-mean-it"]);
+    // `fs apply` checks the same before it changes anything.
+    let pool = ["osd", "pool", "create", "scratch-metadata", "--pg-num", "8"];
+    ok(
+        &dir,
+        &[&pool[..], &["--replicated", "--size", "2"]].concat(),
+    );
+    ok(
+        &dir,
+        &["rados", "put", "scratch-metadata", "journal", "hello.txt"],
+    );
+    let spec = r#"{"name": "scratch", "metadataPool": {"replicated": {"size": 2}},
+        "dataPools": [{"replicated": {"size": 2}}]}"#;
+    std::fs::write(dir.join("scratch.json"), spec).unwrap();
+    let refused = fails(&dir, &["fs", "apply", "--file", "scratch.json"]);
+    assert!(refused.contains("already holds objects"), "{refused}");
+    assert!(!ok(&dir, &["osd", "pool", "ls"]).contains("scratch-data0"));
+    let rm = [
+        "osd",
+        "pool",
+        "rm",
+        "scratch-metadata",
+        "--yes-i-really-mean-it",
+    ];
+    ok(&dir, &rm);
     let status = eventually(&dir, &["status"], |s| {
         s.contains("pgs:     72 active+clean") && s.contains("objects: 2 objects")
     });

@@ -362,8 +362,7 @@ async fn add_filesystem(
         "dataPools": [data],
         "metadataServer": { "activeCount": 1, "activeStandby": shape.mds > 1 },
     });
-    let domain = cluster.config()?.client.pool_failure_domain;
-    super::fs::apply_spec(client, &spec, domain).await?;
+    super::fs::apply_spec(client, &cluster.config()?, &spec, false).await?;
     Ok(Some(name.clone()))
 }
 

@@ -66,6 +66,10 @@ pub enum FsCmd {
         /// The spec; `-` reads standard input.
         #[arg(long, value_name = "FILE")]
         file: PathBuf,
+        /// Create the filesystem over an existing metadata pool that already holds objects
+        /// (an earlier filesystem's journal there would be replayed as this one's).
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -78,7 +82,6 @@ pub async fn run(
     config: &Config,
     format: Format,
 ) -> anyhow::Result<()> {
-    let default_domain = config.client.pool_failure_domain;
     match cmd {
         FsCmd::New {
             name,
@@ -148,7 +151,7 @@ pub async fn run(
             }
             Ok(())
         }
-        FsCmd::Apply { file } => apply(client, file, default_domain, format).await,
+        FsCmd::Apply { file, force } => apply(client, config, file, *force, format).await,
     }
 }
 
@@ -418,12 +421,13 @@ impl FsStatus {
 /// `cairn fs apply`: the spec in a file.
 async fn apply(
     client: &MonClient,
+    config: &Config,
     file: &Path,
-    default_domain: FailureDomain,
+    force: bool,
     format: Format,
 ) -> anyhow::Result<()> {
     let doc = read_spec(file)?;
-    let (name, changes) = apply_spec(client, &doc, default_domain)
+    let (name, changes) = apply_spec(client, config, &doc, force)
         .await
         .with_context(|| format!("spec {}", file.display()))?;
     let report = json!({ "filesystem": name, "changes": changes });
@@ -438,19 +442,27 @@ async fn apply(
 
 /// Brings the cluster to a filesystem spec: plans every change first (so a spec that
 /// conflicts with the cluster changes nothing), then commits them in order. Returns the
-/// filesystem's name and what changed.
+/// filesystem's name and what changed. A new filesystem over a metadata pool that exists and
+/// holds objects is refused, as by `fs new`, unless `force`.
 pub async fn apply_spec(
     client: &MonClient,
+    config: &Config,
     doc: &Value,
-    default_domain: FailureDomain,
+    force: bool,
 ) -> anyhow::Result<(String, Vec<String>)> {
     let spec = parse_spec(doc).map_err(|e| anyhow!("invalid spec: {e}"))?;
     for field in &spec.ignored {
         eprintln!("cairn: note: {field} is not supported; ignored");
     }
     let maps = client.maps().await?;
+    let cmds = plan(&maps, &spec, config.client.pool_failure_domain)?;
+    let creates_fs = cmds.iter().any(|c| matches!(c, Command::FsNew { .. }));
+    let metadata_pool = &spec.metadata_pool.name;
+    if creates_fs && !force && maps.osdmap.pool_by_name(metadata_pool).is_some() {
+        refuse_used_metadata_pool(config, metadata_pool).await?;
+    }
     let mut changes = Vec::new();
-    for cmd in plan(&maps, &spec, default_domain)? {
+    for cmd in cmds {
         let what = cmd.label();
         let (_, message) = client
             .command(cmd)
