@@ -42,6 +42,7 @@ where
     }
 }
 
+/// Prost's encoding into a buffer sized for the whole message first.
 #[derive(Debug, Clone)]
 pub struct Encoder<T>(PhantomData<T>);
 
