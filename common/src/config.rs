@@ -199,6 +199,10 @@ pub struct OsdSettings {
     /// A peer silent this long is reported to the mons.
     pub heartbeat_grace_ms: u64,
     pub beacon_interval_ms: u64,
+    /// When a PG's state changes (activated, clean, scrubbed), the next beacon goes this long
+    /// after rather than at the interval, so `cairn status` follows recovery closely; changes
+    /// within the delay share a beacon. At `beacon_interval_ms` or more: interval only.
+    pub beacon_after_pg_change_ms: u64,
     /// Client ops one OSD runs at once; more wait, up to `op_queue_max`, then are refused.
     pub ops_in_flight_max: usize,
     pub op_queue_max: usize,
@@ -236,6 +240,7 @@ impl Default for OsdSettings {
             heartbeat_interval_ms: 500,
             heartbeat_grace_ms: 2000,
             beacon_interval_ms: 1000,
+            beacon_after_pg_change_ms: 100,
             ops_in_flight_max: 256,
             op_queue_max: 4096,
             message_bytes_max: 80 << 20,

@@ -1,7 +1,8 @@
 //! Heartbeats between OSDs and beacons to the mons. Every `osd.heartbeat_interval_ms` this
 //! OSD pings every other up OSD; a peer whose port refuses the connection (its process is
 //! gone) or that stayed silent for `osd.heartbeat_grace_ms` is reported in the next beacon,
-//! sent at once when the set of failures grows and every `osd.beacon_interval_ms` anyway.
+//! sent at once when the set of failures grows, `osd.beacon_after_pg_change_ms` after a PG's
+//! shown state changes, and every `osd.beacon_interval_ms` anyway.
 //! The mons decide (see `cairn-mon`'s `osd_liveness`).
 
 use std::collections::{BTreeMap, HashMap};
@@ -156,9 +157,12 @@ fn adopt_scrub_stamps(node: &OsdNode, stamps: &[PgScrubStamps]) {
     }
 }
 
-/// Sends beacons until `stop`: at every interval, and at once when a failure appears.
+/// Sends beacons until `stop`: at every interval, at once when a failure appears, and shortly
+/// after a PG's state changes (PGs that change together go in one beacon; the delay bounds how
+/// often PG reports go to the mons).
 pub async fn run_beacons(node: Arc<OsdNode>, hb: Arc<Heartbeats>, mut stop: watch::Receiver<bool>) {
     let interval = Duration::from_millis(node.settings.beacon_interval_ms);
+    let after_pg_change = Duration::from_millis(node.settings.beacon_after_pg_change_ms);
     let grace = Duration::from_millis(node.settings.heartbeat_grace_ms);
     loop {
         let space = node.store.statfs();
@@ -184,6 +188,9 @@ pub async fn run_beacons(node: Arc<OsdNode>, hb: Arc<Heartbeats>, mut stop: watc
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
             _ = hb.failure_seen.notified() => {}
+            _ = node.pg_records.state_changed.notified(), if after_pg_change < interval => {
+                tokio::time::sleep(after_pg_change).await;
+            }
             _ = stop.changed() => return,
         }
     }

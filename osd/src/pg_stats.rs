@@ -6,6 +6,8 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
+use tokio::sync::Notify;
+
 use cairn_common::maps::OsdMap;
 use cairn_common::placement::{all_pgs, pg_acting, primary, PgId};
 use cairn_common::proto::PgReport;
@@ -53,24 +55,52 @@ pub enum ComparedBy {
 }
 
 #[derive(Default)]
-pub struct PgRecords(Mutex<HashMap<PgId, PgRecord>>);
+pub struct PgRecords {
+    all: Mutex<HashMap<PgId, PgRecord>>,
+    /// Woken when a PG's state as `cairn pg stat` shows it changes (see `PgRecord::shown`),
+    /// so that a beacon tells the mons before the next interval.
+    pub state_changed: Notify,
+}
+
+impl PgRecord {
+    /// What of the record decides the PG's state in `cairn pg stat` (active, peering,
+    /// recovering or clean, backfilling, scrubbing, inconsistent); not counts that move with
+    /// every object.
+    fn shown(&self) -> (u64, bool, bool, bool, bool, bool, bool) {
+        (
+            self.active_epoch,
+            self.blocked.is_empty(),
+            self.recovery_left == 0,
+            self.misplaced_left == 0,
+            self.backfilling,
+            self.scrubbing,
+            self.scrub_errors == 0,
+        )
+    }
+}
 
 impl PgRecords {
     /// Changes the record of `pg`, creating it on first use.
     pub fn update<T>(&self, pg: PgId, change: impl FnOnce(&mut PgRecord) -> T) -> T {
-        let mut all = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        change(all.entry(pg).or_default())
+        let mut all = self.all.lock().unwrap_or_else(|p| p.into_inner());
+        let record = all.entry(pg).or_default();
+        let before = record.shown();
+        let out = change(record);
+        if record.shown() != before {
+            self.state_changed.notify_one();
+        }
+        out
     }
 
     pub fn get(&self, pg: PgId) -> Option<PgRecord> {
-        let all = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let all = self.all.lock().unwrap_or_else(|p| p.into_inner());
         all.get(&pg).cloned()
     }
 
     /// Reports of the PGs OSD `me` is the primary of in `osdmap`. A PG not activated for
     /// this epoch yet reports inactive, with the last reason it could not activate.
     pub fn reports(&self, me: u32, osdmap: &OsdMap) -> Vec<PgReport> {
-        let all = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let all = self.all.lock().unwrap_or_else(|p| p.into_inner());
         let mut out = Vec::new();
         for (id, pool) in &osdmap.pools {
             for pg in all_pgs(*id, pool) {
@@ -111,4 +141,33 @@ pub fn now_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::FutureExt;
+
+    use super::*;
+
+    fn notified(records: &PgRecords) -> bool {
+        records.state_changed.notified().now_or_never().is_some()
+    }
+
+    #[test]
+    fn a_change_of_shown_state_wakes_the_beacon_and_a_count_does_not() {
+        let records = PgRecords::default();
+        let pg = PgId { pool: 1, seed: 0 };
+        records.update(pg, |r| r.objects = 10);
+        assert!(!notified(&records), "an object count is not a state");
+        records.update(pg, |r| r.active_epoch = 7);
+        assert!(notified(&records), "activation");
+        records.update(pg, |r| r.recovery_left = 5);
+        assert!(notified(&records), "recovering");
+        records.update(pg, |r| r.recovery_left = 4);
+        assert!(!notified(&records), "progress within recovery");
+        records.update(pg, |r| r.recovery_left = 0);
+        assert!(notified(&records), "clean");
+        records.update(pg, |r| r.scrub_errors = 2);
+        assert!(notified(&records), "inconsistent");
+    }
 }
