@@ -6,8 +6,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_server(true)
         .build_client(true)
         .codec_path("crate::codec::Codec")
-        // Object and shard data: decoded as a slice of the received buffer, not copied out.
+        // Object and shard data: decoded as a slice of the received buffer, not copied out,
+        // and sent from the buffer a store read filled, not copied into a Vec first.
         .bytes(".cairn.v1.WriteAt.data")
+        .bytes(".cairn.v1.ShardReadReply.data")
+        .bytes(".cairn.v1.OpReply.data")
         .compile_fds(fds)?;
     Ok(())
 }

@@ -245,7 +245,8 @@ impl Rados {
         Ok(self
             .op(pool, object, Op::Read(ReadRange { offset, length }))
             .await?
-            .data)
+            .data
+            .into())
     }
 
     /// The whole object, read in pieces no larger than `chunk`.

@@ -129,6 +129,13 @@ impl Deref for AlignedBuf {
     }
 }
 
+/// Lets a filled buffer become `Bytes` (`Bytes::from_owner`) and be sent without a copy.
+impl AsRef<[u8]> for AlignedBuf {
+    fn as_ref(&self) -> &[u8] {
+        self
+    }
+}
+
 impl DerefMut for AlignedBuf {
     fn deref_mut(&mut self) -> &mut [u8] {
         // SAFETY: ptr is valid for len bytes and uniquely borrowed.

@@ -250,7 +250,7 @@ impl<'a> Plan<'a> {
                 return Ok(buf[at..at + BLOCK_BYTES].to_vec());
             }
         }
-        self.store.read_blocks(coll, oid, &[Piece::Data(e)])
+        Ok(self.store.read_blocks(coll, oid, &[Piece::Data(e)])?.into())
     }
 
     /// Puts whole blocks at logical block `lblock`: fresh space, checksums, new extents; the

@@ -150,7 +150,7 @@ async fn read_inner(
             let stripes = object_stripes.read(first, count).await?;
             let skip = (r.offset - first * codec.stripe_width() as u64) as usize;
             Ok(OpReply {
-                data: stripes[skip..skip + (end - r.offset) as usize].to_vec(),
+                data: Bytes::from(stripes).slice(skip..skip + (end - r.offset) as usize),
                 size,
                 ..reply(OpResult::Ok, "")
             })
@@ -329,7 +329,7 @@ impl Stripes<'_> {
         for (m, result) in futures::future::join_all(reads).await {
             match result {
                 Ok(r) if r.version == version => {
-                    let mut data = r.data;
+                    let mut data = Vec::from(r.data);
                     data.resize(length as usize, 0);
                     shards[m.shard as usize] = Some(data);
                 }

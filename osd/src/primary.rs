@@ -356,7 +356,7 @@ async fn serve(
         let detail = crate::pg_detail::detail(node, &pg, &t.members, epoch).await;
         return match serde_json::to_vec(&detail) {
             Ok(data) => OpReply {
-                data,
+                data: data.into(),
                 ..reply(OpResult::Ok, "")
             },
             Err(e) => reply(OpResult::IoError, format!("cannot encode the answer: {e}")),

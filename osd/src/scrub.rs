@@ -401,7 +401,7 @@ impl Scrub<'_> {
         for m in self.members {
             let read = members::shard_read(self.node, self.pg, *m, name, 0, keep.size).await;
             match read {
-                Ok(r) if r.version == keep.version => shards[m.shard as usize] = r.data,
+                Ok(r) if r.version == keep.version => shards[m.shard as usize] = r.data.into(),
                 _ => return,
             }
         }

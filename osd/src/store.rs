@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Condvar, Mutex};
 
+use prost::bytes::Bytes;
 use rocksdb::{BlockBasedOptions, Cache, Direction, IteratorMode, Options, WriteOptions, DB};
 use serde::{Deserialize, Serialize};
 
@@ -649,12 +650,12 @@ impl ObjectStore {
 
     /// Reads `[offset, offset + len)` of an object, clamped to its size. Every block is checked
     /// against its checksum; a mismatch is an error that names the object and range.
-    pub fn read(&self, coll: &str, oid: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
+    pub fn read(&self, coll: &str, oid: &str, offset: u64, len: u64) -> Result<Bytes> {
         let _lock = self.locks.read(coll, oid);
         let onode = self.require_onode(coll, oid)?;
         let end = offset.saturating_add(len).min(onode.size);
         if offset >= end {
-            return Ok(Vec::new());
+            return Ok(Bytes::new());
         }
         if end - offset > crate::IO_BYTES_MAX {
             return Err(StoreError::Invalid(format!(
@@ -664,16 +665,14 @@ impl ObjectStore {
         }
         let b0 = offset / BLOCK_BYTES as u64;
         let b1 = end.div_ceil(BLOCK_BYTES as u64);
-        let mut blocks = self.read_blocks(coll, oid, &onode.extents.pieces(b0, b1))?;
+        let blocks = self.read_blocks(coll, oid, &onode.extents.pieces(b0, b1))?;
         let skip = (offset - b0 * BLOCK_BYTES as u64) as usize;
-        // In place: a read from a block boundary (the usual case) moves no byte.
-        blocks.truncate(skip + (end - offset) as usize);
-        blocks.drain(..skip);
-        Ok(blocks)
+        Ok(blocks.slice(skip..skip + (end - offset) as usize))
     }
 
-    /// Reads logical pieces into one buffer, verifying every data block.
-    pub(crate) fn read_blocks(&self, coll: &str, oid: &str, pieces: &[Piece]) -> Result<Vec<u8>> {
+    /// Reads logical pieces into one buffer, verifying every data block. A read of one extent
+    /// (the usual case) answers the buffer the disk filled, shared rather than copied.
+    pub(crate) fn read_blocks(&self, coll: &str, oid: &str, pieces: &[Piece]) -> Result<Bytes> {
         let total: u64 = pieces
             .iter()
             .map(|p| match p {
@@ -712,23 +711,27 @@ impl ObjectStore {
                 }
             }
         }
+        let mut bufs = bufs.into_iter();
+        let mut next_buf = |e: &Extent| {
+            let buf = bufs.next().ok_or_else(|| {
+                StoreError::Io(std::io::Error::other("a read returned too few buffers"))
+            })?;
+            verify(coll, oid, e, &buf)?;
+            Ok::<_, StoreError>(buf)
+        };
+        if let [Piece::Data(e)] = pieces {
+            return Ok(Bytes::from_owner(next_buf(e)?));
+        }
         // Pieces are contiguous and in order: each is appended (not written into a zeroed
         // buffer, which would touch every byte twice).
         let mut out = Vec::with_capacity(total as usize * BLOCK_BYTES);
-        let mut bufs = bufs.into_iter();
         for p in pieces {
             match p {
-                Piece::Data(e) => {
-                    let buf = bufs.next().ok_or_else(|| {
-                        StoreError::Io(std::io::Error::other("a read returned too few buffers"))
-                    })?;
-                    verify(coll, oid, e, &buf)?;
-                    out.extend_from_slice(&buf);
-                }
+                Piece::Data(e) => out.extend_from_slice(&next_buf(e)?),
                 Piece::Hole { len, .. } => out.resize(out.len() + *len as usize * BLOCK_BYTES, 0),
             }
         }
-        Ok(out)
+        Ok(out.into())
     }
 
     pub fn stat(&self, coll: &str, oid: &str) -> Result<u64> {

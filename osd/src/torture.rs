@@ -387,7 +387,7 @@ pub fn snapshot(store: &crate::ObjectStore) -> crate::error::Result<Model> {
             for oid in names {
                 let size = store.stat(&coll, &oid)?;
                 let obj = ModelObject {
-                    data: store.read(&coll, &oid, 0, size)?,
+                    data: store.read(&coll, &oid, 0, size)?.into(),
                     attrs: store.getattrs(&coll, &oid)?,
                     omap: store
                         .omap_get(&coll, &oid, None, usize::MAX)?
