@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::FutureExt;
 use tokio::sync::{watch, Notify};
 
 use cairn_common::placement::PgId;
@@ -165,6 +166,8 @@ pub async fn run_beacons(node: Arc<OsdNode>, hb: Arc<Heartbeats>, mut stop: watc
     let after_pg_change = Duration::from_millis(node.settings.beacon_after_pg_change_ms);
     let grace = Duration::from_millis(node.settings.heartbeat_grace_ms);
     loop {
+        // This beacon reports every change made so far: a wake-up stored for one is spent.
+        let _ = node.pg_records.state_changed.notified().now_or_never();
         let space = node.store.statfs();
         let io = node.io.totals();
         let req = OsdBeaconRequest {
@@ -189,7 +192,11 @@ pub async fn run_beacons(node: Arc<OsdNode>, hb: Arc<Heartbeats>, mut stop: watc
             _ = tokio::time::sleep(interval) => {}
             _ = hb.failure_seen.notified() => {}
             _ = node.pg_records.state_changed.notified(), if after_pg_change < interval => {
-                tokio::time::sleep(after_pg_change).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(after_pg_change) => {}
+                    _ = hb.failure_seen.notified() => {}
+                    _ = stop.changed() => return,
+                }
             }
             _ = stop.changed() => return,
         }
