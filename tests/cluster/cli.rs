@@ -315,6 +315,26 @@ fn dev_cluster_and_admin_commands_work_from_the_command_line() {
     assert!(fails(&dir, &["dev", "kill", "mon", "zz", "--dir", "."]).contains("has no mon.zz"));
     assert_eq!(cairn(&dir, &["no-such-command"]).status.code(), Some(2));
 
+    // `dev up --fs` checks the metadata pool as `fs apply` does, and takes the --force its
+    // refusal names.
+    let pool = ["osd", "pool", "create", "late-metadata", "--pg-num", "8"];
+    ok(
+        &dir,
+        &[&pool[..], &["--replicated", "--size", "3"]].concat(),
+    );
+    ok(
+        &dir,
+        &["rados", "put", "late-metadata", "journal", "hello.txt"],
+    );
+    let fs_up = ["dev", "up", "--mds", "1", "--fs", "late"];
+    let refused = fails(&dir, &fs_up);
+    assert!(
+        refused.contains("already holds objects") && refused.contains("--force"),
+        "{refused}"
+    );
+    ok(&dir, &[&fs_up[..], &["--force"]].concat());
+    assert!(ok(&dir, &["fs", "ls"]).contains("late"));
+
     ok(&dir, &["dev", "down"]);
     for mon in ["a", "b", "c"] {
         assert!(

@@ -90,6 +90,10 @@ pub enum DevCmd {
         /// data erasure-coded 2+1 (replicated when fewer than 3 OSDs), standby-replay on.
         #[arg(long, requires = "mds")]
         fs: Option<String>,
+        /// Create that filesystem even over a metadata pool that already holds objects (an
+        /// earlier filesystem's), as `fs new --force` does.
+        #[arg(long, requires = "fs")]
+        force: bool,
     },
     /// Stop every daemon of the cluster (SIGTERM).
     Down {
@@ -203,6 +207,7 @@ pub async fn run(cli: &Cli, cmd: &DevCmd) -> anyhow::Result<()> {
             osd_size,
             mds,
             fs,
+            force,
         } => {
             let shape = Shape {
                 mons: *mons,
@@ -210,6 +215,7 @@ pub async fn run(cli: &Cli, cmd: &DevCmd) -> anyhow::Result<()> {
                 osd_bytes: *osd_size,
                 mds: *mds,
                 fs: fs.clone(),
+                force_fs: *force,
             };
             up(&dir.dir(), &bin_dir, shape, &cli.sets, cli.format).await
         }
@@ -292,6 +298,8 @@ struct Shape {
     osd_bytes: u64,
     mds: usize,
     fs: Option<String>,
+    /// Create `fs` over a metadata pool that holds objects.
+    force_fs: bool,
 }
 
 async fn up(
@@ -362,7 +370,7 @@ async fn add_filesystem(
         "dataPools": [data],
         "metadataServer": { "activeCount": 1, "activeStandby": shape.mds > 1 },
     });
-    super::fs::apply_spec(client, &cluster.config()?, &spec, false).await?;
+    super::fs::apply_spec(client, &cluster.config()?, &spec, shape.force_fs).await?;
     Ok(Some(name.clone()))
 }
 
