@@ -7,7 +7,7 @@
 use std::marker::PhantomData;
 
 use prost::Message;
-use tonic::codec::{BufferSettings, EncodeBuf};
+use tonic::codec::EncodeBuf;
 use tonic::Status;
 use tonic_prost::ProstDecoder;
 
@@ -54,9 +54,5 @@ impl<T: Message> tonic::codec::Encoder for Encoder<T> {
         buf.reserve(item.encoded_len());
         item.encode(buf)
             .map_err(|e| Status::internal(format!("cannot encode a message: {e}")))
-    }
-
-    fn buffer_settings(&self) -> BufferSettings {
-        BufferSettings::default()
     }
 }

@@ -424,18 +424,12 @@ fn shards_of(codec: &Codec, data: &[u8]) -> Vec<Bytes> {
     codec.encode(data).into_iter().map(Bytes::from).collect()
 }
 
-/// The shard data in a pulled object state (its writes, up to its final size), taken out of
-/// its writes.
-pub fn take_state_data(muts: &mut [Mutation]) -> Vec<u8> {
+/// The shard data in a pulled object state (its writes, up to its final size), copied once.
+pub fn state_data(muts: &[Mutation]) -> Vec<u8> {
     let mut data = Vec::new();
     for m in muts {
-        match &mut m.m {
-            // The first write of a pulled state starts at 0: its buffer becomes the shard
-            // (without a copy when nothing else holds it, as for a local pull).
-            Some(M::Write(w)) if w.offset == 0 && data.is_empty() => {
-                data = Vec::from(std::mem::take(&mut w.data))
-            }
-            // Later writes in order are appended: nothing is zeroed first.
+        match &m.m {
+            // Writes in order (the usual state) are appended: nothing is zeroed first.
             Some(M::Write(w)) if w.offset as usize == data.len() => data.extend_from_slice(&w.data),
             Some(M::Write(w)) => {
                 let end = w.offset as usize + w.data.len();
@@ -473,7 +467,7 @@ mod tests {
 
     #[test]
     fn a_pulled_state_gives_its_data_up_to_its_size() {
-        let mut muts = vec![
+        let muts = vec![
             mutation::touch(),
             mutation::write(0, b"abcd".to_vec()),
             mutation::write(4, b"ef".to_vec()),
@@ -482,8 +476,8 @@ mod tests {
             mutation::truncate(9),
             mutation::set_attr("a", b"1".to_vec()),
         ];
-        assert_eq!(take_state_data(&mut muts), b"aXcdef\0\0g");
-        // What is left keeps the attributes for `with_shard_data`.
+        assert_eq!(state_data(&muts), b"aXcdef\0\0g");
+        // The state's attributes carry over to `with_shard_data`.
         let rebuilt = with_shard_data(&muts, b"shard".to_vec());
         assert!(rebuilt
             .iter()
@@ -492,7 +486,7 @@ mod tests {
 
     #[test]
     fn an_empty_state_has_no_data() {
-        let mut muts = vec![mutation::touch(), mutation::truncate(0)];
-        assert!(take_state_data(&mut muts).is_empty());
+        let muts = vec![mutation::touch(), mutation::truncate(0)];
+        assert!(state_data(&muts).is_empty());
     }
 }

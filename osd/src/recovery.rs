@@ -267,9 +267,8 @@ pub async fn rebuild_shards(
         .await;
         for ((m, _), reply) in batch.iter().zip(replies) {
             match reply {
-                Ok(mut reply) if reply.exists && reply.version == version => {
-                    let data = erasure::take_state_data(&mut reply.mutations);
-                    shards[m.shard as usize] = Some(data);
+                Ok(reply) if reply.exists && reply.version == version => {
+                    shards[m.shard as usize] = Some(erasure::state_data(&reply.mutations));
                     attrs = reply.mutations;
                     found += 1;
                 }
