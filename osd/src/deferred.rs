@@ -12,6 +12,7 @@
 
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use crate::aligned::AlignedBuf;
@@ -25,9 +26,18 @@ const FLUSH_BATCH_BLOCKS: usize = 256;
 
 pub(crate) struct DeferredQueue {
     state: Mutex<State>,
-    /// Signalled when blocks are queued, when written blocks leave, and on stop or failure.
-    changed: Condvar,
+    /// Wakes the flusher: blocks queued while it sleeps, a waiter, a stop.
+    work: Condvar,
+    /// Wakes waiters: written blocks left the queue, a failure, a stop. Kept apart from
+    /// `work` so that a transaction queueing its blocks wakes no one but an idle flusher
+    /// (one shared condition variable, notified at every push, cost a wake-up syscall per
+    /// small write and woke every waiter for nothing).
+    progress: Condvar,
     blocks_max: usize,
+    /// Mirrors of `State::failed.is_some()` and `State::written.len()`, read on every
+    /// transaction without taking the lock.
+    has_failed: AtomicBool,
+    written_count: AtomicUsize,
 }
 
 #[derive(Default)]
@@ -38,6 +48,8 @@ struct State {
     written: Vec<Vec<u8>>,
     failed: Option<String>,
     stopping: bool,
+    /// The flusher sleeps on `work`.
+    flusher_idle: bool,
     /// Callers waiting for the flusher to make progress.
     waiters: usize,
     /// Tests hold the flusher back (unless someone waits for it), so that reads and
@@ -64,8 +76,11 @@ impl DeferredQueue {
     pub fn new(blocks_max: usize) -> DeferredQueue {
         DeferredQueue {
             state: Mutex::new(State::default()),
-            changed: Condvar::new(),
+            work: Condvar::new(),
+            progress: Condvar::new(),
             blocks_max: blocks_max.max(1),
+            has_failed: AtomicBool::new(false),
+            written_count: AtomicUsize::new(0),
         }
     }
 
@@ -73,24 +88,35 @@ impl DeferredQueue {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn wait<'a>(&self, s: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
-        self.changed.wait(s).unwrap_or_else(|p| p.into_inner())
+    /// Wakes the flusher if it sleeps; the caller holds the lock and changed what it waits for.
+    fn wake_flusher(&self, s: &State) {
+        if s.flusher_idle {
+            self.work.notify_one();
+        }
     }
 
     /// Waits for the flusher's next step, letting it know someone does.
     fn wait_for_flusher<'a>(&self, mut s: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
         s.waiters += 1;
-        self.changed.notify_all();
-        let mut s = self.wait(s);
+        self.wake_flusher(&s);
+        let mut s = self.progress.wait(s).unwrap_or_else(|p| p.into_inner());
         s.waiters -= 1;
         s
+    }
+
+    /// Records a failure: the flusher has stopped, and waiters must not wait for it.
+    fn fail(&self, s: &mut State, why: String) {
+        s.failed.get_or_insert(why);
+        self.has_failed.store(true, Ordering::SeqCst);
+        self.progress.notify_all();
     }
 
     /// Holds the flusher back while `held`, except when a caller waits for it (tests).
     #[cfg(test)]
     pub fn hold(&self, held: bool) {
-        self.lock().held = held;
-        self.changed.notify_all();
+        let mut s = self.lock();
+        s.held = held;
+        self.wake_flusher(&s);
     }
 
     /// Queues committed blocks (physical block, content, its record), then waits while the
@@ -117,7 +143,7 @@ impl DeferredQueue {
                 }
             }
         }
-        self.changed.notify_all();
+        self.wake_flusher(&s);
         while s.blocks.len() > self.blocks_max && s.failed.is_none() {
             s = self.wait_for_flusher(s);
         }
@@ -163,22 +189,29 @@ impl DeferredQueue {
 
     /// The records whose blocks are written in place, to be retired after an fdatasync.
     pub fn take_written(&self) -> Vec<Vec<u8>> {
-        std::mem::take(&mut self.lock().written)
+        let mut s = self.lock();
+        self.written_count.store(0, Ordering::SeqCst);
+        std::mem::take(&mut s.written)
     }
 
     pub fn written_len(&self) -> usize {
-        self.lock().written.len()
+        self.written_count.load(Ordering::SeqCst)
     }
 
     /// Why the flusher stopped, if an in-place write failed.
     pub fn failure(&self) -> Option<String> {
+        if !self.has_failed.load(Ordering::SeqCst) {
+            return None;
+        }
         self.lock().failed.clone()
     }
 
     /// Tells the flusher to write what is queued and end.
     pub fn stop(&self) {
-        self.lock().stopping = true;
-        self.changed.notify_all();
+        let mut s = self.lock();
+        s.stopping = true;
+        self.wake_flusher(&s);
+        self.progress.notify_all();
     }
 
     /// The flusher: writes queued blocks in place in batches until stopped and empty, or until
@@ -193,7 +226,9 @@ impl DeferredQueue {
                     if s.stopping && s.blocks.is_empty() {
                         return;
                     }
-                    s = self.wait(s);
+                    s.flusher_idle = true;
+                    s = self.work.wait(s).unwrap_or_else(|p| p.into_inner());
+                    s.flusher_idle = false;
                 }
                 // Oldest first: a block rewritten again and again cannot starve the others
                 // (a transaction freeing one may be waiting for it).
@@ -218,8 +253,7 @@ impl DeferredQueue {
             if let Err(e) = result {
                 let why = format!("a deferred in-place write failed: {e}");
                 tracing::error!(%why, "deferred writes stop; their records replay at the next mount");
-                s.failed = Some(why);
-                self.changed.notify_all();
+                self.fail(&mut s, why);
                 return;
             }
             let s = &mut *s;
@@ -238,7 +272,10 @@ impl DeferredQueue {
                     s.blocks.remove(&pblock);
                 }
             }
-            self.changed.notify_all();
+            self.written_count.store(s.written.len(), Ordering::SeqCst);
+            if s.waiters > 0 {
+                self.progress.notify_all();
+            }
         }
     }
 }
@@ -250,9 +287,8 @@ impl Drop for FailOnPanic<'_> {
     fn drop(&mut self) {
         if std::thread::panicking() {
             let mut s = self.0.lock();
-            s.failed
-                .get_or_insert_with(|| "the deferred-write flusher panicked".to_string());
-            self.0.changed.notify_all();
+            self.0
+                .fail(&mut s, "the deferred-write flusher panicked".to_string());
         }
     }
 }

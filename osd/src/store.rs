@@ -7,7 +7,7 @@ use std::fs::File;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 
 use prost::bytes::Bytes;
 use rocksdb::{BlockBasedOptions, Cache, Direction, IteratorMode, Options, WriteOptions, DB};
@@ -180,7 +180,8 @@ pub struct ObjectStore {
     retiring: Mutex<()>,
     /// Set when a commit's outcome is unknown (a failed RocksDB write): the store refuses
     /// further transactions until remounted, since its allocator may no longer be right.
-    poisoned: Mutex<Option<String>>,
+    /// Read by every transaction; set once, so it needs no lock.
+    poisoned: OnceLock<String>,
     dir: PathBuf,
     cache: OnodeCache,
     pub(crate) db: DB,
@@ -201,6 +202,9 @@ fn db_options(config: &StoreConfig, create: bool) -> Options {
     // Writers of the next group go to the WAL while this one fills the memtable (measured:
     // a few percent less CPU per small durable write, BENCHMARKS.md).
     opts.set_enable_pipelined_write(true);
+    // Writers waiting for their group sleep instead of spinning and yielding for up to 100 µs:
+    // with more writers than cores the spinning took the CPU the group's leader needed.
+    opts.set_enable_write_thread_adaptive_yield(false);
     let mut table = BlockBasedOptions::default();
     table.set_block_cache(&Cache::new_lru_cache(config.rocksdb_block_cache_bytes));
     // Index and filter blocks count against the cache, so memory stays bounded as the
@@ -477,7 +481,7 @@ impl ObjectStore {
             deferred,
             flusher: Mutex::new(Some(flusher)),
             retiring: Mutex::new(()),
-            poisoned: Mutex::new(None),
+            poisoned: OnceLock::new(),
             dir: dir.to_path_buf(),
             cache: OnodeCache {
                 entries: Mutex::new(HashMap::new()),
@@ -551,9 +555,8 @@ impl ObjectStore {
     fn refuse_if_poisoned(&self) -> Result<()> {
         let poisoned = self
             .poisoned
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+            .get()
+            .cloned()
             .or_else(|| self.deferred.failure());
         match poisoned {
             Some(why) => Err(StoreError::Corrupt(format!(
@@ -565,10 +568,8 @@ impl ObjectStore {
 
     fn poison(&self, why: &str) {
         tracing::error!(%why, "the object store stops taking writes until remounted");
-        self.poisoned
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get_or_insert_with(|| why.to_string());
+        // The first reason is the one reported.
+        let _ = self.poisoned.set(why.to_string());
     }
 
     /// Makes the in-place writes of retired records durable, then deletes the records. The
