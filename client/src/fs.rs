@@ -32,7 +32,7 @@ use cairn_common::proto::{MdsRequest, MdsSessionEvent, MdsSessionRequest, OpenFi
 use crate::dirty::DirtyExtents;
 use crate::{ClientError, Rados};
 
-pub use cairn_common::fsops::{Caller, DirEntry, InodeAttr as Attr, SetAttrs as SetAttr};
+pub use cairn_common::fsops::{Caller, DirEntry, InodeAttr as Attr, Name, SetAttrs as SetAttr};
 
 /// How long a metadata request keeps trying (through MDS failovers) before it fails with
 /// ETIMEDOUT: applications see a pause, not an error.
@@ -656,11 +656,11 @@ impl FsClient {
         a
     }
 
-    pub async fn lookup(&self, parent: u64, name: &str) -> FsResult<Attr> {
+    pub async fn lookup(&self, parent: u64, name: impl Into<Name>) -> FsResult<Attr> {
         let a = attr(
             self.call(FsOp::Lookup {
                 parent,
-                name: name.to_string(),
+                name: name.into(),
             })
             .await?,
         )?;
@@ -707,14 +707,14 @@ impl FsClient {
     pub async fn mknod(
         &self,
         parent: u64,
-        name: &str,
+        name: impl Into<Name>,
         mode: u32,
         rdev: u32,
         caller: Caller,
     ) -> FsResult<Attr> {
         let op = FsOp::Mknod {
             parent,
-            name: name.to_string(),
+            name: name.into(),
             mode,
             rdev,
             caller,
@@ -725,14 +725,14 @@ impl FsClient {
     pub async fn mkdir(
         &self,
         parent: u64,
-        name: &str,
+        name: impl Into<Name>,
         mode: u32,
         caller: Caller,
     ) -> FsResult<Attr> {
         attr(
             self.call(FsOp::Mkdir {
                 parent,
-                name: name.to_string(),
+                name: name.into(),
                 mode,
                 caller,
             })
@@ -743,52 +743,57 @@ impl FsClient {
     pub async fn symlink(
         &self,
         parent: u64,
-        name: &str,
-        target: &str,
+        name: impl Into<Name>,
+        target: impl Into<Name>,
         caller: Caller,
     ) -> FsResult<Attr> {
         let op = FsOp::Symlink {
             parent,
-            name: name.to_string(),
-            target: target.to_string(),
+            name: name.into(),
+            target: target.into(),
             caller,
         };
         attr(self.call(op).await?)
     }
 
-    pub async fn readlink(&self, ino: u64) -> FsResult<String> {
+    pub async fn readlink(&self, ino: u64) -> FsResult<Name> {
         match self.call(FsOp::ReadLink { ino }).await? {
             FsReply::Target(t) => Ok(t),
             other => Err(unexpected(other)),
         }
     }
 
-    pub async fn link(&self, ino: u64, new_parent: u64, new_name: &str) -> FsResult<Attr> {
+    pub async fn link(
+        &self,
+        ino: u64,
+        new_parent: u64,
+        new_name: impl Into<Name>,
+    ) -> FsResult<Attr> {
         attr(
             self.call(FsOp::Link {
                 ino,
                 new_parent,
-                new_name: new_name.to_string(),
+                new_name: new_name.into(),
             })
             .await?,
         )
     }
 
-    pub async fn unlink(&self, parent: u64, name: &str) -> FsResult<()> {
+    pub async fn unlink(&self, parent: u64, name: impl Into<Name>) -> FsResult<()> {
         done(
             self.call(FsOp::Unlink {
                 parent,
-                name: name.to_string(),
+                name: name.into(),
             })
             .await?,
         )
     }
 
-    pub async fn rmdir(&self, parent: u64, name: &str) -> FsResult<()> {
+    pub async fn rmdir(&self, parent: u64, name: impl Into<Name>) -> FsResult<()> {
         done(
             self.call(FsOp::Rmdir {
                 parent,
-                name: name.to_string(),
+                name: name.into(),
             })
             .await?,
         )
@@ -797,26 +802,31 @@ impl FsClient {
     pub async fn rename(
         &self,
         parent: u64,
-        name: &str,
+        name: impl Into<Name>,
         new_parent: u64,
-        new_name: &str,
+        new_name: impl Into<Name>,
         flags: u32,
     ) -> FsResult<()> {
         let op = FsOp::Rename {
             parent,
-            name: name.to_string(),
+            name: name.into(),
             new_parent,
-            new_name: new_name.to_string(),
+            new_name: new_name.into(),
             flags,
         };
         done(self.call(op).await?)
     }
 
-    pub async fn readdir(&self, ino: u64, after: &str, max: u32) -> FsResult<Vec<DirEntry>> {
+    pub async fn readdir(
+        &self,
+        ino: u64,
+        after: impl Into<Name>,
+        max: u32,
+    ) -> FsResult<Vec<DirEntry>> {
         match self
             .call(FsOp::ReadDir {
                 ino,
-                after: after.to_string(),
+                after: after.into(),
                 max,
             })
             .await?

@@ -23,6 +23,7 @@ use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::future::Future;
 use std::io;
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -38,7 +39,7 @@ use fuser::{
 use tokio::runtime::Handle;
 
 use crate::fs::{
-    Attr, Caller, DirEntry, FsClient, FsError, FsResult, KernelCache, SetAttr, StatFs,
+    Attr, Caller, DirEntry, FsClient, FsError, FsResult, KernelCache, Name, SetAttr, StatFs,
 };
 
 /// How long the kernel may trust an entry or attributes: not at all (see the module doc).
@@ -179,9 +180,7 @@ impl Filesystem for CairnFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let Some(name) = utf8(name) else {
-            return reply.error(Errno::EINVAL);
-        };
+        let name = fs_name(name);
         let (fs, inodes) = (self.client(), self.inodes);
         self.spawn("lookup", async move {
             let found = fs.lookup(inodes.to_mds(parent), &name).await;
@@ -261,9 +260,7 @@ impl Filesystem for CairnFs {
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        let Some(name) = utf8(name) else {
-            return reply.error(Errno::EINVAL);
-        };
+        let name = fs_name(name);
         let (fs, inodes, caller) = (self.client(), self.inodes, caller(req));
         self.spawn("mknod", async move {
             let made = fs
@@ -282,9 +279,7 @@ impl Filesystem for CairnFs {
         _umask: u32,
         reply: ReplyEntry,
     ) {
-        let Some(name) = utf8(name) else {
-            return reply.error(Errno::EINVAL);
-        };
+        let name = fs_name(name);
         let (fs, inodes, caller) = (self.client(), self.inodes, caller(req));
         self.spawn("mkdir", async move {
             let made = fs.mkdir(inodes.to_mds(parent), &name, mode, caller).await;
@@ -293,9 +288,7 @@ impl Filesystem for CairnFs {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let Some(name) = utf8(name) else {
-            return reply.error(Errno::EINVAL);
-        };
+        let name = fs_name(name);
         let (fs, parent) = (self.client(), self.inodes.to_mds(parent));
         self.spawn("unlink", async move {
             reply_empty(reply, fs.unlink(parent, &name).await)
@@ -303,9 +296,7 @@ impl Filesystem for CairnFs {
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let Some(name) = utf8(name) else {
-            return reply.error(Errno::EINVAL);
-        };
+        let name = fs_name(name);
         let (fs, parent) = (self.client(), self.inodes.to_mds(parent));
         self.spawn("rmdir", async move {
             reply_empty(reply, fs.rmdir(parent, &name).await)
@@ -320,9 +311,7 @@ impl Filesystem for CairnFs {
         target: &Path,
         reply: ReplyEntry,
     ) {
-        let (Some(name), Some(target)) = (utf8(link_name), utf8(target.as_os_str())) else {
-            return reply.error(Errno::EINVAL);
-        };
+        let (name, target) = (fs_name(link_name), fs_name(target.as_os_str()));
         let (fs, inodes, caller) = (self.client(), self.inodes, caller(req));
         self.spawn("symlink", async move {
             let made = fs
@@ -342,9 +331,7 @@ impl Filesystem for CairnFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        let (Some(name), Some(newname)) = (utf8(name), utf8(newname)) else {
-            return reply.error(Errno::EINVAL);
-        };
+        let (name, newname) = (fs_name(name), fs_name(newname));
         let (fs, inodes) = (self.client(), self.inodes);
         let (parent, newparent) = (inodes.to_mds(parent), inodes.to_mds(newparent));
         self.spawn("rename", async move {
@@ -363,9 +350,7 @@ impl Filesystem for CairnFs {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        let Some(newname) = utf8(newname) else {
-            return reply.error(Errno::EINVAL);
-        };
+        let newname = fs_name(newname);
         let (fs, inodes) = (self.client(), self.inodes);
         let (ino, newparent) = (inodes.to_mds(ino), inodes.to_mds(newparent));
         self.spawn("link", async move {
@@ -595,9 +580,7 @@ impl Filesystem for CairnFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        let Some(name) = utf8(name) else {
-            return reply.error(Errno::EINVAL);
-        };
+        let name = fs_name(name);
         let (fs, inodes, caller) = (self.client(), self.inodes, caller(req));
         let write = writes(OpenFlags(flags));
         self.spawn("create", async move {
@@ -632,7 +615,7 @@ impl Filesystem for CairnFs {
 async fn create_and_open(
     fs: &FsClient,
     parent: u64,
-    name: &str,
+    name: &Name,
     mode: u32,
     write: bool,
     caller: Caller,
@@ -709,7 +692,7 @@ impl Inodes {
 struct Entry {
     ino: INodeNo,
     kind: FileType,
-    name: String,
+    name: Name,
 }
 
 type Listing = Arc<[Entry]>;
@@ -755,7 +738,7 @@ impl OpenDirs {
 async fn list_dir(fs: &FsClient, inodes: Inodes, dir: INodeNo) -> FsResult<Listing> {
     let mut entries: Vec<DirEntry> = Vec::new();
     loop {
-        let after = entries.last().map_or("", |e| e.name.as_str());
+        let after = entries.last().map_or(Name::default(), |e| e.name.clone());
         let page = fs.readdir(inodes.to_mds(dir), after, READDIR_PAGE).await?;
         let last = page.len() < READDIR_PAGE as usize;
         entries.extend(page);
@@ -766,7 +749,7 @@ async fn list_dir(fs: &FsClient, inodes: Inodes, dir: INodeNo) -> FsResult<Listi
     let dots = [".", ".."].map(|name| Entry {
         ino: dir,
         kind: FileType::Directory,
-        name: name.to_owned(),
+        name: Name::from(name),
     });
     let named = entries.into_iter().map(|e| Entry {
         ino: inodes.to_fuse(e.ino),
@@ -780,7 +763,12 @@ async fn list_dir(fs: &FsClient, inodes: Inodes, dir: INodeNo) -> FsResult<Listi
 fn fill_directory(mut reply: ReplyDirectory, listing: &[Entry], offset: u64) {
     let start = usize::try_from(offset).unwrap_or(usize::MAX);
     for (index, entry) in listing.iter().enumerate().skip(start) {
-        if reply.add(entry.ino, index as u64 + 1, entry.kind, &entry.name) {
+        if reply.add(
+            entry.ino,
+            index as u64 + 1,
+            entry.kind,
+            OsStr::from_bytes(entry.name.as_bytes()),
+        ) {
             break;
         }
     }
@@ -840,7 +828,12 @@ fn nul_terminated(names: &[String]) -> Vec<u8> {
     names.iter().flat_map(|n| n.bytes().chain([0])).collect()
 }
 
-/// Names are UTF-8 in Cairn: anything else is refused (EINVAL).
+/// A name or symlink target as the kernel gave it: any bytes.
+fn fs_name(name: &OsStr) -> Name {
+    Name::from(name.as_bytes())
+}
+
+/// Xattr names are UTF-8 in Cairn: anything else is refused (EINVAL).
 fn utf8(name: &OsStr) -> Option<String> {
     name.to_str().map(str::to_owned)
 }

@@ -7,6 +7,8 @@
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::fsname::Name;
+
 /// The root directory's inode number.
 pub const ROOT_INO: u64 = 1;
 /// Size of the data objects a file is cut into.
@@ -43,7 +45,7 @@ pub struct InodeAttr {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DirEntry {
-    pub name: String,
+    pub name: Name,
     pub ino: u64,
     /// File type bits only.
     pub mode: u32,
@@ -71,7 +73,7 @@ pub struct Caller {
 pub enum FsOp {
     Lookup {
         parent: u64,
-        name: String,
+        name: Name,
     },
     /// Resolves a path from the root (`cairn mount --path`), following no symlinks.
     Resolve {
@@ -93,21 +95,21 @@ pub enum FsOp {
     /// Creates a regular file, fifo, socket or device node (`mode` carries the type).
     Mknod {
         parent: u64,
-        name: String,
+        name: Name,
         mode: u32,
         rdev: u32,
         caller: Caller,
     },
     Mkdir {
         parent: u64,
-        name: String,
+        name: Name,
         mode: u32,
         caller: Caller,
     },
     Symlink {
         parent: u64,
-        name: String,
-        target: String,
+        name: Name,
+        target: Name,
         caller: Caller,
     },
     ReadLink {
@@ -116,28 +118,28 @@ pub enum FsOp {
     Link {
         ino: u64,
         new_parent: u64,
-        new_name: String,
+        new_name: Name,
     },
     Unlink {
         parent: u64,
-        name: String,
+        name: Name,
     },
     Rmdir {
         parent: u64,
-        name: String,
+        name: Name,
     },
     /// `flags` as Linux `renameat2`: `RENAME_NOREPLACE` (1) is supported.
     Rename {
         parent: u64,
-        name: String,
+        name: Name,
         new_parent: u64,
-        new_name: String,
+        new_name: Name,
         flags: u32,
     },
     /// Entries after `after` in name order, at most `max`.
     ReadDir {
         ino: u64,
-        after: String,
+        after: Name,
         max: u32,
     },
     /// A client wrote file data: the size grows to at least `size`, mtime becomes `mtime_ns`.
@@ -251,7 +253,7 @@ pub enum FsReply {
     Done,
     Attr(InodeAttr),
     Entries(Vec<DirEntry>),
-    Target(String),
+    Target(Name),
     Value(Vec<u8>),
     Names(Vec<String>),
     Count(u64),
@@ -324,8 +326,14 @@ pub struct SessionStatus {
 }
 
 /// Checks one name of a directory entry.
-pub fn validate_name(name: &str) -> Result<(), FsReply> {
-    if name.is_empty() || name == "." || name == ".." || name.contains('/') || name.contains('\0') {
+pub fn validate_name(name: &Name) -> Result<(), FsReply> {
+    let bytes = name.as_bytes();
+    if bytes.is_empty()
+        || bytes == b"."
+        || bytes == b".."
+        || bytes.contains(&b'/')
+        || bytes.contains(&0)
+    {
         return Err(FsReply::error(EINVAL, format!("invalid name {name:?}")));
     }
     if name.len() > NAME_BYTES_MAX {
@@ -378,13 +386,15 @@ mod tests {
 
     #[test]
     fn names_are_checked() {
-        assert!(validate_name("a").is_ok());
-        assert!(validate_name(&"x".repeat(255)).is_ok());
-        for bad in ["", ".", "..", "a/b", "a\0"] {
-            assert!(validate_name(bad).is_err(), "{bad:?}");
+        let check = |n: &[u8]| validate_name(&Name::from(n));
+        assert!(check(b"a").is_ok());
+        assert!(check(&[b'x'; 255]).is_ok());
+        assert!(check(b"caf\xe9").is_ok(), "any bytes but / and NUL");
+        for bad in [&b""[..], b".", b"..", b"a/b", b"a\0"] {
+            assert!(check(bad).is_err(), "{bad:?}");
         }
         assert!(matches!(
-            validate_name(&"x".repeat(256)),
+            check(&[b'x'; 256]),
             Err(FsReply::Error {
                 errno: ENAMETOOLONG,
                 ..

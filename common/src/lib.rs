@@ -7,6 +7,7 @@ pub mod codec;
 pub mod command;
 pub mod config;
 pub mod fsmap;
+pub mod fsname;
 pub mod fsops;
 pub mod health;
 pub mod keyring;

@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 use anyhow::Context;
 
 use cairn_client::{ClientError, Rados};
+use cairn_common::fsops::Name;
 
 use crate::inode::{decode, dir_object, inode_object, Dentry, Inode};
 use crate::journal::Event;
@@ -33,24 +34,29 @@ impl<T> Slot<T> {
 pub struct Dir {
     /// Every entry of the directory is in `entries` (loaded, or created by this journal).
     pub complete: bool,
-    pub entries: BTreeMap<String, Slot<Dentry>>,
+    pub entries: BTreeMap<Name, Slot<Dentry>>,
 }
 
 impl Dir {
     /// Present entries after `after`, in name order.
-    pub fn listing<'a>(&'a self, after: &str) -> impl Iterator<Item = (&'a String, &'a Dentry)> {
+    pub fn listing<'a>(&'a self, after: &Name) -> impl Iterator<Item = (&'a Name, &'a Dentry)> {
         use std::ops::Bound;
         self.entries
-            .range::<str, _>((Bound::Excluded(after), Bound::Unbounded))
+            .range::<Name, _>((Bound::Excluded(after), Bound::Unbounded))
             .filter_map(|(name, slot)| slot.value.as_ref().map(|d| (name, d)))
     }
 
-    pub fn get(&self, name: &str) -> Option<Dentry> {
+    /// Every present entry, in name order.
+    pub fn present(&self) -> impl Iterator<Item = (&Name, &Dentry)> {
+        self.listing(&Name::default())
+    }
+
+    pub fn get(&self, name: &Name) -> Option<Dentry> {
         self.entries.get(name).and_then(|s| s.value)
     }
 
     pub fn is_empty(&self) -> bool {
-        self.listing("").next().is_none()
+        self.present().next().is_none()
     }
 }
 
@@ -59,7 +65,7 @@ impl Dir {
 pub struct Dirty {
     pub upto: u64,
     pub inodes: Vec<(u64, Option<Inode>)>,
-    pub dentries: BTreeMap<u64, Vec<(String, Option<Dentry>)>>,
+    pub dentries: BTreeMap<u64, Vec<(Name, Option<Dentry>)>>,
     /// Directories removed: their objects go once their entries are written.
     pub gone_dirs: Vec<u64>,
 }
@@ -178,7 +184,7 @@ impl Cache {
         Ok(self.dirs.entry(ino).or_default())
     }
 
-    async fn load_dir(&self, rados: &Rados, ino: u64) -> anyhow::Result<Vec<(String, Dentry)>> {
+    async fn load_dir(&self, rados: &Rados, ino: u64) -> anyhow::Result<Vec<(Name, Dentry)>> {
         let object = dir_object(ino);
         let mut out = Vec::new();
         let mut after = Vec::new();
@@ -190,9 +196,7 @@ impl Cache {
             };
             let full = page.len() == DIR_PAGE as usize;
             for (key, value) in page {
-                let name = String::from_utf8(key.clone())
-                    .with_context(|| format!("damaged entry name in directory {ino:#x}"))?;
-                out.push((name, decode(&value, &object)?));
+                out.push((Name::from(key.as_slice()), decode(&value, &object)?));
                 after = key;
             }
             if !full {
@@ -372,11 +376,11 @@ mod tests {
         );
         c.apply(2, &[entry(1, "b", None)]);
         let dir = &c.dirs[&1];
-        let names: Vec<&String> = dir.listing("").map(|(n, _)| n).collect();
+        let names: Vec<&Name> = dir.present().map(|(n, _)| n).collect();
         assert_eq!(names, ["a", "c"]);
-        let after_a: Vec<&String> = dir.listing("a").map(|(n, _)| n).collect();
+        let after_a: Vec<&Name> = dir.listing(&"a".into()).map(|(n, _)| n).collect();
         assert_eq!(after_a, ["c"]);
-        assert_eq!(dir.get("b"), None);
+        assert_eq!(dir.get(&"b".into()), None);
         assert!(!dir.is_empty());
     }
 

@@ -11,7 +11,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use cairn_common::fsops::{is_dir, FsckReport, ROOT_INO, S_IFMT};
+use cairn_common::fsops::{is_dir, FsckReport, Name, ROOT_INO, S_IFMT};
 
 use crate::inode::{Dentry, Inode, STRAY_INO};
 use crate::rank::Rank;
@@ -45,7 +45,7 @@ pub struct Snapshot {
     /// Inodes reached from the root (the root included).
     pub reached: BTreeMap<u64, Facts>,
     /// Each directory reached and its entries.
-    pub dirs: BTreeMap<u64, Vec<(String, Dentry)>>,
+    pub dirs: BTreeMap<u64, Vec<(Name, Dentry)>>,
     /// Inodes stored or cached that no name reaches.
     pub unreached: BTreeMap<u64, Facts>,
     /// Files kept without a name: listed as strays, open, or awaiting removal.
@@ -173,8 +173,8 @@ async fn gather(rank: &mut Rank) -> anyhow::Result<Snapshot> {
     }
     let mut to_walk = vec![ROOT_INO];
     while let Some(dir) = to_walk.pop() {
-        let entries: Vec<(String, Dentry)> = match rank.cache.dir(&rados, dir).await {
-            Ok(d) => d.listing("").map(|(n, d)| (n.clone(), *d)).collect(),
+        let entries: Vec<(Name, Dentry)> = match rank.cache.dir(&rados, dir).await {
+            Ok(d) => d.present().map(|(n, d)| (n.clone(), *d)).collect(),
             Err(e) => {
                 s.noted.push(format!("{e:#}"));
                 continue;
@@ -220,7 +220,7 @@ async fn gather(rank: &mut Rank) -> anyhow::Result<Snapshot> {
 async fn gather_strays(rank: &mut Rank, s: &mut Snapshot) {
     let rados = rank.rados.clone();
     let strays: Vec<u64> = match rank.cache.dir(&rados, STRAY_INO).await {
-        Ok(d) => d.listing("").map(|(_, d)| d.ino).collect(),
+        Ok(d) => d.present().map(|(_, d)| d.ino).collect(),
         Err(e) => {
             s.noted.push(format!("{e:#}"));
             return;
@@ -274,8 +274,8 @@ mod tests {
         }
     }
 
-    fn entry(name: &str, ino: u64, kind: u32) -> (String, Dentry) {
-        (name.to_string(), Dentry { ino, kind })
+    fn entry(name: &str, ino: u64, kind: u32) -> (Name, Dentry) {
+        (Name::from(name), Dentry { ino, kind })
     }
 
     /// `/` holding `d/` (ino 2) and file 3 named twice (`/f` and `/d/g`).

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use cairn_common::fsops::{InodeAttr, S_IFMT};
+use cairn_common::fsops::{InodeAttr, Name, S_IFMT};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Inode {
@@ -26,7 +26,7 @@ pub struct Inode {
     #[serde(default)]
     pub parent: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub symlink: Option<String>,
+    pub symlink: Option<Name>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub xattrs: BTreeMap<String, Vec<u8>>,
 }
@@ -58,7 +58,7 @@ impl Inode {
     /// About how much memory the record takes.
     pub fn memory_bytes(&self) -> usize {
         std::mem::size_of::<Inode>()
-            + self.symlink.as_ref().map_or(0, String::len)
+            + self.symlink.as_ref().map_or(0, Name::len)
             + self
                 .xattrs
                 .iter()
@@ -106,8 +106,8 @@ impl Dentry {
 /// inode and no name (no client can reach it); the number is never handed out.
 pub const STRAY_INO: u64 = u64::MAX - 1;
 
-pub fn stray_name(ino: u64) -> String {
-    format!("{ino:x}")
+pub fn stray_name(ino: u64) -> Name {
+    Name::from(format!("{ino:x}"))
 }
 
 pub fn dir_object(ino: u64) -> String {

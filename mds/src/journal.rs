@@ -16,7 +16,7 @@ use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 
 use cairn_client::{ClientError, Rados};
-use cairn_common::fsops::FsReply;
+use cairn_common::fsops::{FsReply, Name};
 
 use crate::inode::{decode, encode, Dentry, Inode};
 
@@ -41,7 +41,7 @@ pub enum Event {
     },
     Dentry {
         dir: u64,
-        name: String,
+        name: Name,
         entry: Option<Dentry>,
     },
     /// The data objects of a removed file (`size` bytes) are to be deleted. Redone after a

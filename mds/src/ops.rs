@@ -3,7 +3,7 @@
 //! before anything is journaled.
 
 use cairn_common::fsops::{
-    validate_name, Caller, DirEntry, FsOp, FsReply, SetAttrs, EEXIST, EFBIG, EINVAL, EISDIR,
+    validate_name, Caller, DirEntry, FsOp, FsReply, Name, SetAttrs, EEXIST, EFBIG, EINVAL, EISDIR,
     ENODATA, ENOENT, ENOTDIR, ENOTEMPTY, ERANGE, READDIR_MAX, ROOT_INO, SYMLINK_BYTES_MAX, S_IFBLK,
     S_IFCHR, S_IFDIR, S_IFIFO, S_IFLNK, S_IFMT, S_IFREG, S_IFSOCK, XATTR_VALUE_BYTES_MAX,
 };
@@ -26,7 +26,7 @@ pub fn now_ns() -> i64 {
         .unwrap_or(0)
 }
 
-fn checked_name(name: &str) -> Result<(), Fail> {
+fn checked_name(name: &Name) -> Result<(), Fail> {
     validate_name(name).map_err(Fail::Posix)
 }
 
@@ -46,11 +46,11 @@ impl Rank {
         Ok(inode)
     }
 
-    pub(crate) async fn child(&mut self, parent: u64, name: &str) -> Result<Option<Dentry>, Fail> {
+    pub(crate) async fn child(&mut self, parent: u64, name: &Name) -> Result<Option<Dentry>, Fail> {
         Ok(self.cache.dir(&self.rados, parent).await?.get(name))
     }
 
-    async fn existing_child(&mut self, parent: u64, name: &str) -> Result<Inode, Fail> {
+    async fn existing_child(&mut self, parent: u64, name: &Name) -> Result<Inode, Fail> {
         let dentry = self
             .child(parent, name)
             .await?
@@ -70,7 +70,7 @@ impl Rank {
                 let mut ino = ROOT_INO;
                 for part in path.split('/').filter(|p| !p.is_empty()) {
                     self.dir_inode(ino).await?;
-                    ino = self.existing_child(ino, part).await?.ino;
+                    ino = self.existing_child(ino, &Name::from(part)).await?.ino;
                 }
                 Ok(FsReply::Attr(self.dir_inode(ino).await?.attr()))
             }
@@ -296,7 +296,7 @@ impl Rank {
     async fn create(
         &mut self,
         parent: u64,
-        name: &str,
+        name: &Name,
         mode: u32,
         caller: Caller,
         fill: impl FnOnce(&mut Inode),
@@ -324,7 +324,7 @@ impl Rank {
         Ok(named(dir, name, inode, now))
     }
 
-    async fn link(&mut self, ino: u64, new_parent: u64, new_name: &str) -> Result<Plan, Fail> {
+    async fn link(&mut self, ino: u64, new_parent: u64, new_name: &Name) -> Result<Plan, Fail> {
         checked_name(new_name)?;
         let mut inode = self.inode_of(ino).await?;
         if inode.is_dir() {
@@ -343,7 +343,7 @@ impl Rank {
         Ok(named(dir, new_name, inode, now))
     }
 
-    async fn remove(&mut self, parent: u64, name: &str, want_dir: bool) -> Result<Plan, Fail> {
+    async fn remove(&mut self, parent: u64, name: &Name, want_dir: bool) -> Result<Plan, Fail> {
         checked_name(name)?;
         let mut dir = self.dir_inode(parent).await?;
         let target = self.existing_child(parent, name).await?;
@@ -363,7 +363,7 @@ impl Rank {
         dir.ctime_ns = now;
         let mut events = vec![Event::Dentry {
             dir: parent,
-            name: name.to_string(),
+            name: name.clone(),
             entry: None,
         }];
         let open = self.keeps_unlinked(target.ino);
@@ -379,9 +379,9 @@ impl Rank {
     async fn rename(
         &mut self,
         parent: u64,
-        name: &str,
+        name: &Name,
         new_parent: u64,
-        new_name: &str,
+        new_name: &Name,
         flags: u32,
     ) -> Result<Plan, Fail> {
         checked_name(name)?;
@@ -425,12 +425,12 @@ impl Rank {
         let mut events = vec![
             Event::Dentry {
                 dir: parent,
-                name: name.to_string(),
+                name: name.clone(),
                 entry: None,
             },
             Event::Dentry {
                 dir: new_parent,
-                name: new_name.to_string(),
+                name: new_name.clone(),
                 entry: Some(Dentry::of(&moved)),
             },
         ];
@@ -529,7 +529,7 @@ fn check_file_size(size: u64) -> Result<(), Fail> {
 }
 
 /// The plan of a new name `name` in directory `dir` for `inode` (created or linked).
-fn named(mut dir: Inode, name: &str, inode: Inode, now: i64) -> Plan {
+fn named(mut dir: Inode, name: &Name, inode: Inode, now: i64) -> Plan {
     dir.mtime_ns = now;
     dir.ctime_ns = now;
     Plan {
@@ -537,7 +537,7 @@ fn named(mut dir: Inode, name: &str, inode: Inode, now: i64) -> Plan {
         events: vec![
             Event::Dentry {
                 dir: dir.ino,
-                name: name.to_string(),
+                name: name.clone(),
                 entry: Some(Dentry::of(&inode)),
             },
             Event::Inode(inode),

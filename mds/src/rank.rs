@@ -440,7 +440,7 @@ impl Rank {
             if !self.strays_checked {
                 // Files a predecessor kept for clients that never came back.
                 let strays = self.cache.dir(&self.rados, STRAY_INO).await?;
-                closed.extend(strays.listing("").map(|(_, d)| d.ino));
+                closed.extend(strays.present().map(|(_, d)| d.ino));
                 self.strays_checked = true;
             }
         }

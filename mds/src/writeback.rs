@@ -6,6 +6,7 @@ use anyhow::Context;
 use futures::{stream, StreamExt, TryStreamExt};
 
 use cairn_client::{ClientError, Rados};
+use cairn_common::fsops::Name;
 
 use crate::cache::Dirty;
 use crate::inode::{dir_object, encode, inode_object, Inode};
@@ -68,7 +69,7 @@ async fn write_dir(
     rados: &Rados,
     pool: &str,
     dir: u64,
-    entries: &[(String, Option<crate::inode::Dentry>)],
+    entries: &[(Name, Option<crate::inode::Dentry>)],
 ) -> anyhow::Result<()> {
     let object = dir_object(dir);
     let set: Vec<(Vec<u8>, Vec<u8>)> = entries

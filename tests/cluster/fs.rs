@@ -394,6 +394,45 @@ fn posix_checks(root: &Path) {
     );
 }
 
+/// Names that are not UTF-8 (Latin-1 here, as files copied from an old system carry): any
+/// bytes but `/` and NUL make a name, and a symlink's target is kept byte for byte.
+fn byte_name_checks(p1: &Path, p2: &Path) {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+    let latin1 = OsStr::from_bytes(b"caf\xe9");
+    let longest = OsStr::from_bytes(&[0xff; 255]);
+    fs::write(p1.join(latin1), b"espresso").expect("create a Latin-1 name");
+    fs::write(p1.join(longest), b"x").expect("create 255 bytes of 0xff");
+    let listed: Vec<Vec<u8>> = fs::read_dir(p2)
+        .expect("readdir")
+        .map(|e| e.expect("entry").file_name().as_bytes().to_vec())
+        .collect();
+    assert!(
+        listed.contains(&b"caf\xe9".to_vec()),
+        "the other mount lists it"
+    );
+    assert!(listed.contains(&vec![0xff; 255]));
+    assert_eq!(fs::read(p2.join(latin1)).expect("read"), b"espresso");
+    let target = OsStr::from_bytes(b"../\xc0\xff/target");
+    std::os::unix::fs::symlink(target, p1.join("byte-link")).expect("symlink");
+    assert_eq!(
+        fs::read_link(p2.join("byte-link"))
+            .expect("readlink")
+            .as_os_str(),
+        target
+    );
+    let renamed = OsStr::from_bytes(b"th\xe9");
+    fs::rename(p1.join(latin1), p1.join(renamed)).expect("rename");
+    assert!(!p2.join(latin1).exists());
+    assert_eq!(
+        fs::read(p2.join(renamed)).expect("read renamed"),
+        b"espresso"
+    );
+    for name in [renamed, longest, OsStr::new("byte-link")] {
+        fs::remove_file(p2.join(name)).expect("unlink");
+    }
+}
+
 /// A user other than root is held to the mode bits.
 fn non_root_checks(root: &Path) {
     fs::create_dir(root.join("private")).expect("mkdir");
@@ -453,6 +492,7 @@ async fn posix_behaviour_through_two_mounts() {
         assert_eq!(readahead_kb(&p2), 4096, "the mount's read-ahead");
         posix_checks(&p1);
         non_root_checks(&p1);
+        byte_name_checks(&p1, &p2);
         // Sequential reads with read-ahead, across object boundaries (4 MiB objects).
         fs::write(p1.join("long-file"), pattern(8, 9 << 20)).expect("write");
         assert!(fs::read(p2.join("long-file")).expect("read") == pattern(8, 9 << 20));
@@ -1104,6 +1144,8 @@ async fn the_filesystem_survives_a_restart_of_every_daemon() {
         blocking(move || {
             fs::create_dir_all(root.join("x/y")).expect("mkdir");
             fs::write(root.join("x/y/data"), pattern(3, 5 << 20)).expect("write");
+            // A name that is not UTF-8 goes through the journal and the directory object.
+            fs::write(root.join(byte_name()), b"latin-1").expect("write");
             let mut h = fs::OpenOptions::new()
                 .write(true)
                 .create(true)
@@ -1134,8 +1176,13 @@ async fn the_filesystem_survives_a_restart_of_every_daemon() {
             .read_to_string(&mut s)
             .expect("read");
         assert_eq!(s, "durable");
+        assert_eq!(fs::read(root.join(byte_name())).expect("read"), b"latin-1");
     })
     .await;
+}
+
+fn byte_name() -> &'static std::ffi::OsStr {
+    std::os::unix::ffi::OsStrExt::from_bytes(b"x/na\xefve")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
