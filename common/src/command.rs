@@ -131,6 +131,10 @@ pub enum Command {
         name: String,
         metadata_pool: String,
         data_pool: String,
+        /// Takes a metadata pool whose PGs report objects (an earlier filesystem's journal
+        /// there would be replayed as the new one's); refused otherwise.
+        #[serde(default)]
+        force: bool,
     },
     /// Removes a filesystem (not its pools); its active is fenced and leaves the map (it
     /// restarts as a fresh standby), its other daemons go back to standby. `at_ms` is the

@@ -36,6 +36,7 @@ pub fn check(maps: &ClusterMaps, cmd: &Command) -> Result<(), String> {
             name,
             metadata_pool,
             data_pool,
+            ..
         } => check_fs_new(maps, name, metadata_pool, data_pool),
         Command::FsRm { name, .. } => require_fs(&maps.fsmap, name).map(|_| ()),
         Command::FsSet { name, key, value } => {
@@ -79,6 +80,7 @@ pub fn apply(maps: &mut ClusterMaps, cmd: Command) -> CommandOutcome {
             name,
             metadata_pool,
             data_pool,
+            ..
         } => fs_new(&mut maps.fsmap, name, metadata_pool, data_pool),
         Command::FsRm { name, at_ms } => {
             let (id, _) = require_fs(&maps.fsmap, &name).expect("checked");
@@ -370,6 +372,7 @@ mod tests {
             name: name.into(),
             metadata_pool: metadata_pool.into(),
             data_pool: data_pool.into(),
+            force: false,
         }
     }
 

@@ -278,6 +278,16 @@ impl MonNode {
             }
             _ => {}
         }
+        if let Command::FsNew {
+            metadata_pool,
+            force: false,
+            ..
+        } = &p.command
+        {
+            if let Some(reason) = self.metadata_pool_in_use(metadata_pool) {
+                return Ok(CommandOutcome::Refused { reason });
+            }
+        }
         if self.shared.read(|a| a.state.check(&p.command)).is_err() {
             self.read_barrier().await?;
             if let Err(reason) = self.shared.read(|a| a.state.check(&p.command)) {
@@ -578,6 +588,26 @@ impl MonNode {
                 .filter(|(_, committed, reported)| committed.is_newer_than(reported))
                 .map(|(pg, committed, _)| (pg, committed))
                 .collect()
+        })
+    }
+
+    /// Why `pool` cannot be a new filesystem's metadata pool: its PGs report objects, and an
+    /// earlier filesystem's journal there would be replayed as the new one's. Reports lag, and a
+    /// new leader has none until the next beacons, so this refuses what is known to be used;
+    /// `cairn fs new` also lists the pool before it asks.
+    fn metadata_pool_in_use(&self, pool: &str) -> Option<String> {
+        let maps = self.shared.maps();
+        let (id, _) = maps.osdmap.pool_by_name(pool)?;
+        let objects: u64 = self
+            .current_pg_reports(&maps.osdmap)
+            .iter()
+            .filter(|(pg, _)| pg.pool == id)
+            .map(|(_, r)| r.objects)
+            .sum();
+        (objects > 0).then(|| {
+            format!(
+                "pool '{pool}' already holds {objects} objects (an earlier filesystem's metadata?): use an empty pool, or --force to reuse it"
+            )
         })
     }
 

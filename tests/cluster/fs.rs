@@ -60,6 +60,7 @@ async fn fs_cluster(names: &[&str], overrides: &[&str]) -> TestCluster {
         name: FS.into(),
         metadata_pool: "meta".into(),
         data_pool: "data".into(),
+        force: false,
     })
     .await
     .expect("fs new");
@@ -1179,6 +1180,40 @@ async fn the_filesystem_survives_a_restart_of_every_daemon() {
         assert_eq!(fs::read(root.join(byte_name())).expect("read"), b"latin-1");
     })
     .await;
+}
+
+/// The mons refuse a new filesystem over a metadata pool whose PGs report objects, whoever
+/// asks (`cairn fs new` also lists the pool, but a program sends the command itself), unless
+/// the command says `force`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_mons_refuse_a_used_metadata_pool() {
+    let t = fs_cluster(&["a"], &[]).await;
+    wait_for_active(&t, false).await;
+    let monc = t.admin();
+    monc.command(Command::FsRm {
+        name: FS.into(),
+        at_ms: 0,
+    })
+    .await
+    .expect("fs rm");
+    // The journal the MDS wrote is in `meta` (the data pool holds nothing: no file was written).
+    wait_for(
+        Duration::from_secs(20),
+        "meta's objects reported",
+        || async { (monc.status().await.ok()?.objects > 0).then_some(()) },
+    )
+    .await;
+    let fs_new = |force| Command::FsNew {
+        name: "again".into(),
+        metadata_pool: "meta".into(),
+        data_pool: "data".into(),
+        force,
+    };
+    match monc.command(fs_new(false)).await {
+        Err(ClientError::Refused(why)) => assert!(why.contains("already holds"), "{why}"),
+        other => panic!("a used metadata pool was taken: {other:?}"),
+    }
+    monc.command(fs_new(true)).await.expect("forced fs new");
 }
 
 fn byte_name() -> &'static std::ffi::OsStr {

@@ -96,6 +96,7 @@ pub async fn run(
                 name: name.clone(),
                 metadata_pool: metadata_pool.clone(),
                 data_pool: data_pool.clone(),
+                force: *force,
             };
             change(client, cmd, format).await
         }
@@ -455,7 +456,7 @@ pub async fn apply_spec(
         eprintln!("cairn: note: {field} is not supported; ignored");
     }
     let maps = client.maps().await?;
-    let cmds = plan(&maps, &spec, config.client.pool_failure_domain)?;
+    let cmds = plan(&maps, &spec, config.client.pool_failure_domain, force)?;
     let creates_fs = cmds.iter().any(|c| matches!(c, Command::FsNew { .. }));
     let metadata_pool = &spec.metadata_pool.name;
     if creates_fs && !force && maps.osdmap.pool_by_name(metadata_pool).is_some() {
@@ -757,11 +758,13 @@ fn pool_args(pool: &PoolSpec) -> PoolCreateArgs {
 /// The commands that bring the cluster to the spec: pools missing, the filesystem, data pools
 /// it lacks, its standby-replay setting. An existing pool of the same shape (what `kind_label`
 /// shows: size, or k+m; not min_size, which an admin may have changed) is reused; one of
-/// another shape is an error, as is a filesystem over another metadata pool.
+/// another shape is an error, as is a filesystem over another metadata pool. `force` goes with
+/// a new filesystem to the mons (a metadata pool holding objects).
 fn plan(
     maps: &ClusterMaps,
     spec: &FsSpec,
     default_domain: FailureDomain,
+    force: bool,
 ) -> anyhow::Result<Vec<Command>> {
     let mut cmds = Vec::new();
     for pool in std::iter::once(&spec.metadata_pool).chain(&spec.data_pools) {
@@ -785,6 +788,7 @@ fn plan(
                 name: spec.name.clone(),
                 metadata_pool: spec.metadata_pool.name.clone(),
                 data_pool: first_data.name.clone(),
+                force,
             });
             (vec![first_data.name.clone()], false)
         }
@@ -940,7 +944,7 @@ spec:
     fn apply_changes_only_what_differs() {
         let spec = parse_spec(&yaml(ROOK)).unwrap();
         let mut maps = ClusterMaps::default();
-        let cmds = plan(&maps, &spec, FailureDomain::Host).unwrap();
+        let cmds = plan(&maps, &spec, FailureDomain::Host, false).unwrap();
         assert_eq!(
             labels(&cmds),
             vec!["osd pool create", "osd pool create", "fs new", "fs set"]
@@ -990,7 +994,9 @@ spec:
                 allow_standby_replay: true,
             },
         );
-        assert!(plan(&maps, &spec, FailureDomain::Host).unwrap().is_empty());
+        assert!(plan(&maps, &spec, FailureDomain::Host, false)
+            .unwrap()
+            .is_empty());
         // A pool of another shape is not silently reused.
         maps.osdmap.pools.insert(
             1,
@@ -1002,7 +1008,7 @@ spec:
                 },
             ),
         );
-        let e = plan(&maps, &spec, FailureDomain::Host)
+        let e = plan(&maps, &spec, FailureDomain::Host, false)
             .unwrap_err()
             .to_string();
         assert!(
