@@ -137,6 +137,8 @@ pub struct PgSummary {
     pub inconsistent_count: u64,
     pub scrub_errors: u64,
     pub objects: u64,
+    /// Objects per pool id.
+    pub pool_objects: BTreeMap<u32, u64>,
     pub redundancy: Redundancy,
 }
 
@@ -269,6 +271,7 @@ pub fn summarize(map: &OsdMap, reports: &PgReports) -> PgSummary {
     for r in rows(map, reports) {
         *s.states.entry(r.state.clone()).or_default() += 1;
         s.objects += r.objects;
+        *s.pool_objects.entry(r.pgid.pool).or_default() += r.objects;
         s.scrub_errors += r.scrub_errors;
         let up = r.acting.iter().flatten().count();
         let width = map.pools.get(&r.pgid.pool).map_or(0, Pool::width);

@@ -26,6 +26,9 @@ pub struct ClusterStatus {
     /// Objects in every pool, as the PGs' primaries report them.
     #[serde(default)]
     pub objects: u64,
+    /// The same per pool id (`cairn df`).
+    #[serde(default)]
+    pub pool_objects: std::collections::BTreeMap<u32, u64>,
     #[serde(default)]
     pub redundancy: Redundancy,
     /// Data devices of the OSDs in the map, as their last beacons reported them.
@@ -450,6 +453,7 @@ mod tests {
             pgs: 0,
             pg_states: Default::default(),
             objects: 0,
+            pool_objects: Default::default(),
             redundancy: Redundancy::default(),
             usage: Usage::default(),
             osd_usage: Default::default(),

@@ -689,6 +689,7 @@ impl MonNode {
             pgs: osdmap.pools.values().map(|p| p.pg_num as u64).sum(),
             pg_states: pg_summary.states,
             objects: pg_summary.objects,
+            pool_objects: pg_summary.pool_objects,
             redundancy: pg_summary.redundancy,
             usage,
             osd_usage,

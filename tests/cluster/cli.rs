@@ -263,11 +263,21 @@ fn dev_cluster_and_admin_commands_work_from_the_command_line() {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     // df and pg stat read the space the OSDs report.
-    let df = ok(&dir, &["df"]);
+    // Each of `data` and `ec` holds the one object put above.
+    let one_object = |df: &str, pool: &str| {
+        df.lines()
+            .find(|l| l.split_whitespace().next() == Some(pool))
+            .and_then(|l| l.split_whitespace().nth(3))
+            == Some("1")
+    };
+    let df = eventually(&dir, &["df"], |df| {
+        one_object(df, "data") && one_object(df, "ec")
+    });
     assert!(
         df.contains("--- RAW STORAGE ---") && df.contains("erasure 2+1"),
         "{df}"
     );
+    assert!(one_object(&df, "data") && one_object(&df, "ec"), "{df}");
     let stat = eventually(&dir, &["pg", "stat"], |s| {
         s.starts_with("72 pgs: 72 active+clean; ")
     });

@@ -379,10 +379,14 @@ pub async fn df(client: &MonClient, format: Format) -> anyhow::Result<()> {
     let status = client.status().await?;
     let osdmap = client.maps().await?.osdmap;
     let u = status.usage;
+    let objects = |id: &u32| status.pool_objects.get(id).copied().unwrap_or(0);
     let pools: Vec<_> = osdmap
         .pools
         .iter()
-        .map(|(id, p)| json!({ "id": id, "name": p.name, "pg_num": p.pg_num, "kind": kind_label(&p.kind) }))
+        .map(|(id, p)| {
+            json!({ "id": id, "name": p.name, "pg_num": p.pg_num, "objects": objects(id),
+                    "kind": kind_label(&p.kind) })
+        })
         .collect();
     let value = json!({
         "total_bytes": u.total_bytes,
@@ -412,16 +416,17 @@ pub async fn df(client: &MonClient, format: Format) -> anyhow::Result<()> {
         );
         let _ = writeln!(
             out,
-            "\n--- POOLS ---\n{:<16} {:>4} {:>6}  KIND",
-            "POOL", "ID", "PGS"
+            "\n--- POOLS ---\n{:<16} {:>4} {:>6} {:>9}  KIND",
+            "POOL", "ID", "PGS", "OBJECTS"
         );
         for (id, p) in &osdmap.pools {
             let _ = writeln!(
                 out,
-                "{:<16} {:>4} {:>6}  {}",
+                "{:<16} {:>4} {:>6} {:>9}  {}",
                 p.name,
                 id,
                 p.pg_num,
+                objects(id),
                 kind_label(&p.kind)
             );
         }
