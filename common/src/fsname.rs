@@ -85,10 +85,18 @@ impl PartialEq<&str> for Name {
     }
 }
 
-/// Shown as a string literal with invalid bytes escaped, so two different names never look alike.
+/// Shown as a string literal, as `String` shows, with invalid bytes as `\xNN` (a backslash in
+/// the name shows doubled, so two different names never look alike).
 impl fmt::Debug for Name {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "\"{}\"", self.0.escape_ascii())
+        f.write_str("\"")?;
+        for chunk in self.0.utf8_chunks() {
+            write!(f, "{}", chunk.valid().escape_debug())?;
+            for b in chunk.invalid() {
+                write!(f, "\\x{b:02x}")?;
+            }
+        }
+        f.write_str("\"")
     }
 }
 
@@ -144,6 +152,11 @@ mod tests {
         assert_eq!(serde_json::to_string(&name).unwrap(), "\"héllo\"");
         let back: Name = serde_json::from_str("\"héllo\"").unwrap();
         assert_eq!(back, name);
+        assert_eq!(
+            format!("{name:?}"),
+            format!("{:?}", "héllo"),
+            "shown as String is"
+        );
     }
 
     #[test]

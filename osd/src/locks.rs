@@ -19,7 +19,8 @@ struct State {
     readers: usize,
     writer: bool,
     waiting: usize,
-    released: Arc<Condvar>,
+    /// Made by the first waiter: an uncontended lock allocates nothing for it.
+    released: Option<Arc<Condvar>>,
 }
 
 impl State {
@@ -46,7 +47,7 @@ impl LockTable {
             let s = held.entry(key.clone()).or_default();
             if !s.free_for(*write) {
                 s.waiting += 1;
-                let released = s.released.clone();
+                let released = s.released.get_or_insert_with(Default::default).clone();
                 loop {
                     held = released.wait(held).unwrap_or_else(|p| p.into_inner());
                     // The entry stays while anyone waits for it.
@@ -91,11 +92,12 @@ impl Drop for Guard<'_> {
             if s.writer || s.readers > 0 {
                 continue;
             }
-            if s.waiting == 0 {
-                held.remove(key);
-            } else {
+            match &s.released {
                 // Every waiter rechecks: readers may all enter, a writer takes it alone.
-                s.released.notify_all();
+                Some(released) if s.waiting > 0 => released.notify_all(),
+                _ => {
+                    held.remove(key);
+                }
             }
         }
     }
