@@ -267,6 +267,9 @@ pub enum Forwarded {
         /// The PGs it is the primary of.
         #[serde(default)]
         pgs: Vec<(crate::placement::PgId, crate::pg_states::PgReport)>,
+        /// What its collections hold, by pool id.
+        #[serde(default)]
+        pools: std::collections::BTreeMap<u32, crate::df::PoolUsage>,
     },
     /// An MDS's beacon; the leader turns it into `MdsBoot`, `MdsServing` or `MdsFailed`
     /// when the FSMap must change, and tracks when each daemon was last heard.

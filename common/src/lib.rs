@@ -6,6 +6,7 @@ pub mod channel;
 pub mod codec;
 pub mod command;
 pub mod config;
+pub mod df;
 pub mod fsmap;
 pub mod fsname;
 pub mod fsops;

@@ -29,6 +29,9 @@ pub struct ClusterStatus {
     /// The same per pool id (`cairn df`).
     #[serde(default)]
     pub pool_objects: std::collections::BTreeMap<u32, u64>,
+    /// The data those objects hold, over every pool (see `df::PoolSpace::stored_bytes`).
+    #[serde(default)]
+    pub stored_bytes: u64,
     #[serde(default)]
     pub redundancy: Redundancy,
     /// Data devices of the OSDs in the map, as their last beacons reported them.
@@ -36,6 +39,9 @@ pub struct ClusterStatus {
     pub usage: Usage,
     #[serde(default)]
     pub osd_usage: std::collections::BTreeMap<u32, Usage>,
+    /// What the OSDs' collections of each pool hold, summed (by pool id).
+    #[serde(default)]
+    pub pool_usage: std::collections::BTreeMap<u32, crate::df::PoolUsage>,
     /// Client I/O of the last seconds, over every OSD.
     #[serde(default)]
     pub io: IoRates,
@@ -314,7 +320,12 @@ impl ClusterStatus {
         let _ = writeln!(out);
         let _ = writeln!(out, "  data:");
         let _ = writeln!(out, "    pools:   {} pools, {} pgs", self.pools, self.pgs);
-        let _ = writeln!(out, "    objects: {} objects", self.objects);
+        let _ = writeln!(
+            out,
+            "    objects: {} objects, {}",
+            self.objects,
+            human_bytes(self.stored_bytes)
+        );
         let u = &self.usage;
         let _ = writeln!(
             out,
@@ -454,9 +465,11 @@ mod tests {
             pg_states: Default::default(),
             objects: 0,
             pool_objects: Default::default(),
+            stored_bytes: 0,
             redundancy: Redundancy::default(),
             usage: Usage::default(),
             osd_usage: Default::default(),
+            pool_usage: Default::default(),
             io: IoRates::default(),
             mds: MdsSummary::default(),
             raft: RaftSummary::default(),

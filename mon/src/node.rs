@@ -16,6 +16,7 @@ use cairn_common::auth::{self, AuthError};
 use cairn_common::auth::{SecretKey, TicketAuthority};
 use cairn_common::command::{Command, CommandOutcome, Forwarded, PeerFailureReport, Proposal};
 use cairn_common::config::MonSettings;
+use cairn_common::df::PoolUsage;
 use cairn_common::health::{self, HealthInput};
 use cairn_common::maps::{mon_node_id, validate_daemon_name, MonInfo, OsdMap};
 use cairn_common::pg_states::{PgReport, PgReports, ScrubStamps};
@@ -67,8 +68,9 @@ pub struct MonNode {
     pub liveness: Arc<Liveness>,
     pub osd_liveness: OsdLiveness,
     pub mds_liveness: MdsLiveness,
-    /// Each OSD's data device as its last beacon reported it (on the leader).
-    osd_usage: Mutex<BTreeMap<u32, Usage>>,
+    /// Each OSD's data device, and what its collections of each pool hold, as its last
+    /// beacon reported them (on the leader).
+    osd_usage: Mutex<BTreeMap<u32, OsdSpace>>,
     /// Each OSD's last I/O totals, when they arrived, and the rates since the sample before.
     osd_io: Mutex<BTreeMap<u32, IoSample>>,
     /// The PGs each OSD is the primary of, as its last beacon reported them.
@@ -83,6 +85,9 @@ pub struct MonNode {
     quorum_age: QuorumAge,
     peers: Mutex<HashMap<String, MonPeerClient<Channel>>>,
 }
+
+/// One OSD's data device and what its collections of each pool hold (by pool id).
+type OsdSpace = (Usage, BTreeMap<u32, PoolUsage>);
 
 impl MonNode {
     #[allow(clippy::too_many_arguments)]
@@ -220,11 +225,12 @@ impl MonNode {
                 usage,
                 io,
                 pgs,
+                pools,
             } => {
                 self.osd_usage
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
-                    .insert(*osd, *usage);
+                    .insert(*osd, (*usage, pools.clone()));
                 self.pg_reports
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
@@ -644,14 +650,22 @@ impl MonNode {
         let pg_summary = cairn_common::pg_states::summarize(&maps.osdmap, &pg_reports);
         let metrics = self.raft.metrics().borrow().clone();
         let osdmap = &maps.osdmap;
-        let osd_usage: BTreeMap<u32, Usage> = self
+        let mut osd_usage: BTreeMap<u32, Usage> = BTreeMap::new();
+        let mut pool_usage: BTreeMap<u32, PoolUsage> = BTreeMap::new();
+        for (id, (device, pools)) in self
             .osd_usage
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
-            .filter(|(id, _)| osdmap.osds.contains_key(id))
-            .map(|(id, u)| (*id, *u))
-            .collect();
+        {
+            if !osdmap.osds.contains_key(id) {
+                continue;
+            }
+            osd_usage.insert(*id, *device);
+            for (pool, u) in pools.iter().filter(|(p, _)| osdmap.pools.contains_key(p)) {
+                pool_usage.entry(*pool).or_default().add(u);
+            }
+        }
         let usage = osd_usage.values().fold(Usage::default(), |a, u| Usage {
             used_bytes: a.used_bytes + u.used_bytes,
             total_bytes: a.total_bytes + u.total_bytes,
@@ -690,9 +704,17 @@ impl MonNode {
             pg_states: pg_summary.states,
             objects: pg_summary.objects,
             pool_objects: pg_summary.pool_objects,
+            stored_bytes: pool_usage
+                .iter()
+                .filter_map(|(id, u)| {
+                    let pool = osdmap.pools.get(id)?;
+                    Some(cairn_common::df::pool_space(pool, u, 0).stored_bytes)
+                })
+                .sum(),
             redundancy: pg_summary.redundancy,
             usage,
             osd_usage,
+            pool_usage,
             io: self.io_rates(),
             mds: MdsSummary::of(&maps.fsmap),
             raft: RaftSummary {

@@ -396,6 +396,19 @@ impl Mon for MonService {
                 .take(PG_REPORTS_MAX)
                 .map(|r| pg_report(req.osd, r))
                 .collect(),
+            pools: req
+                .pool_usage
+                .iter()
+                .take(cairn_common::command::POOLS_MAX)
+                .map(|p| {
+                    let usage = cairn_common::df::PoolUsage {
+                        objects: p.objects,
+                        bytes: p.bytes,
+                        allocated_bytes: p.allocated_bytes,
+                    };
+                    (p.pool, usage)
+                })
+                .collect(),
         };
         let v = self.node.execute(&ticket.entity, &fwd).await?;
         let stamps: Vec<(PgId, ScrubStamps)> =

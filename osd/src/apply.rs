@@ -11,6 +11,7 @@ use rocksdb::WriteBatch;
 
 use crate::aligned::AlignedBuf;
 use crate::allocator::Run;
+use crate::coll_stats::StatsChange;
 use crate::error::{Result, StoreError};
 use crate::extents::{Extent, ExtentMap, Piece};
 use crate::onode::*;
@@ -525,6 +526,26 @@ impl<'a> Plan<'a> {
     /// The objects this plan touched and what they become (`None`: removed).
     pub fn onodes(&self) -> impl Iterator<Item = (&(String, String), &Option<Onode>)> {
         self.onodes.iter()
+    }
+
+    /// What the plan changes in each collection's counts (`coll_stats`).
+    pub fn stats_changes(&self) -> BTreeMap<String, StatsChange> {
+        let mut out: BTreeMap<String, StatsChange> = BTreeMap::new();
+        for (k, after) in &self.onodes {
+            let before = self.bases.get(k).and_then(|b| b.as_deref());
+            if before.is_none() && after.is_none() {
+                continue;
+            }
+            out.entry(k.0.clone())
+                .or_default()
+                .record(before, after.as_ref());
+        }
+        out
+    }
+
+    /// The collections the plan creates (`true`) or removes (`false`).
+    pub fn collections(&self) -> impl Iterator<Item = (String, bool)> + '_ {
+        self.collections.iter().map(|(c, e)| (c.clone(), *e))
     }
 
     /// The metadata changes as one RocksDB batch, with a record per deferred block (keys from

@@ -1,7 +1,7 @@
 //! Consistency check of a mounted store: metadata (onodes decode, belong to a collection,
 //! extents fit the object and the device, no block referenced twice, no orphan omap), the
-//! allocator against the extents (nothing leaked, nothing double-booked), and with `deep` every
-//! block's checksum.
+//! allocator against the extents (nothing leaked, nothing double-booked), the collections'
+//! counts against their objects, and with `deep` every block's checksum.
 
 use std::collections::BTreeSet;
 
@@ -9,10 +9,11 @@ use serde::Serialize;
 
 use crate::aligned::AlignedBuf;
 use crate::allocator::{Allocator, Run};
+use crate::coll_stats::StatsTable;
 use crate::error::{Result, StoreError};
 use crate::extents::Extent;
 use crate::io::IoOp;
-use crate::onode::{extent_shard_prefix_of, Onode};
+use crate::onode::{extent_shard_prefix_of, split_object_key, Onode};
 use crate::store::{extent_shards, verify, ObjectStore};
 use crate::BLOCK_BYTES;
 
@@ -42,14 +43,6 @@ impl FsckReport {
     }
 }
 
-/// Splits `O<coll>\0<oid>` / `M<coll>\0<oid>\0<key>` keys.
-fn split_key(k: &[u8]) -> (String, String) {
-    let mut parts = k[1..].splitn(3, |b| *b == 0);
-    let coll = String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
-    let oid = String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
-    (coll, oid)
-}
-
 impl ObjectStore {
     pub fn fsck(&self, deep: bool) -> Result<FsckReport> {
         // Blocks still queued for their in-place write would read as damaged.
@@ -58,6 +51,10 @@ impl ObjectStore {
         let collections: BTreeSet<String> = self.list_collections()?.into_iter().collect();
         report.collections = collections.len() as u64;
         let mut objects = BTreeSet::new();
+        let counted = StatsTable::default();
+        for coll in &collections {
+            counted.count_collection(coll);
+        }
         let mut used: Vec<Run> = Vec::new();
         let mut to_verify: Vec<(String, String, Extent)> = Vec::new();
         for item in self.db.prefix_iterator(b"O") {
@@ -65,7 +62,7 @@ impl ObjectStore {
             if !k.starts_with(b"O") {
                 break;
             }
-            let (coll, oid) = split_key(&k);
+            let (coll, oid) = split_object_key(&k);
             report.objects += 1;
             objects.insert((coll.clone(), oid.clone()));
             if !collections.contains(&coll) {
@@ -81,6 +78,7 @@ impl ObjectStore {
                     continue;
                 }
             };
+            counted.count_object(&coll, &onode);
             let blocks_max = onode.size.div_ceil(BLOCK_BYTES as u64);
             for e in onode.extents.iter() {
                 if e.end() > blocks_max {
@@ -105,7 +103,7 @@ impl ObjectStore {
             if !k.starts_with(b"E") {
                 break;
             }
-            let (coll, oid) = split_key(&k);
+            let (coll, oid) = split_object_key(&k);
             if !objects.contains(&(coll.clone(), oid.clone())) {
                 report
                     .errors
@@ -118,7 +116,7 @@ impl ObjectStore {
                 break;
             }
             report.omap_entries += 1;
-            let (coll, oid) = split_key(&k);
+            let (coll, oid) = split_object_key(&k);
             if !objects.contains(&(coll.clone(), oid.clone())) {
                 report
                     .errors
@@ -141,6 +139,16 @@ impl ObjectStore {
             Err(e) => report
                 .errors
                 .push(format!("extents overlap or overflow: {e}")),
+        }
+        let (kept, found) = (self.collection_stats(), counted.snapshot());
+        for coll in kept.keys().chain(found.keys()).collect::<BTreeSet<_>>() {
+            if kept.get(coll) != found.get(coll) {
+                report.errors.push(format!(
+                    "collection {coll}: the counts kept in memory ({:?}) differ from its objects ({:?})",
+                    kept.get(coll),
+                    found.get(coll)
+                ));
+            }
         }
         for (coll, oid, e) in to_verify {
             self.deep_check(&coll, &oid, &e, &mut report)?;

@@ -13,7 +13,9 @@ use futures::FutureExt;
 use tokio::sync::{watch, Notify};
 
 use cairn_common::placement::PgId;
-use cairn_common::proto::{HeartbeatRequest, OsdBeaconRequest, PeerFailure, PgScrubStamps};
+use cairn_common::proto::{
+    HeartbeatRequest, OsdBeaconRequest, PeerFailure, PgScrubStamps, PoolUsage,
+};
 
 use crate::node::OsdNode;
 
@@ -158,6 +160,24 @@ fn adopt_scrub_stamps(node: &OsdNode, stamps: &[PgScrubStamps]) {
     }
 }
 
+/// What this OSD's PG collections hold, summed per pool.
+fn pool_usage(store: &crate::ObjectStore) -> Vec<PoolUsage> {
+    let mut pools: BTreeMap<u32, PoolUsage> = BTreeMap::new();
+    for (coll, stats) in store.collection_stats() {
+        let Some(pool) = crate::cleanup::pool_of_collection(&coll) else {
+            continue;
+        };
+        let p = pools.entry(pool).or_insert_with(|| PoolUsage {
+            pool,
+            ..PoolUsage::default()
+        });
+        p.objects += stats.objects;
+        p.bytes += stats.bytes;
+        p.allocated_bytes += stats.allocated_bytes;
+    }
+    pools.into_values().collect()
+}
+
 /// Sends beacons until `stop`: at every interval, at once when a failure appears, and shortly
 /// after a PG's state changes (PGs that change together go in one beacon; the delay bounds how
 /// often PG reports go to the mons).
@@ -183,6 +203,7 @@ pub async fn run_beacons(node: Arc<OsdNode>, hb: Arc<Heartbeats>, mut stop: watc
             recovered_objects: io.recovered_objects,
             recovered_bytes: io.recovered_bytes,
             pgs: node.pg_records.reports(node.id, &node.maps().osdmap),
+            pool_usage: pool_usage(&node.store),
         };
         match node.monc.osd_beacon(req).await {
             Ok(reply) => adopt_scrub_stamps(&node, &reply.scrub_stamps),

@@ -12,6 +12,7 @@ pub mod aligned;
 pub mod allocator;
 pub mod apply;
 pub mod cleanup;
+pub mod coll_stats;
 pub mod daemon;
 pub mod deferred;
 pub mod ec;

@@ -230,6 +230,14 @@ pub fn shard_key_under(prefix: &[u8], shard: u64) -> Vec<u8> {
     [prefix, &shard.to_be_bytes()].concat()
 }
 
+/// Splits `O<coll>\0<oid>` / `M<coll>\0<oid>\0<key>` keys into collection and object.
+pub fn split_object_key(k: &[u8]) -> (String, String) {
+    let mut parts = k.get(1..).unwrap_or_default().splitn(3, |b| *b == 0);
+    let coll = String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
+    let oid = String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
+    (coll, oid)
+}
+
 /// The extent-map shard prefix of the object whose onode key is `onode_key`.
 pub fn extent_shard_prefix_of(onode_key: &[u8]) -> Vec<u8> {
     [b"E", &onode_key[1..], b"\0"].concat()

@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::aligned::AlignedBuf;
 use crate::allocator::Allocator;
 use crate::apply::Plan;
+use crate::coll_stats::{CollectionStats, StatsTable};
 use crate::deferred::DeferredQueue;
 use crate::error::{Result, StoreError};
 use crate::extents::{Extent, Piece};
@@ -190,6 +191,7 @@ pub struct ObjectStore {
     locks: LockTable,
     sync: SyncGroup,
     total_blocks: u64,
+    stats: StatsTable,
 }
 
 fn db_options(config: &StoreConfig, create: bool) -> Options {
@@ -280,6 +282,18 @@ fn replay_deferred(
     batch.delete_range(DEFERRED_PREFIX, &prefix_end(DEFERRED_PREFIX)[..]);
     db.write_opt(batch, &sync_write())?;
     Ok(())
+}
+
+fn collection_names(db: &DB) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    for item in db.prefix_iterator(b"C") {
+        let (k, _) = item?;
+        if !k.starts_with(b"C") {
+            break;
+        }
+        out.push(String::from_utf8_lossy(&k[1..]).into_owned());
+    }
+    Ok(out)
 }
 
 /// The extent-map shards stored under `prefix` (one object's), by shard number.
@@ -425,6 +439,10 @@ impl ObjectStore {
         let mut used = Vec::new();
         let mut conversion = rocksdb::WriteBatch::default();
         let mut converted = 0u64;
+        let stats = StatsTable::default();
+        for coll in collection_names(&db)? {
+            stats.count_collection(&coll);
+        }
         for item in db.prefix_iterator(b"O") {
             let (k, v) = item?;
             if !k.starts_with(b"O") {
@@ -432,6 +450,7 @@ impl ObjectStore {
             }
             let shard_prefix = extent_shard_prefix_of(&k);
             let onode = Onode::decode(&v, &extent_shards(&db, &shard_prefix)?, sb.total_blocks)?;
+            stats.count_object(&split_object_key(&k).0, &onode);
             if sb.format_version == FORMAT_WHOLE_EXTENT_MAPS {
                 put_whole_onode(&mut conversion, &k, &shard_prefix, &onode);
                 converted += 1;
@@ -493,6 +512,7 @@ impl ObjectStore {
             locks: LockTable::default(),
             sync: SyncGroup::default(),
             total_blocks: sb.total_blocks,
+            stats,
         })
     }
 
@@ -610,6 +630,8 @@ impl ObjectStore {
         for ((coll, oid), onode) in plan.onodes() {
             self.cache.put(coll, oid, onode.clone().map(Arc::new));
         }
+        self.stats
+            .committed(plan.stats_changes(), plan.collections());
         // Queued before the objects' locks are released: readers find the blocks there
         // until they are on disk. The records are in the same order as the blocks.
         let deferred = std::mem::take(&mut plan.deferred);
@@ -818,15 +840,12 @@ impl ObjectStore {
     }
 
     pub fn list_collections(&self) -> Result<Vec<String>> {
-        let mut out = Vec::new();
-        for item in self.db.prefix_iterator(b"C") {
-            let (k, _) = item?;
-            if !k.starts_with(b"C") {
-                break;
-            }
-            out.push(String::from_utf8_lossy(&k[1..]).into_owned());
-        }
-        Ok(out)
+        collection_names(&self.db)
+    }
+
+    /// Objects, bytes and blocks of every collection, as of the last commit.
+    pub fn collection_stats(&self) -> BTreeMap<String, CollectionStats> {
+        self.stats.snapshot()
     }
 
     pub fn statfs(&self) -> StatFs {

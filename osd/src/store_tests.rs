@@ -216,6 +216,12 @@ fn against_model(backend: BackendChoice, seed: u64, txns: usize) {
             got.is_ok(),
             "seed {seed} txn {i}: model {expect:?}, store {got:?}, {txn:?}"
         );
+        let counts: BTreeMap<String, (u64, u64)> = s
+            .collection_stats()
+            .into_iter()
+            .map(|(c, st)| (c, (st.objects, st.bytes)))
+            .collect();
+        assert_eq!(counts, model.counts(), "seed {seed} txn {i}: {txn:?}");
         if i % 50 == 49 {
             drop(s);
             s = ObjectStore::open(dir.path(), &config(backend)).unwrap();

@@ -259,6 +259,21 @@ pub struct Model {
 }
 
 impl Model {
+    /// Objects and their bytes per collection, as `ObjectStore::collection_stats` counts them.
+    pub fn counts(&self) -> BTreeMap<String, (u64, u64)> {
+        let mut out: BTreeMap<String, (u64, u64)> = self
+            .collections
+            .iter()
+            .map(|c| (c.clone(), (0, 0)))
+            .collect();
+        for ((coll, _), o) in &self.objects {
+            let c = out.entry(coll.clone()).or_default();
+            c.0 += 1;
+            c.1 += o.data.len() as u64;
+        }
+        out
+    }
+
     /// Applies a transaction: all of it, or (on the first failing op) none of it.
     pub fn apply(&mut self, txn: &Transaction) -> Result<(), String> {
         let mut next = self.clone();

@@ -263,21 +263,39 @@ fn dev_cluster_and_admin_commands_work_from_the_command_line() {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     // df and pg stat read the space the OSDs report.
-    // Each of `data` and `ec` holds the one object put above.
-    let one_object = |df: &str, pool: &str| {
-        df.lines()
-            .find(|l| l.split_whitespace().next() == Some(pool))
-            .and_then(|l| l.split_whitespace().nth(3))
-            == Some("1")
+    // Each of `data` and `ec` holds the one object put above, 13 bytes: one 4 KiB block on
+    // each of three OSDs in both pools; erasure coding stores it as two data stripe units and
+    // one of parity.
+    let space = |df: &str| -> Vec<[u64; 4]> {
+        let v: serde_json::Value = serde_json::from_str(df).unwrap();
+        let field = |p: &serde_json::Value, f: &str| p[f].as_u64().unwrap();
+        v["pools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["name"] == "data" || p["name"] == "ec")
+            .map(|p| {
+                ["objects", "stored_bytes", "used_bytes", "max_avail_bytes"].map(|f| field(p, f))
+            })
+            .collect()
     };
-    let df = eventually(&dir, &["df"], |df| {
-        one_object(df, "data") && one_object(df, "ec")
-    });
+    let expected = |s: &[[u64; 4]]| {
+        let block = 4096;
+        s.len() == 2 && s[0][..3] == [1, 13, 3 * block] && s[1][..3] == [1, 2 * block, 3 * block]
+    };
+    let df = eventually(&dir, &["df", "--format", "json"], |df| expected(&space(df)));
+    let pools = space(&df);
+    assert!(expected(&pools), "{df}");
+    // The same raw space holds twice as much data at 1.5 raw bytes per byte as at 3.
+    let (replicated, erasure) = (pools[0][3], pools[1][3]);
     assert!(
-        df.contains("--- RAW STORAGE ---") && df.contains("erasure 2+1"),
+        replicated > 0 && erasure.abs_diff(2 * replicated) <= 2,
         "{df}"
     );
-    assert!(one_object(&df, "data") && one_object(&df, "ec"), "{df}");
+    let df = ok(&dir, &["df"]);
+    for shown in ["--- RAW STORAGE ---", "erasure 2+1", "STORED", "MAX AVAIL"] {
+        assert!(df.contains(shown), "{df}");
+    }
     let stat = eventually(&dir, &["pg", "stat"], |s| {
         s.starts_with("72 pgs: 72 active+clean; ")
     });

@@ -8,7 +8,7 @@ use serde_json::json;
 
 use cairn_client::MonClient;
 use cairn_common::command::Command;
-use cairn_common::maps::{default_min_size, FailureDomain, OsdMap, PoolKind};
+use cairn_common::maps::{default_min_size, FailureDomain, OsdMap, Pool, PoolKind};
 use cairn_common::status::{human_bytes, Usage};
 
 use super::emit;
@@ -374,17 +374,26 @@ fn render_tree(map: &OsdMap, usage: &BTreeMap<u32, Usage>) -> String {
     out
 }
 
-/// `cairn df`: raw space of the OSDs and the pools.
+/// `cairn df`: raw space of the OSDs, and per pool what clients stored, the raw space it
+/// takes and what the pool can still take (see `cairn_common::df`).
 pub async fn df(client: &MonClient, format: Format) -> anyhow::Result<()> {
     let status = client.status().await?;
     let osdmap = client.maps().await?.osdmap;
     let u = status.usage;
     let objects = |id: &u32| status.pool_objects.get(id).copied().unwrap_or(0);
+    let raw_avail = cairn_common::df::raw_avail(&osdmap, &status.osd_usage);
+    let space = |id: &u32, p: &Pool| {
+        let usage = status.pool_usage.get(id).copied().unwrap_or_default();
+        cairn_common::df::pool_space(p, &usage, raw_avail)
+    };
     let pools: Vec<_> = osdmap
         .pools
         .iter()
         .map(|(id, p)| {
+            let s = space(id, p);
             json!({ "id": id, "name": p.name, "pg_num": p.pg_num, "objects": objects(id),
+                    "stored_bytes": s.stored_bytes, "used_bytes": s.used_bytes,
+                    "max_avail_bytes": s.max_avail_bytes, "percent_used": s.percent_used,
                     "kind": kind_label(&p.kind) })
         })
         .collect();
@@ -416,17 +425,22 @@ pub async fn df(client: &MonClient, format: Format) -> anyhow::Result<()> {
         );
         let _ = writeln!(
             out,
-            "\n--- POOLS ---\n{:<16} {:>4} {:>6} {:>9}  KIND",
-            "POOL", "ID", "PGS", "OBJECTS"
+            "\n--- POOLS ---\n{:<16} {:>4} {:>6} {:>10} {:>9} {:>10} {:>6} {:>10}  KIND",
+            "POOL", "ID", "PGS", "STORED", "OBJECTS", "USED", "%USED", "MAX AVAIL"
         );
         for (id, p) in &osdmap.pools {
+            let s = space(id, p);
             let _ = writeln!(
                 out,
-                "{:<16} {:>4} {:>6} {:>9}  {}",
+                "{:<16} {:>4} {:>6} {:>10} {:>9} {:>10} {:>5.2}% {:>10}  {}",
                 p.name,
                 id,
                 p.pg_num,
+                human_bytes(s.stored_bytes),
                 objects(id),
+                human_bytes(s.used_bytes),
+                s.percent_used,
+                human_bytes(s.max_avail_bytes),
                 kind_label(&p.kind)
             );
         }
