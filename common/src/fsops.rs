@@ -26,6 +26,20 @@ pub fn data_object(ino: u64, index: u64) -> String {
     format!("{ino:x}.{index:08x}")
 }
 
+/// The file and index a data object's name says (`None` for any other name).
+pub fn parse_data_object(name: &str) -> Option<(u64, u64)> {
+    let (ino, index) = name.split_once('.')?;
+    let hex = |s: &str| {
+        let well_formed =
+            !s.is_empty() && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        well_formed
+            .then(|| u64::from_str_radix(s, 16).ok())
+            .flatten()
+    };
+    let (ino, index) = (hex(ino)?, hex(index)?);
+    (data_object(ino, index) == name).then_some((ino, index))
+}
+
 /// What `stat` shows of an inode.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InodeAttr {
@@ -310,6 +324,9 @@ pub struct FsckReport {
     pub problems_total: u64,
     pub problems: Vec<String>,
     pub took_ms: u64,
+    /// Objects of the data pool checked against the files they belong to.
+    #[serde(default)]
+    pub data_objects: u64,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -406,5 +423,26 @@ mod tests {
     fn data_objects_sort_by_index() {
         assert_eq!(data_object(0x2a, 3), "2a.00000003");
         assert!(data_object(1, 9) < data_object(1, 10));
+    }
+
+    #[test]
+    fn data_object_names_parse_back_and_nothing_else_does() {
+        for (ino, index) in [(0x2a, 3), (1, 0), (u64::MAX, 0x1_0000_0000)] {
+            assert_eq!(
+                parse_data_object(&data_object(ino, index)),
+                Some((ino, index))
+            );
+        }
+        for other in [
+            "inode.2a",
+            "2a.3",
+            "2A.00000003",
+            "2a.0000000g",
+            ".00000001",
+            "2a",
+            "+2a.00000003",
+        ] {
+            assert_eq!(parse_data_object(other), None, "{other}");
+        }
     }
 }

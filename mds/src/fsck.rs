@@ -3,7 +3,10 @@
 //! directory has one name, knows the directory holding it, and counts 2 + its
 //! subdirectories; no inode number is at or past the inode table's next (it would be handed
 //! out twice); and no stored inode is out of every name's reach, except files removed while
-//! open, which the stray directory lists.
+//! open, which the stray directory lists. Then the data pool: every object of a file's data
+//! must belong to an inode that exists, and lie inside its file's size unless a client has
+//! the file open (its writes may run ahead of the size it reported) — objects a failed purge
+//! left behind hold space nothing will ever free.
 //!
 //! The walk goes from the root through the cache (journaled changes not yet written back
 //! included) under the rank's lock, so it sees one state of the namespace; clients wait
@@ -11,7 +14,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use cairn_common::fsops::{is_dir, FsckReport, Name, ROOT_INO, S_IFMT};
+use cairn_common::fsops::{
+    is_dir, parse_data_object, FsckReport, Name, OBJECT_BYTES, ROOT_INO, S_IFMT, S_IFREG,
+};
 
 use crate::inode::{Dentry, Inode, STRAY_INO};
 use crate::rank::Rank;
@@ -27,6 +32,7 @@ pub struct Facts {
     pub mode: u32,
     pub nlink: u32,
     pub parent: u64,
+    pub size: u64,
 }
 
 impl Facts {
@@ -35,8 +41,38 @@ impl Facts {
             mode: inode.mode,
             nlink: inode.nlink,
             parent: inode.parent,
+            size: inode.size,
         }
     }
+}
+
+/// Data objects of one file that no file accounts for: how many, and the first listed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Leftovers {
+    pub count: u64,
+    pub first: String,
+}
+
+impl Leftovers {
+    fn add(&mut self, name: &str) {
+        if self.count == 0 {
+            self.first = name.to_string();
+        }
+        self.count += 1;
+    }
+}
+
+/// What the data pool's listing says of one object, against the namespace.
+#[derive(Debug, PartialEq, Eq)]
+enum DataObject {
+    /// Inside its file, or of a file being written or purged.
+    Accounted,
+    /// Of an inode that does not exist.
+    Orphaned(u64),
+    /// Past the end of a file no client has open.
+    PastEnd(u64),
+    /// Not a file's data object.
+    Other,
 }
 
 /// The namespace as the walk found it.
@@ -54,6 +90,41 @@ pub struct Snapshot {
     /// Problems met while gathering: records that could not be read or decoded, strays
     /// that are not.
     pub noted: Vec<String>,
+    /// Files a background purge is deleting the data of.
+    pub purging: BTreeSet<u64>,
+    /// Data objects listed, and those of inodes that do not exist or past a file's end.
+    pub data_objects: u64,
+    pub orphaned: BTreeMap<u64, Leftovers>,
+    pub past_end: BTreeMap<u64, Leftovers>,
+}
+
+impl Snapshot {
+    fn classify(&self, name: &str) -> DataObject {
+        let Some((ino, index)) = parse_data_object(name) else {
+            return DataObject::Other;
+        };
+        if self.purging.contains(&ino) {
+            return DataObject::Accounted;
+        }
+        let Some(f) = self.reached.get(&ino).or_else(|| self.unreached.get(&ino)) else {
+            return DataObject::Orphaned(ino);
+        };
+        let open = self.kept.contains(&ino);
+        if !open && f.mode & S_IFMT == S_IFREG && index >= f.size.div_ceil(OBJECT_BYTES) {
+            return DataObject::PastEnd(ino);
+        }
+        DataObject::Accounted
+    }
+
+    /// Counts one object of the data pool's listing.
+    fn data_object(&mut self, name: &str) {
+        self.data_objects += 1;
+        match self.classify(name) {
+            DataObject::Orphaned(ino) => self.orphaned.entry(ino).or_default().add(name),
+            DataObject::PastEnd(ino) => self.past_end.entry(ino).or_default().add(name),
+            DataObject::Accounted | DataObject::Other => {}
+        }
+    }
 }
 
 /// Every inconsistency in `s`, in a stable order.
@@ -138,6 +209,23 @@ pub fn check(s: &Snapshot) -> Vec<String> {
             ));
         }
     }
+    for (ino, l) in &s.orphaned {
+        problems.push(format!(
+            "the data pool holds {} objects of inode {ino:#x}, which does not exist (a purge that failed?), the first {}",
+            l.count, l.first
+        ));
+    }
+    for (ino, l) in &s.past_end {
+        let size = s
+            .reached
+            .get(ino)
+            .or_else(|| s.unreached.get(ino))
+            .map_or(0, |f| f.size);
+        problems.push(format!(
+            "file {ino:#x} is {size} bytes but the data pool holds {} objects past its end, the first {}",
+            l.count, l.first
+        ));
+    }
     problems
 }
 
@@ -154,6 +242,7 @@ pub async fn run(rank: &mut Rank) -> anyhow::Result<FsckReport> {
         problems_total: problems.len() as u64,
         problems: problems.into_iter().take(PROBLEMS_LISTED_MAX).collect(),
         took_ms: started.elapsed().as_millis() as u64,
+        data_objects: s.data_objects,
     })
 }
 
@@ -199,6 +288,8 @@ async fn gather(rank: &mut Rank) -> anyhow::Result<Snapshot> {
         s.dirs.insert(dir, entries);
     }
     gather_strays(rank, &mut s).await;
+    // No purge starts while the walk holds the rank; one that ends meanwhile took its
+    // objects with it.
     for ino in stored_and_cached_inodes(rank).await? {
         if s.reached.contains_key(&ino) {
             continue;
@@ -212,7 +303,24 @@ async fn gather(rank: &mut Rank) -> anyhow::Result<Snapshot> {
             Err(e) => s.noted.push(format!("{e:#}")),
         }
     }
+    s.purging = rank.purging();
+    list_data_pool(rank, &mut s).await?;
     Ok(s)
+}
+
+/// Checks every object of the data pool against the files found.
+async fn list_data_pool(rank: &Rank, s: &mut Snapshot) -> anyhow::Result<()> {
+    let mut cursor = None;
+    loop {
+        let page = rank.rados.list(&rank.data_pool, cursor, LIST_PAGE).await?;
+        for name in &page.objects {
+            s.data_object(name);
+        }
+        match page.next {
+            Some(next) => cursor = Some(next),
+            None => return Ok(()),
+        }
+    }
 }
 
 /// Adds the stray directory's files to those kept without a name; a stray entry of an inode
@@ -271,6 +379,7 @@ mod tests {
             mode,
             nlink,
             parent,
+            size: 0,
         }
     }
 
@@ -357,6 +466,40 @@ mod tests {
         s.unreached.insert(8, facts(S_IFREG, 0, 0));
         s.kept.insert(8);
         assert_eq!(check(&s), Vec::<String>::new());
+    }
+
+    #[test]
+    fn data_objects_must_belong_to_a_file_and_lie_inside_it() {
+        use cairn_common::fsops::data_object;
+        let mut s = consistent();
+        // File 3 spans two objects; 8 is open (its writer may be ahead of its size); 9's
+        // purge is under way.
+        s.reached.get_mut(&3).unwrap().size = OBJECT_BYTES + 1;
+        s.unreached.insert(8, facts(S_IFREG, 0, 0));
+        s.kept.insert(8);
+        s.purging.insert(9);
+        let sound = [
+            data_object(3, 0),
+            data_object(3, 1),
+            data_object(8, 5),
+            data_object(9, 0),
+            "not-file-data".to_string(),
+        ];
+        for name in &sound {
+            s.data_object(name);
+        }
+        assert_eq!(check(&s), Vec::<String>::new());
+        for name in [data_object(3, 7), data_object(3, 2), data_object(0x77, 0)] {
+            s.data_object(&name);
+        }
+        assert_eq!(s.data_objects, 8);
+        assert_eq!(
+            check(&s),
+            vec![
+                "the data pool holds 1 objects of inode 0x77, which does not exist (a purge that failed?), the first 77.00000000".to_string(),
+                "file 0x3 is 4194305 bytes but the data pool holds 2 objects past its end, the first 3.00000007".to_string(),
+            ]
+        );
     }
 
     #[test]

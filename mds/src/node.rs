@@ -745,7 +745,7 @@ impl MdsNode {
         );
         ensure_root(&mut rank).await?;
         for (ino, size) in purges {
-            crate::rank::spawn_purge(self.rados.clone(), &data_pool, ino, 0, size);
+            rank.spawn_purge(ino, 0, size);
         }
         // Clients a predecessor fenced are in the maps this daemon took the rank in.
         self.osdmap_barrier

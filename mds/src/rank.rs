@@ -8,7 +8,7 @@
 //! writes (and drop the capability), then asks again.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -94,6 +94,9 @@ pub struct Rank {
     evicted_files: Vec<u64>,
     /// The stray directory was checked once the reconnect window ended.
     strays_checked: bool,
+    /// Files whose data objects a background purge is deleting right now (how many purges
+    /// of each): fsck takes what it finds of them for work under way, not for leaks.
+    purging: Arc<Mutex<HashMap<u64, u32>>>,
     settings: MdsSettings,
 }
 
@@ -133,8 +136,37 @@ impl Rank {
             deferred: Vec::new(),
             evicted_files: Vec::new(),
             strays_checked: false,
+            purging: Arc::default(),
             settings,
         }
+    }
+
+    /// Deletes the data objects holding bytes `[from, size)` of a file in the background,
+    /// truncating the object `from` falls inside.
+    pub fn spawn_purge(&self, ino: u64, from: u64, size: u64) {
+        let (rados, pool) = (self.rados.clone(), self.data_pool.clone());
+        let purging = self.purging.clone();
+        *lock(&purging).entry(ino).or_default() += 1;
+        tokio::spawn(async move {
+            let result = purge(&rados, &pool, ino, from, size).await;
+            {
+                let mut purging = lock(&purging);
+                if let Some(n) = purging.get_mut(&ino) {
+                    *n -= 1;
+                    if *n == 0 {
+                        purging.remove(&ino);
+                    }
+                }
+            }
+            if let Err(e) = result {
+                tracing::warn!(ino, error = %e, "purging file data failed; objects are left behind until fsck finds them");
+            }
+        });
+    }
+
+    /// The files a background purge is deleting the data of.
+    pub fn purging(&self) -> std::collections::BTreeSet<u64> {
+        lock(&self.purging).keys().copied().collect()
     }
 
     /// Answers one request. `after_recall` is `None` on its first pass; after the recalls
@@ -330,7 +362,7 @@ impl Rank {
         }
         for event in &entry.events {
             if let Event::Purge { ino, size } = event {
-                spawn_purge(self.rados.clone(), &self.data_pool, *ino, 0, *size);
+                self.spawn_purge(*ino, 0, *size);
             }
         }
         Ok(())
@@ -505,15 +537,8 @@ pub fn remember_replayed(completed: &mut HashMap<String, VecDeque<(u64, FsReply)
     }
 }
 
-/// Deletes the data objects holding bytes `[from, size)` of a file in the background,
-/// truncating the object `from` falls inside.
-pub fn spawn_purge(rados: Arc<Rados>, pool: &str, ino: u64, from: u64, size: u64) {
-    let pool = pool.to_string();
-    tokio::spawn(async move {
-        if let Err(e) = purge(&rados, &pool, ino, from, size).await {
-            tracing::warn!(ino, error = %e, "purging file data failed; objects may be left behind");
-        }
-    });
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Deletes (or truncates) the data objects beyond `from` of a file that was `size` bytes.

@@ -1101,6 +1101,14 @@ async fn fsck_passes_a_sound_namespace_and_names_damage() {
         .write_full("meta", &object, serde_json::to_vec(&inode).expect("json"))
         .await
         .expect("write a wrong link count");
+    // Data no file accounts for: of an inode that never existed, and past `d/file`'s four
+    // bytes (as a purge that failed would leave them).
+    for object in [data_object(0xdead1, 0), data_object(file_ino, 3)] {
+        rados
+            .write_full("data", &object, b"left behind".to_vec())
+            .await
+            .expect("write a leftover data object");
+    }
     assert!(
         rados
             .stat("meta", &format!("inode.{gone_ino:x}"))
@@ -1133,7 +1141,18 @@ async fn fsck_passes_a_sound_namespace_and_names_damage() {
         report.contains(&format!("inode {file_ino:#x} has link count 5 but 2 names")),
         "{report}"
     );
-    assert!(report.contains("has 2 problems"), "{report}");
+    assert!(
+        report.contains("the data pool holds 1 objects of inode 0xdead1, which does not exist"),
+        "{report}"
+    );
+    assert!(
+        report.contains(&format!(
+            "file {file_ino:#x} is 4 bytes but the data pool holds 1 objects past its end, the first {}",
+            data_object(file_ino, 3)
+        )),
+        "{report}"
+    );
+    assert!(report.contains("has 4 problems"), "{report}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

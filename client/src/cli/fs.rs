@@ -174,8 +174,8 @@ async fn refuse_used_metadata_pool(config: &Config, pool: &str) -> anyhow::Resul
 
 fn render_fsck(name: &str, r: &FsckReport) -> String {
     let mut out = format!(
-        "filesystem {name}: {} directories, {} entries, {} inodes checked in {} ms\n",
-        r.directories, r.entries, r.inodes, r.took_ms
+        "filesystem {name}: {} directories, {} entries, {} inodes, {} data objects checked in {} ms\n",
+        r.directories, r.entries, r.inodes, r.data_objects, r.took_ms
     );
     for p in &r.problems {
         let _ = writeln!(out, "  {p}");
