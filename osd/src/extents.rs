@@ -1,7 +1,7 @@
 //! An object's extent map: which physical blocks hold which logical blocks, with the crc32c of
 //! every block. Unmapped logical blocks are holes and read as zeros.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::allocator::Run;
 
@@ -159,22 +159,45 @@ impl ExtentMap {
         self.map.values().next_back().map(Extent::end).unwrap_or(0)
     }
 
-    /// The map cut into shards of `shard_blocks` logical blocks: shard `s` holds the parts of
-    /// extents inside `[s * shard_blocks, (s + 1) * shard_blocks)`. Shards with no data are
-    /// left out.
-    pub fn shards(&self, shard_blocks: u64) -> BTreeMap<u64, Vec<Extent>> {
-        let mut out: BTreeMap<u64, Vec<Extent>> = BTreeMap::new();
-        for e in self.map.values() {
-            let mut at = e.lblock;
-            while at < e.end() {
-                let shard = at / shard_blocks;
-                let part = e.slice(at, (shard + 1) * shard_blocks);
-                at = part.end();
-                out.entry(shard).or_default().push(part);
-            }
+    /// The shards holding data when the map is cut into shards of `shard_blocks` logical
+    /// blocks (shard `s` covers `[s * shard_blocks, (s + 1) * shard_blocks)`).
+    pub fn shards(&self, shard_blocks: u64) -> BTreeSet<u64> {
+        let mut out = BTreeSet::new();
+        for e in self.map.values().filter(|e| !e.is_empty()) {
+            out.extend(e.lblock / shard_blocks..=(e.end() - 1) / shard_blocks);
         }
         out
     }
+
+    /// The parts of extents inside logical blocks `[from, to)`, in order, borrowed: comparing
+    /// one shard of two maps copies nothing.
+    pub fn parts(&self, from: u64, to: u64) -> impl Iterator<Item = Part<'_>> {
+        let straddling = self
+            .map
+            .range(..from)
+            .next_back()
+            .map(|(_, e)| e)
+            .filter(|e| e.end() > from);
+        let inside = self.map.range(from..to.max(from)).map(|(_, e)| e);
+        straddling.into_iter().chain(inside).map(move |e| {
+            let start = e.lblock.max(from);
+            let end = e.end().min(to);
+            let skip = (start - e.lblock) as usize;
+            Part {
+                lblock: start,
+                pblock: e.pblock + (start - e.lblock),
+                csums: &e.csums[skip..skip + (end - start) as usize],
+            }
+        })
+    }
+}
+
+/// The part of an extent inside a range of logical blocks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Part<'a> {
+    pub lblock: u64,
+    pub pblock: u64,
+    pub csums: &'a [u32],
 }
 
 #[cfg(test)]
@@ -224,15 +247,38 @@ mod tests {
     #[test]
     fn shards_cut_extents_at_shard_boundaries() {
         let m = ExtentMap::from_extents([ext(2, 100, 12), ext(20, 300, 1)]);
-        let shards = m.shards(8);
-        assert_eq!(shards.keys().copied().collect::<Vec<_>>(), vec![0, 1, 2]);
-        assert_eq!(shards[&0], vec![m.iter().next().unwrap().slice(2, 8)]);
-        assert_eq!(shards[&1][0].lblock, 8);
-        assert_eq!(shards[&1][0].pblock, 106);
-        assert_eq!(shards[&1][0].len(), 6);
-        assert_eq!(shards[&2], vec![ext(20, 300, 1)]);
-        let total: u64 = shards.values().flatten().map(Extent::len).sum();
-        assert_eq!(total, 13);
+        assert_eq!(m.shards(8).into_iter().collect::<Vec<_>>(), vec![0, 1, 2]);
+        let parts = |s: u64| m.parts(s * 8, (s + 1) * 8).collect::<Vec<_>>();
+        let first = ext(2, 100, 12);
+        assert_eq!(
+            parts(0),
+            vec![Part {
+                lblock: 2,
+                pblock: 100,
+                csums: &first.csums[..6]
+            }]
+        );
+        assert_eq!(
+            parts(1),
+            vec![Part {
+                lblock: 8,
+                pblock: 106,
+                csums: &first.csums[6..]
+            }]
+        );
+        let last = ext(20, 300, 1);
+        assert_eq!(
+            parts(2),
+            vec![Part {
+                lblock: 20,
+                pblock: 300,
+                csums: &last.csums
+            }]
+        );
+        assert_eq!(parts(3), vec![]);
+        // A range inside one extent, and one spanning a hole.
+        assert_eq!(m.parts(4, 5).map(|p| p.csums.len()).sum::<usize>(), 1);
+        assert_eq!(m.parts(10, 30).map(|p| p.csums.len()).sum::<usize>(), 5);
     }
 
     #[test]

@@ -15,7 +15,7 @@
 use std::collections::BTreeMap;
 
 use crate::error::{Result, StoreError};
-use crate::extents::{Extent, ExtentMap};
+use crate::extents::{Extent, ExtentMap, Part};
 
 pub const KEY_SUPERBLOCK: &[u8] = b"S";
 /// Prefix of deferred-write records: `D<seq, 8 bytes big-endian>` → pblock (8 bytes) ‖ block.
@@ -62,6 +62,16 @@ pub struct OnodeRecord {
 pub struct ExtentShardRecord {
     #[prost(message, repeated, tag = "1")]
     pub extents: Vec<ExtentRecord>,
+}
+
+impl From<Part<'_>> for ExtentRecord {
+    fn from(p: Part<'_>) -> ExtentRecord {
+        ExtentRecord {
+            lblock: p.lblock,
+            pblock: p.pblock,
+            csums: p.csums.to_vec(),
+        }
+    }
 }
 
 impl From<&Extent> for ExtentRecord {
@@ -175,21 +185,23 @@ fn merge_contiguous(sorted: Vec<ExtentRecord>) -> Vec<Extent> {
 /// The extent-map shards whose content differs between `old` and `new`, each with its new
 /// record (`None`: the shard holds nothing now and its key goes).
 pub fn changed_shards(old: Option<&ExtentMap>, new: &ExtentMap) -> Vec<(u64, Option<Vec<u8>>)> {
-    let before = old
-        .map(|m| m.shards(EXTENT_SHARD_BLOCKS))
-        .unwrap_or_default();
-    let after = new.shards(EXTENT_SHARD_BLOCKS);
+    let empty = ExtentMap::default();
+    let old = old.unwrap_or(&empty);
+    let mut shards = old.shards(EXTENT_SHARD_BLOCKS);
+    shards.extend(new.shards(EXTENT_SHARD_BLOCKS));
     let mut out = Vec::new();
-    for (shard, extents) in &after {
-        if before.get(shard) != Some(extents) {
-            let rec = ExtentShardRecord {
-                extents: extents.iter().map(ExtentRecord::from).collect(),
-            };
-            out.push((*shard, Some(prost::Message::encode_to_vec(&rec))));
+    for shard in shards {
+        let (from, to) = (
+            shard * EXTENT_SHARD_BLOCKS,
+            (shard + 1) * EXTENT_SHARD_BLOCKS,
+        );
+        if old.parts(from, to).eq(new.parts(from, to)) {
+            continue;
         }
-    }
-    for shard in before.keys().filter(|s| !after.contains_key(s)) {
-        out.push((*shard, None));
+        let extents: Vec<ExtentRecord> = new.parts(from, to).map(ExtentRecord::from).collect();
+        let record = (!extents.is_empty())
+            .then(|| prost::Message::encode_to_vec(&ExtentShardRecord { extents }));
+        out.push((shard, record));
     }
     out
 }
