@@ -13,6 +13,7 @@ pub mod allocator;
 pub mod apply;
 pub mod cleanup;
 pub mod coll_stats;
+pub mod commit_group;
 pub mod daemon;
 pub mod deferred;
 pub mod ec;

@@ -17,6 +17,7 @@ use crate::aligned::AlignedBuf;
 use crate::allocator::Allocator;
 use crate::apply::Plan;
 use crate::coll_stats::{CollectionStats, StatsTable};
+use crate::commit_group::CommitGroup;
 use crate::deferred::DeferredQueue;
 use crate::error::{Result, StoreError};
 use crate::extents::{Extent, Piece};
@@ -190,6 +191,7 @@ pub struct ObjectStore {
     pub(crate) alloc: Mutex<Allocator>,
     locks: LockTable,
     sync: SyncGroup,
+    commits: CommitGroup,
     total_blocks: u64,
     stats: StatsTable,
 }
@@ -511,6 +513,7 @@ impl ObjectStore {
             alloc: Mutex::new(alloc),
             locks: LockTable::default(),
             sync: SyncGroup::default(),
+            commits: CommitGroup::default(),
             total_blocks: sb.total_blocks,
             stats,
         })
@@ -625,7 +628,7 @@ impl ObjectStore {
             self.sync.sync(&*self.io)?;
         }
         let (batch, records) = plan.batch(&self.next_record)?;
-        self.db.write_opt(batch, &sync_write())?;
+        self.commits.commit(&self.db, batch, &sync_write())?;
         plan.committed = true;
         for ((coll, oid), onode) in plan.onodes() {
             self.cache.put(coll, oid, onode.clone().map(Arc::new));
