@@ -60,5 +60,7 @@ pub const IO_BYTES_MAX: u64 = 64 << 20;
 pub const DEFERRED_WRITE_BYTES_MAX: u64 = 64 << 10;
 
 pub use error::StoreError;
+/// The buffer write data travels in, from the network to the store.
+pub use prost::bytes::Bytes;
 pub use store::{ObjectStore, StoreConfig};
 pub use txn::{Op, Transaction};

@@ -102,11 +102,16 @@ impl Transaction {
     }
 
     pub fn write(&mut self, coll: &str, oid: &str, offset: u64, data: &[u8]) -> &mut Self {
+        self.write_bytes(coll, oid, offset, Bytes::copy_from_slice(data))
+    }
+
+    /// A write of data already in a `Bytes` (as the OSD receives it), without a copy.
+    pub fn write_bytes(&mut self, coll: &str, oid: &str, offset: u64, data: Bytes) -> &mut Self {
         self.push(Op::Write {
             coll: coll.into(),
             oid: oid.into(),
             offset,
-            data: Bytes::copy_from_slice(data),
+            data,
         })
     }
 

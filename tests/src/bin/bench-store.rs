@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cairn_osd::io::BackendChoice;
-use cairn_osd::{ObjectStore, StoreConfig, Transaction};
+use cairn_osd::{Bytes, ObjectStore, StoreConfig, Transaction};
 
 const STORE_BYTES: u64 = 2 << 30;
 const OBJECT_BYTES: u64 = 4 << 20;
@@ -210,13 +210,14 @@ fn main() {
     println!("store backend: {}", store.backend_name());
 
     // 4 MiB sequential writes, 4 in flight, each durable when apply returns; objects are
-    // rewritten round-robin so the device never fills.
-    let data = Arc::new(vec![0x5au8; OBJECT_BYTES as usize]);
+    // rewritten round-robin so the device never fills. The data is handed over as the OSD
+    // hands over what it received, without a copy.
+    let data = Bytes::from(vec![0x5au8; OBJECT_BYTES as usize]);
     let s = store.clone();
     let d = data.clone();
     let seq_ops = drive(4, a.seconds, move |t, i| {
         let mut txn = Transaction::new();
-        txn.write("bench", &format!("seq-{t}-{}", i % 32), 0, &d);
+        txn.write_bytes("bench", &format!("seq-{t}-{}", i % 32), 0, d.clone());
         s.apply(&txn).expect("seq write");
     });
     row(
