@@ -68,12 +68,17 @@ pub fn raw_avail(osdmap: &OsdMap, osd_usage: &BTreeMap<u32, Usage>) -> u64 {
         .map_or(0, |raw| raw as u64)
 }
 
+/// The data clients stored in a pool: the bytes on the OSDs over the raw ratio.
+pub fn stored_bytes(pool: &Pool, usage: &PoolUsage) -> u64 {
+    (usage.bytes as f64 / raw_ratio(pool)) as u64
+}
+
 pub fn pool_space(pool: &Pool, usage: &PoolUsage, raw_avail: u64) -> PoolSpace {
     let ratio = raw_ratio(pool);
     let used = usage.allocated_bytes;
     let room = used as f64 + raw_avail as f64;
     PoolSpace {
-        stored_bytes: (usage.bytes as f64 / ratio) as u64,
+        stored_bytes: stored_bytes(pool, usage),
         used_bytes: used,
         max_avail_bytes: (raw_avail as f64 / ratio) as u64,
         percent_used: if room > 0.0 {

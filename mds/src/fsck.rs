@@ -99,6 +99,11 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// An inode found, named or not.
+    fn facts(&self, ino: u64) -> Option<&Facts> {
+        self.reached.get(&ino).or_else(|| self.unreached.get(&ino))
+    }
+
     fn classify(&self, name: &str) -> DataObject {
         let Some((ino, index)) = parse_data_object(name) else {
             return DataObject::Other;
@@ -106,7 +111,7 @@ impl Snapshot {
         if self.purging.contains(&ino) {
             return DataObject::Accounted;
         }
-        let Some(f) = self.reached.get(&ino).or_else(|| self.unreached.get(&ino)) else {
+        let Some(f) = self.facts(ino) else {
             return DataObject::Orphaned(ino);
         };
         let open = self.kept.contains(&ino);
@@ -216,11 +221,7 @@ pub fn check(s: &Snapshot) -> Vec<String> {
         ));
     }
     for (ino, l) in &s.past_end {
-        let size = s
-            .reached
-            .get(ino)
-            .or_else(|| s.unreached.get(ino))
-            .map_or(0, |f| f.size);
+        let size = s.facts(*ino).map_or(0, |f| f.size);
         problems.push(format!(
             "file {ino:#x} is {size} bytes but the data pool holds {} objects past its end, the first {}",
             l.count, l.first

@@ -708,7 +708,7 @@ impl MonNode {
                 .iter()
                 .filter_map(|(id, u)| {
                     let pool = osdmap.pools.get(id)?;
-                    Some(cairn_common::df::pool_space(pool, u, 0).stored_bytes)
+                    Some(cairn_common::df::stored_bytes(pool, u))
                 })
                 .sum(),
             redundancy: pg_summary.redundancy,
